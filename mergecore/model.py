@@ -1,0 +1,199 @@
+"""MergeModel: a frozen base model whose targeted Linear layers carry all K adapters at once.
+
+Every targeted ``nn.Linear`` is wrapped once by ``MultiLoraLinear``, computing
+
+    y = W0 x + B_cat diag(c) A_cat x            (factored: two thin GEMMs, no dense delta)
+
+where ``A_cat`` (R, in) stacks the adapters' A factors, ``B_cat`` (out, R) their scaled B
+factors (s_k B_k), and ``c`` (R,) expands the merge coefficients over each adapter's rank
+directions. Where the coefficients come from is a *coefficient source* (see ``coefs.py``):
+task-wise, layer-wise, per-block, per-row routing (row i uses expert k only), or spectral.
+Swapping the source never touches the weights, so experts, uniform and learned merges are all
+one model.
+
+Classification heads (PEFT ``modules_to_save``) differ per task: ``RoutedHead`` holds each
+task's head and applies head k to the rows of task k, so all tasks share one encoder forward.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapters import AdapterSet, natural_key
+from .core_space import stack_factors
+from .errors import MergecoreError
+
+
+@dataclass
+class Segments:
+    """Rows [start, end) of a batch belong to task ``task`` (blocks are contiguous)."""
+
+    spans: list[tuple[int, int, int]]  # (task, start, end)
+
+    @property
+    def num_rows(self) -> int:
+        return self.spans[-1][2] if self.spans else 0
+
+    def task_of_rows(self, device=None) -> torch.Tensor:
+        ids = [t for t, s, e in self.spans for _ in range(e - s)]
+        return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+@dataclass
+class Slot:
+    """Per-forward state shared by all wrapped layers (a plain object: not part of the module tree)."""
+
+    source: object = None  # a CoefficientSource
+    segments: Segments | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class MultiLoraLinear(nn.Module):
+    """W0 x + (coefficient-weighted) sum of K LoRA terms, with the K factors concatenated."""
+
+    def __init__(self, base: nn.Linear, index: int, name: str, A_cat: torch.Tensor,
+                 B_cat: torch.Tensor, owner: torch.Tensor, slot: Slot):
+        super().__init__()
+        self.base = base
+        self.index, self.name, self.slot = index, name, slot
+        self.register_buffer("A_cat", A_cat.float().contiguous(), persistent=False)  # (R, in)
+        self.register_buffer("B_cat", B_cat.float().contiguous(), persistent=False)  # (out, R)
+        self.register_buffer("owner", owner, persistent=False)  # (R,) adapter of each direction
+
+    def factored(self, x: torch.Tensor, c_r: torch.Tensor) -> torch.Tensor:
+        """B_cat diag(c_r) A_cat x; c_r is (R,) or per-row (N, R)."""
+        h = F.linear(x, self.A_cat)  # (N, ..., R)
+        if c_r.ndim == 2:  # per-row coefficients
+            c_r = c_r.view(c_r.shape[0], *([1] * (h.ndim - 2)), c_r.shape[1])
+        return F.linear(h * c_r.to(h.dtype), self.B_cat)  # (N, ..., out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        source = self.slot.source
+        if source is None:
+            return y
+        return y + source.lora_term(self, x).to(y.dtype)
+
+
+class RoutedHead(nn.Module):
+    """One head per task; rows of task k go through head k; outputs padded to the widest head."""
+
+    def __init__(self, heads: list[nn.Module], num_labels: list[int], slot: Slot):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.num_labels, self.slot = num_labels, slot
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        width = max(self.num_labels)
+        outs = []
+        for task, start, end in self.slot.segments.spans:
+            logits = self.heads[task](x[start:end], *args, **kwargs)
+            outs.append(F.pad(logits, (0, width - logits.shape[-1])))
+        return torch.cat(outs, dim=0)
+
+
+def _freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def wrap_linears(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[MultiLoraLinear]:
+    """Replace every targeted Linear by a MultiLoraLinear; returns them in model order."""
+    layers = []
+    for index, name in enumerate(adapters.modules):
+        try:
+            base = model.get_submodule(name)
+        except AttributeError:
+            raise MergecoreError(
+                f"adapter module {name} does not exist in the base model; check the base model"
+            ) from None
+        if isinstance(base, MultiLoraLinear):
+            base = base.base
+        if not isinstance(base, nn.Linear):
+            raise MergecoreError(f"module {name} is a {type(base).__name__}; only Linear layers can carry LoRA here")
+        out_f, in_f = adapters.shape(name)
+        if tuple(base.weight.shape) != (out_f, in_f):
+            raise MergecoreError(
+                f"module {name}: adapter delta is {out_f}x{in_f} but the base layer is "
+                f"{tuple(base.weight.shape)[0]}x{tuple(base.weight.shape)[1]}; wrong base model"
+            )
+        B_cat, A_cat, owner = stack_factors(adapters.factors(name), dtype=torch.float32)
+        layer = MultiLoraLinear(base, index, name, A_cat, B_cat, owner, slot)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer)
+        layers.append(layer)
+    return layers
+
+
+def build_head(template: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``template`` carrying ``params`` (shapes may differ, e.g. num_labels)."""
+    head = copy.deepcopy(template)
+    for pname, value in params.items():
+        owner_name, _, leaf = pname.rpartition(".")
+        owner = head.get_submodule(owner_name) if owner_name else head
+        setattr(owner, leaf, nn.Parameter(value.detach().clone().float(), requires_grad=False))
+    if isinstance(head, nn.Linear):
+        head.out_features, head.in_features = head.weight.shape
+    return head
+
+
+def route_heads(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[int]:
+    """Replace the base model's head module(s) by RoutedHeads built from each adapter's extra modules."""
+    head_names = sorted({h for a in adapters.adapters for h in a.head_modules}, key=natural_key)
+    num_labels: list[int] = []
+    for hname in head_names:
+        template = model.get_submodule(hname)
+        heads = []
+        for a in adapters.adapters:
+            params = {k[len(hname) + 1:]: v for k, v in a.extra.items() if k.startswith(hname + ".")}
+            if not params:
+                raise MergecoreError(
+                    f"adapter {a.name} has no saved head {hname!r} (modules_to_save); every task needs its own head"
+                )
+            heads.append(build_head(template, params))
+        out_dims = [_out_dim(h) for h in heads]
+        num_labels = num_labels or out_dims
+        parent_name, _, child = hname.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, RoutedHead(heads, out_dims, slot))
+    return num_labels
+
+
+def _out_dim(head: nn.Module) -> int:
+    last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+    return last.weight.shape[0]
+
+
+class MergeModel(nn.Module):
+    """Base model + K adapters in factored form; the coefficient source decides the merge."""
+
+    def __init__(self, base: nn.Module, adapters: AdapterSet, with_heads: bool = True):
+        super().__init__()
+        _freeze(base)
+        base.eval()
+        self.slot = Slot()
+        self.adapters = adapters
+        self.model = base
+        self.layers = wrap_linears(base, adapters, self.slot)
+        self.num_labels = route_heads(base, adapters, self.slot) if with_heads else []
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.adapters)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def set_source(self, source) -> None:
+        self.slot.source = source
+
+    def forward(self, segments: Segments, **inputs):
+        self.slot.segments = segments
+        return self.model(**inputs)
