@@ -1,0 +1,209 @@
+"""Learner: merge coefficients from unlabeled data (SourceJS / DivMerge / AdaMerging).
+
+Stage 1 caches each expert's label distribution on its own task's calibration inputs, in one
+routed pass (row i of task k goes through expert k only). Stage 2 runs Adam with a cosine
+schedule on the coefficients only: every step is one forward + backward of the MergeModel on a
+batch holding all tasks' rows; the loss is the sum over tasks of the mean per-example objective,
+plus the L2 pull toward the start point (SourceJS Eq. 7).
+
+Events (step, loss, per-task loss, lr, coefficients, grad norm, seconds, periodic eval) go to a
+sink callback; ``stop`` (a threading.Event) is checked between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable
+
+import torch
+
+from .coefs import MatrixCoefs, block_coefs, coefficient_transform, layer_coefs, task_coefs
+from .errors import MergecoreError
+from .objectives import OBJECTIVES, get_objective, l2_pull
+
+GRANULARITIES = ("task", "layer", "block")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class LearnParams:
+    """Hyperparameters of coefficient learning; defaults from SourceJS (lr 0.02 cosine, lambda 2e-4, 128 samples)."""
+
+    objective: str = field(default="js", metadata=_help("training objective", choices=tuple(OBJECTIVES)))
+    granularity: str = field(default="task", metadata=_help("one coefficient per task, per LoRA module (layer) or per block",
+                                                             choices=GRANULARITIES))
+    steps: int = field(default=150, metadata=_help("optimisation steps"))
+    lr: float = field(default=0.02, metadata=_help("Adam learning rate (cosine schedule)"))
+    l2: float = field(default=2e-4, metadata=_help("lambda of the L2 pull toward the start point (SourceJS Eq. 7)"))
+    init: float = field(default=-1.0, metadata=_help("start value of every coefficient; -1 means 1/K (SourceJS)"))
+    samples: int = field(default=128, metadata=_help("unlabeled calibration examples per task"))
+    batch_size: int = field(default=16, metadata=_help("examples per task in each step"))
+    labeled: int = field(default=64, metadata=_help("labeled examples per task for the supervised (ce) objective"))
+    clamp: bool = field(default=False, metadata=_help("clamp coefficients to [0, 1]"))
+    softmax: bool = field(default=False, metadata=_help("softmax-normalise coefficients over tasks"))
+    eval_every: int = field(default=50, metadata=_help("evaluate metric and confidence every N steps (0: never)"))
+    eval_limit: int = field(default=200, metadata=_help("evaluation examples per task for the periodic evaluation"))
+    seed: int = field(default=0, metadata=_help("seed of the batch sampler"))
+
+    def validate(self) -> "LearnParams":
+        get_objective(self.objective)
+        if self.granularity not in GRANULARITIES:
+            raise MergecoreError(f"unknown granularity {self.granularity!r}; valid: {', '.join(GRANULARITIES)}")
+        for name in ("steps", "samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise MergecoreError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MergecoreError(f"lr must be a positive number (got {self.lr})")
+        coefficient_transform(self.clamp, self.softmax)
+        return self
+
+    def start_value(self, num_tasks: int) -> float:
+        return 1.0 / num_tasks if self.init < 0 else self.init
+
+
+def param_fields(cls) -> list:
+    """The dataclass fields the CLI and the app's forms are generated from."""
+    return [f for f in fields(cls)]
+
+
+@dataclass
+class LearnResult:
+    coefs: torch.Tensor  # (L, K) coefficients per module
+    status: str  # done | cancelled | failed
+    message: str
+    steps_done: int
+    seconds: float
+
+
+class BatchSampler:
+    """Per-task shuffled epochs over row indices, from one seeded generator."""
+
+    def __init__(self, sizes: list[int], seed: int):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.sizes = sizes
+        self.perms = [torch.empty(0, dtype=torch.long) for _ in sizes]
+
+    def take(self, k: int, n: int) -> torch.Tensor:
+        while len(self.perms[k]) < n:
+            self.perms[k] = torch.cat([self.perms[k], torch.randperm(self.sizes[k], generator=self.gen)])
+        idx, self.perms[k] = self.perms[k][:n], self.perms[k][n:]
+        return idx
+
+
+def make_source(bench, granularity: str, init: torch.Tensor) -> MatrixCoefs:
+    """A learnable coefficient source; ``init`` is (K,) or (L, K)."""
+    L = bench.num_modules
+    if granularity == "task":
+        return task_coefs(init if init.ndim == 1 else init.mean(0), L)
+    if granularity == "layer":
+        return layer_coefs(init, L)
+    if granularity == "block":
+        return block_coefs(init if init.ndim == 1 else init.mean(0), bench.adapters.modules)
+    raise MergecoreError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+
+
+def references(bench, params: LearnParams) -> list[torch.Tensor | None]:
+    """What each task's loss compares against: expert probabilities (Stage 1), labels, or nothing."""
+    kind = get_objective(params.objective).reference
+    if kind == "expert":
+        return [p.to(bench.device) for p in bench.predict(bench.routing(), "calibration", limit=params.samples)]
+    if kind == "labels":
+        refs = []
+        for t in bench.tasks:
+            if t.calibration.labels is None:
+                raise MergecoreError(f"the ce objective needs labels; task {t.name} has an unlabeled calibration split")
+            refs.append(torch.tensor(t.calibration.labels[: params.labeled], device=bench.device).long())
+        return refs
+    return [None] * bench.num_tasks
+
+
+def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -> dict:
+    """Metric, mean confidence, agreement with the expert and confidently-wrong share per task."""
+    from .evaluate import task_scores
+
+    probs = bench.predict(source, "evaluation", limit=limit)
+    limited = [replace(t, evaluation=t.evaluation.head(limit)) for t in bench.tasks]
+    out = {"score": task_scores(limited, probs), "confidence": {}, "agreement": {}, "confidently_wrong": {}}
+    for t, p, pe in zip(bench.tasks, probs, expert_probs):
+        gold = torch.tensor(t.evaluation.labels[:limit])
+        conf, pred = p.max(-1)
+        wrong = pred != gold.long() if t.metric != "pearson_spearman" else torch.zeros_like(pred, dtype=torch.bool)
+        out["confidence"][t.name] = float(conf.mean())
+        out["agreement"][t.name] = float((pred == pe.argmax(-1)).float().mean())
+        out["confidently_wrong"][t.name] = float(((conf >= 0.9) & wrong).float().mean())
+    return out
+
+
+class Learner:
+    """Learns merge coefficients on a Workbench; same results from the CLI and the app."""
+
+    def __init__(self, bench, params: LearnParams, start: torch.Tensor | None = None):
+        self.bench, self.params = bench, params.validate()
+        K = bench.num_tasks
+        init = start if start is not None else torch.full((K,), params.start_value(K))
+        self.source = make_source(bench, params.granularity, init.float()).to(bench.device)
+        self.source.transform = coefficient_transform(params.clamp, params.softmax)
+        self.gamma0 = self.source.gamma.detach().clone()
+        self.objective = get_objective(params.objective)
+
+    def _encoded(self) -> list:
+        n = self.params.labeled if self.objective.reference == "labels" else self.params.samples
+        return [self.bench.encoded(k, "calibration", limit=n) for k in range(self.bench.num_tasks)]
+
+    def _step_loss(self, parts, refs) -> tuple[torch.Tensor, torch.Tensor]:
+        segments, inputs = self.bench.reader.batch(parts, self.bench.device)
+        logits = self.bench.reader.label_logits(self.bench.model, segments, inputs)
+        per_task = []
+        for (k, _, idx), lg in zip(parts, logits):
+            ref = None if refs[k] is None else refs[k][idx.to(self.bench.device)]
+            per_task.append(self.objective.fn(ref, torch.log_softmax(lg, -1)).mean())
+        per_task = torch.stack(per_task)  # (K,)
+        return per_task.sum() + l2_pull(self.source.gamma, self.gamma0, self.params.l2), per_task
+
+    def run(self, sink: Callable[[str, int, dict], None] | None = None, stop=None) -> LearnResult:
+        p, bench, t0 = self.params, self.bench, time.perf_counter()
+        sink = sink or (lambda kind, step, payload: None)
+        encoded, refs = self._encoded(), references(bench, p)
+        expert_eval = bench.predict(bench.routing(), "evaluation", limit=p.eval_limit) if p.eval_every else []
+        sampler = BatchSampler([len(e) for e in encoded], p.seed)
+        opt = torch.optim.Adam(self.source.parameters(), lr=p.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, p.steps) / p.steps)))
+        bench.model.set_source(self.source)
+        status, message, step = "done", "", 0
+        for step in range(1, p.steps + 1):
+            if stop is not None and stop.is_set():
+                status, message, step = "cancelled", f"stopped by the user after {step - 1} steps", step - 1
+                break
+            parts = [(k, e, sampler.take(k, min(p.batch_size, len(e)))) for k, e in enumerate(encoded)]
+            loss, per_task = self._step_loss(parts, refs)
+            if not torch.isfinite(loss):
+                status, step = "failed", step - 1
+                message = f"loss became {float(loss)} at step {step + 1}; kept the coefficients of step {step}"
+                break
+            lr = opt.param_groups[0]["lr"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(self.source.gamma.grad.norm())
+            opt.step()
+            sched.step()
+            coefs = self.source.effective().detach()
+            sink("step", step, {
+                "loss": float(loss), "task_loss": dict(zip(bench.tasks.names, per_task.tolist())), "lr": lr,
+                "coefs": coefs.cpu().tolist(), "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
+            })
+            if float(coefs.abs().max()) > 100:
+                message = f"coefficients are exploding (max |c| = {float(coefs.abs().max()):.3g}); lower lr or raise l2"
+            if p.eval_every and (step % p.eval_every == 0 or step == p.steps):
+                sink("eval", step, periodic_eval(bench, self.source, expert_eval, p.eval_limit))
+                bench.model.set_source(self.source)
+        coefs = self.source.to_matrix().detach().cpu()
+        return LearnResult(coefs, status, message, step, time.perf_counter() - t0)
+
+
+def params_dict(params) -> dict:
+    return asdict(params)

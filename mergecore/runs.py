@@ -1,0 +1,188 @@
+"""RunStore: runs, their configs, events and artifacts in SQLite (stdlib, WAL) in a workspace.
+
+Every write is its own short transaction, so a crash loses nothing already written. A run
+still marked ``running`` whose process is gone is reported as ``interrupted`` on the next open.
+Tensors (coefficients) are stored as safetensors bytes, everything else as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import MergecoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, name TEXT, kind TEXT, status TEXT, message TEXT,
+    created REAL, updated REAL, pid INTEGER, config TEXT, result TEXT);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT, seq INTEGER, step INTEGER, kind TEXT, payload TEXT, PRIMARY KEY (run_id, seq));
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT, name TEXT, data BLOB, PRIMARY KEY (run_id, name));
+CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, data BLOB, created REAL);
+"""
+
+FINAL = ("done", "failed", "cancelled", "interrupted")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    name: str
+    kind: str  # learned | static | baseline
+    status: str  # running | done | failed | cancelled | interrupted
+    message: str
+    created: float
+    updated: float
+    config: dict
+    result: dict
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("MERGECORE_WORKSPACE", Path.cwd() / "workspace"))
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def bytes_tensor(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """A SQLite file ``runs.sqlite`` in ``workspace``; safe to share between threads and processes."""
+
+    def __init__(self, workspace: str | Path | None = None):
+        self.workspace = Path(workspace) if workspace else default_workspace()
+        try:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MergecoreError(f"cannot create workspace {self.workspace} ({exc.strerror}); choose a writable folder") from None
+        self.path = self.workspace / "runs.sqlite"
+        with self._conn() as c:
+            c.execute("PRAGMA journal_mode=WAL")
+            c.executescript(SCHEMA)
+        self.mark_interrupted()
+
+    @contextmanager
+    def _conn(self):
+        conn = sqlite3.connect(self.path, timeout=30)
+        conn.execute("PRAGMA busy_timeout=30000")
+        try:
+            with conn:
+                yield conn
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ runs
+    def create(self, name: str, kind: str, config: dict) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        now = time.time()
+        with self._conn() as c:
+            c.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (run_id, name, kind, "running", "", now, now, os.getpid(), json.dumps(config), "{}"))
+        return run_id
+
+    def finish(self, run_id: str, status: str, result: dict | None = None, message: str = "") -> None:
+        with self._conn() as c:
+            c.execute("UPDATE runs SET status=?, message=?, result=?, updated=? WHERE id=?",
+                      (status, message, json.dumps(result or {}), time.time(), run_id))
+
+    def mark_interrupted(self) -> int:
+        """Runs left 'running' by a dead process become 'interrupted'; returns how many."""
+        with self._conn() as c:
+            rows = c.execute("SELECT id, pid FROM runs WHERE status='running'").fetchall()
+            dead = [r[0] for r in rows if not _pid_alive(r[1])]
+            for run_id in dead:
+                c.execute("UPDATE runs SET status='interrupted', message=? WHERE id=?",
+                          ("the process running it stopped; events up to the last completed step are kept", run_id))
+        return len(dead)
+
+    def get(self, run_id: str) -> RunRecord:
+        with self._conn() as c:
+            row = c.execute("SELECT id,name,kind,status,message,created,updated,config,result FROM runs WHERE id=?",
+                            (run_id,)).fetchone()
+        if row is None:
+            raise MergecoreError(f"no run {run_id!r} in {self.path}; list runs with `python -m mergecore runs`")
+        return RunRecord(*row[:7], json.loads(row[7]), json.loads(row[8] or "{}"))
+
+    def list(self, kind: str | None = None) -> list[RunRecord]:
+        with self._conn() as c:
+            ids = [r[0] for r in c.execute("SELECT id FROM runs ORDER BY created DESC").fetchall()]
+        runs = [self.get(i) for i in ids]
+        return [r for r in runs if kind is None or r.kind == kind]
+
+    def delete(self, run_id: str) -> None:
+        with self._conn() as c:
+            for table, col in (("events", "run_id"), ("artifacts", "run_id"), ("runs", "id")):
+                c.execute(f"DELETE FROM {table} WHERE {col}=?", (run_id,))
+
+    # ------------------------------------------------------------------ events
+    def add_event(self, run_id: str, kind: str, step: int, payload: dict) -> None:
+        with self._conn() as c:
+            seq = c.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
+            c.execute("INSERT INTO events VALUES (?,?,?,?,?)", (run_id, seq, step, kind, json.dumps(payload)))
+            c.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+
+    def events(self, run_id: str, kind: str | None = None) -> list[dict]:
+        with self._conn() as c:
+            rows = c.execute("SELECT kind, step, payload FROM events WHERE run_id=? ORDER BY seq", (run_id,)).fetchall()
+        return [{"kind": k, "step": s, **json.loads(p)} for k, s, p in rows if kind is None or k == kind]
+
+    # ------------------------------------------------------------------ artifacts
+    def put_tensors(self, run_id: str, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        self.put_blob(run_id, name, tensor_bytes(tensors))
+
+    def get_tensors(self, run_id: str, name: str) -> dict[str, torch.Tensor]:
+        return bytes_tensor(self.get_blob(run_id, name))
+
+    def put_blob(self, run_id: str, name: str, data: bytes) -> None:
+        with self._conn() as c:
+            c.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?)", (run_id, name, sqlite3.Binary(data)))
+
+    def get_blob(self, run_id: str, name: str) -> bytes:
+        with self._conn() as c:
+            row = c.execute("SELECT data FROM artifacts WHERE run_id=? AND name=?", (run_id, name)).fetchone()
+        if row is None:
+            raise MergecoreError(f"run {run_id} has no artifact {name!r}; it may have failed before saving it")
+        return bytes(row[0])
+
+    def artifacts(self, run_id: str) -> list[str]:
+        with self._conn() as c:
+            return [r[0] for r in c.execute("SELECT name FROM artifacts WHERE run_id=?", (run_id,)).fetchall()]
+
+    # ------------------------------------------------------------------ cache (analysis results)
+    def cache_get(self, key: str) -> bytes | None:
+        with self._conn() as c:
+            row = c.execute("SELECT data FROM cache WHERE key=?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def cache_put(self, key: str, data: bytes) -> None:
+        with self._conn() as c:
+            c.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?)", (key, sqlite3.Binary(data), time.time()))

@@ -1,0 +1,119 @@
+"""Workbench: adapters + tasks + one MergeModel + reader, with inputs tokenized once.
+
+Adapter k is the expert of task k. Every consumer (learner, evaluation, analysis, CLI, app)
+works on a Workbench, so the model is built and the data encoded once per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapters import AdapterSet
+from .coefs import FixedCoefs, RowRouting
+from .errors import MergecoreError
+from .heads import ClassifierReader, Encoded
+from .model import MergeModel
+from .tasks import TaskSet
+
+
+@dataclass
+class Workbench:
+    adapters: AdapterSet
+    tasks: TaskSet
+    model: MergeModel
+    reader: ClassifierReader
+    base_name: str = ""
+    _encoded: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.adapters) != len(self.tasks):
+            raise MergecoreError(
+                f"{len(self.adapters)} adapters but {len(self.tasks)} tasks; give one task per adapter, in the same order"
+            )
+        for k, task in enumerate(self.tasks):
+            if self.model.num_labels and self.model.num_labels[k] != task.num_labels:
+                raise MergecoreError(
+                    f"adapter {self.adapters.names[k]} has a {self.model.num_labels[k]}-way head but task "
+                    f"{task.name} has {task.num_labels} labels; pair each adapter with its own task"
+                )
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.model.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def encoded(self, k: int, split: str, limit: int | None = None) -> Encoded:
+        key = (k, split, limit)
+        if key not in self._encoded:
+            data = getattr(self.tasks[k], split)
+            inputs = data.inputs if limit is None else data.inputs[:limit]
+            self._encoded[key] = self.reader.encode(inputs)
+        return self._encoded[key]
+
+    def uniform(self, value: float | None = None) -> FixedCoefs:
+        c = 1.0 / self.num_tasks if value is None else value
+        return FixedCoefs(torch.full((self.num_modules, self.num_tasks), c))
+
+    def pretrained(self) -> FixedCoefs:
+        return self.uniform(0.0)
+
+    def routing(self) -> RowRouting:
+        return RowRouting(self.model.slot, self.num_tasks)
+
+    @torch.no_grad()
+    def predict(self, source, split: str = "evaluation", limit: int | None = None,
+                max_rows: int = 256) -> list[torch.Tensor]:
+        """Label probabilities (n_k, C_k) of every task under ``source``, all tasks mixed in chunks."""
+        parts = []
+        for k in range(self.num_tasks):
+            enc = self.encoded(k, split, limit)
+            for start in range(0, len(enc), max_rows):
+                parts.append((k, enc, torch.arange(start, min(start + max_rows, len(enc)))))
+        outs: list[list[torch.Tensor]] = [[] for _ in range(self.num_tasks)]
+        self.model.set_source(source)
+        for chunk in _chunk(parts, max_rows):
+            segments, inputs = self.reader.batch(chunk, self.device)
+            for (k, _, _), logits in zip(chunk, self.reader.label_logits(self.model, segments, inputs)):
+                outs[k].append(torch.softmax(logits, -1).cpu())
+        return [torch.cat(o) for o in outs]
+
+
+def _chunk(parts, max_rows: int):
+    """Group (task, enc, idx) parts into batches of at most ~max_rows rows, keeping task order."""
+    batch, rows = [], 0
+    for part in parts:
+        if batch and rows + len(part[2]) > max_rows:
+            yield batch
+            batch, rows = [], 0
+        batch.append(part)
+        rows += len(part[2])
+    if batch:
+        yield batch
+
+
+def open_workbench(adapters: AdapterSet, tasks: TaskSet, device: str | None = None,
+                   trust_remote_code: bool = False, base_model: str | None = None) -> Workbench:
+    """Load the base, wrap it with the adapters, and pair adapters with tasks."""
+    from .bases import load_classifier_base
+
+    name = base_model or adapters.base_model
+    base, tokenizer = load_classifier_base(name, trust_remote_code=trust_remote_code)
+    mm = MergeModel(base, adapters).to(resolve_device(device))
+    return Workbench(adapters, tasks, mm, ClassifierReader(tokenizer), base_name=name)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MergecoreError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device)
