@@ -48,7 +48,7 @@ def module_spectra(
     if all(f is None for f in factors):
         return out
     cs = core_space(list(factors))
-    c = torch.ones(cs.num_tasks, dtype=torch.float64) if coefs is None else torch.as_tensor(coefs)
+    c = torch.ones(cs.num_tasks) if coefs is None else torch.as_tensor(coefs, dtype=torch.float64)
     c = c.to(torch.float64)  # (K,)
     out["merged"] = torch.linalg.svdvals(torch.einsum("k,kij->ij", c, cs.cores))
     out["cores"] = {name: torch.linalg.svdvals(core.double()) for name, core in (merged_cores or {}).items()}
