@@ -1,0 +1,1 @@
+"""Demo data and helpers for mergecore."""
