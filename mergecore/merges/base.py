@@ -1,0 +1,204 @@
+"""Shared types of the static merge methods: the per-module result, the method record, the
+driver over an AdapterSet and the CLI parameter parser.
+
+A method is a pure function of one module's factors:
+
+    fn(factors: list[LoraFactors | None], weights: list[float], params, features=None) -> ModuleMerge
+
+``factors[k]`` is adapter k's (A (r_k, in), B (out, r_k), scale) or None where adapter k does not
+target the module (zero delta). ``weights`` holds one coefficient per adapter (explicit, or the
+method's default from its params). ``features`` is only passed to methods with
+``needs_features`` (OSRM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..adapters import AdapterSet, LoraFactors
+from ..errors import MergecoreError
+
+SPACES = ("lora-factors", "core", "dense")
+RANK_RTOL = 1e-10  # singular values below RANK_RTOL * max are numerically zero (float64 cores)
+
+
+@dataclass(frozen=True)
+class ModuleMerge:
+    """Merged update of one module: factored (delta = B @ A) or dense (delta = dense)."""
+
+    space: str  # "lora-factors" | "core" | "dense": where the method computed it
+    B: torch.Tensor | None = None  # (out, r) float32/float64
+    A: torch.Tensor | None = None  # (r, in)
+    dense: torch.Tensor | None = None  # (out, in) float32
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if (self.dense is None) == (self.B is None or self.A is None):
+            raise ValueError("a ModuleMerge is either factored (B and A) or dense, not both or neither")
+
+    @property
+    def is_factored(self) -> bool:
+        return self.dense is None
+
+    @property
+    def rank(self) -> int | None:
+        return self.A.shape[0] if self.is_factored else None
+
+    def delta(self) -> torch.Tensor:
+        """Dense delta (out, in) in float64; for tests, export and analysis, never a hot path."""
+        return self.B.double() @ self.A.double() if self.is_factored else self.dense.double()
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """One registered merge method."""
+
+    name: str
+    params_cls: type  # frozen dataclass; each field has metadata["help"]
+    space: str  # where the maths runs: "lora-factors" | "core" | "dense"
+    fn: Callable[..., ModuleMerge]
+    summary: str
+    default_weights: Callable[[int, Any], list[float]]  # (num_adapters, params) -> weights
+    needs_features: bool = False  # OSRM: merge_adapters must get ``features``
+
+    def param_help(self) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(self.params_cls)}
+
+
+def lam_weights(num: int, params: Any) -> list[float]:
+    """Default weights: ``params.lam`` for every adapter."""
+    return [float(params.lam)] * num
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def merge_adapters(adapters: AdapterSet, method: str | MergeMethod, params: Any = None,
+                   weights: list[float] | None = None,
+                   features: dict[str, dict[int, torch.Tensor]] | None = None) -> dict[str, ModuleMerge]:
+    """Run ``method`` on every module of ``adapters`` (model order).
+
+    params: an instance of ``method.params_cls`` (None = paper defaults).
+    weights: one coefficient per adapter; overrides the default from params (e.g. ``lam``).
+    features: module -> {adapter index -> (n, in) features of that task at that module}; required
+      by methods with ``needs_features`` (OSRM), ignored otherwise.
+    A ``seed`` param is mixed with each module's name, so random masks differ between modules
+    and do not depend on module order.
+    """
+    from . import get_method
+
+    m = get_method(method) if isinstance(method, str) else method
+    params = m.params_cls() if params is None else params
+    if not isinstance(params, m.params_cls):
+        raise MergecoreError(f"params for {m.name} must be {m.params_cls.__name__}, got {type(params).__name__}")
+    w = check_weights(weights if weights is not None else m.default_weights(len(adapters), params), len(adapters))
+    if m.needs_features and not features:
+        raise MergecoreError(f"{m.name} needs per-task input features at every module; pass features=")
+    out = {}
+    for module in adapters.modules:
+        p = _module_params(params, module)
+        kw = {"features": (features or {}).get(module, {})} if m.needs_features else {}
+        out[module] = m.fn(adapters.factors(module), w, p, **kw)
+    return out
+
+
+def _module_params(params: Any, module: str) -> Any:
+    if not any(f.name == "seed" for f in dataclasses.fields(params)):
+        return params
+    return dataclasses.replace(params, seed=(params.seed * 1_000_003 + zlib.crc32(module.encode())) % 2**62)
+
+
+def check_weights(weights: list[float], num: int) -> list[float]:
+    w = [float(x) for x in weights]
+    if len(w) != num:
+        raise MergecoreError(f"got {len(w)} weights for {num} adapters; give one weight per adapter")
+    if not all(abs(x) < float("inf") for x in w):
+        raise MergecoreError(f"weights must be finite numbers, got {w}")
+    return w
+
+
+# ----------------------------------------------------------------------------- helpers for methods
+
+
+def present(factors: list[LoraFactors | None]) -> list[int]:
+    """Indices of the adapters that target this module; refuses a module nobody targets."""
+    idx = [k for k, f in enumerate(factors) if f is not None]
+    if not idx:
+        raise MergecoreError("no adapter targets this module; merge only modules of the AdapterSet")
+    return idx
+
+
+def module_shape(factors: list[LoraFactors | None]) -> tuple[int, int]:
+    f = factors[present(factors)[0]]
+    return f.B.shape[0], f.A.shape[1]
+
+
+def dense_deltas(factors: list[LoraFactors | None], dtype=torch.float32) -> torch.Tensor:
+    """(K, out, in) stack of s_k B_k A_k in ``dtype``; zeros for an absent adapter."""
+    out, inn = module_shape(factors)
+    ref = factors[present(factors)[0]].A
+    d = torch.zeros(len(factors), out, inn, dtype=dtype, device=ref.device)
+    for k, f in enumerate(factors):
+        if f is not None:
+            d[k] = (f.scale * f.B.to(dtype)) @ f.A.to(dtype)
+    return d
+
+
+def check_density(name: str, density: float) -> None:
+    if not 0.0 < density <= 1.0:
+        raise MergecoreError(f"{name}: density must be in (0, 1] (fraction of entries kept), got {density}")
+
+
+def check_choice(name: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise MergecoreError(f"{name}: {key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- CLI params
+
+
+def parse_params(method: str | MergeMethod, items: list[str] | None) -> Any:
+    """Build ``method.params_cls`` from CLI strings ``["key=value", ...]`` (typed conversion)."""
+    from . import get_method
+
+    m = get_method(method) if isinstance(method, str) else method
+    hints = typing.get_type_hints(m.params_cls)
+    valid = [f.name for f in dataclasses.fields(m.params_cls)]
+    keys = ", ".join(valid) or "(none)"
+    kwargs = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise MergecoreError(f"parameter {item!r} must be key=value; valid keys for {m.name}: {keys}")
+        if key not in valid:
+            raise MergecoreError(f"unknown parameter {key!r} for {m.name}; valid keys: {keys}")
+        kwargs[key] = _convert(m.name, key, raw.strip(), hints[key])
+    return m.params_cls(**kwargs)
+
+
+def _convert(method: str, key: str, raw: str, tp: Any) -> Any:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null", ""):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    try:
+        if tp is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return tp(raw)
+    except (TypeError, ValueError):
+        raise MergecoreError(f"{method}: parameter {key} expects {getattr(tp, '__name__', tp)}, got {raw!r}") from None
