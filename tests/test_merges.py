@@ -331,9 +331,10 @@ def test_absent_adapter_acts_as_zero_delta(name):
     assert rel(absent.delta(), zero.delta()) <= 1e-6
 
 
-def test_all_absent_module_is_refused():
+@pytest.mark.parametrize("name", list(METHODS))
+def test_all_absent_module_is_refused(name):
     with pytest.raises(MergecoreError, match="no adapter targets"):
-        run("task_arithmetic", [None, None])
+        run(name, [None, None, None])
 
 
 # ----------------------------------------------------------------------------- driver, registry, params

@@ -28,7 +28,7 @@ import torch
 from ..adapters import LoraFactors
 from ..core_space import CoreSpace, core_space
 from ..errors import MergecoreError
-from .base import RANK_RTOL, MergeMethod, ModuleMerge, check_choice, check_density, lam_weights
+from .base import RANK_RTOL, MergeMethod, ModuleMerge, check_choice, check_density, lam_weights, present
 from .ties_dare import SIGN_METHODS, ties_tensors
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -147,6 +147,7 @@ class IsoParams:
 
 
 def knots(factors: list[LoraFactors | None], weights: list[float], params: KnotsParams) -> ModuleMerge:
+    present(factors)  # refuses a module no adapter targets
     cs = core_space(factors)
     P, S, Q = knots_align(cs.cores)  # (R', q), (q,), (K, q, R'')
     if S.numel() == 0:
@@ -160,12 +161,14 @@ def knots(factors: list[LoraFactors | None], weights: list[float], params: Knots
 
 
 def tsv_m(factors: list[LoraFactors | None], weights: list[float], params: TsvParams) -> ModuleMerge:
+    present(factors)  # refuses a module no adapter targets
     cs = core_space(factors)
     keep = tsv_keep([0 if f is None else f.rank for f in factors], params.fraction)
     return factored(cs, tsv_core(cs.cores, weights, keep, params.alpha), {"kept": keep})
 
 
 def iso_c(factors: list[LoraFactors | None], weights: list[float], params: IsoParams) -> ModuleMerge:
+    present(factors)  # refuses a module no adapter targets
     cs = core_space(factors)
     return factored(cs, iso_core(cs.cores, weights, params.alpha))
 

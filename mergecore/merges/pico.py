@@ -28,7 +28,7 @@ import torch
 from ..adapters import LoraFactors
 from ..core_space import core_space
 from ..errors import MergecoreError
-from .base import MergeMethod, ModuleMerge, check_choice, check_density, dense_deltas
+from .base import MergeMethod, ModuleMerge, check_choice, check_density, dense_deltas, present
 from .core_methods import factored, iso_core, numerical_rank, ta_core, tsv_core, tsv_keep
 from .ties_dare import SIGN_METHODS, ties_tensors
 
@@ -96,6 +96,7 @@ def _core_merge(cores: torch.Tensor, weights: list[float], params: PicoParams, k
 
 
 def pico(factors: list[LoraFactors | None], weights: list[float], params: PicoParams) -> ModuleMerge:
+    present(factors)  # refuses a module no adapter targets
     cs = core_space(factors)
     cal, c = pico_calibrate(cs.cores, params.strength)
     info = {"sharing": c.tolist()}
