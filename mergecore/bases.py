@@ -34,14 +34,15 @@ def _quiet_transformers():
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def load_classifier_base(name: str, trust_remote_code: bool = False):
+def load_classifier_base(name: str, trust_remote_code: bool = False, num_labels: int = 2):
     """(AutoModelForSequenceClassification, tokenizer) for an encoder base; the head is replaced later."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
     path = resolve_base(name)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                                   num_labels=num_labels, ignore_mismatched_sizes=True)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise MergecoreError(

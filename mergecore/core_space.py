@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import LoraFactors
+from .errors import MergecoreError
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class CoreSpace:
 def stack_factors(factors: list[LoraFactors | None], dtype=torch.float64):
     """Concatenate the adapters' factors: B_cat (out, R) with scales folded in, A_cat (R, in),
     and owner (R,) giving the adapter index of each rank direction."""
+    if all(f is None for f in factors):
+        raise MergecoreError("no adapter targets this module; nothing to stack")
     Bs, As, owner = [], [], []
     for k, f in enumerate(factors):
         if f is None:
@@ -55,7 +58,7 @@ def stack_factors(factors: list[LoraFactors | None], dtype=torch.float64):
         Bs.append(f.scale * f.B.to(dtype))
         As.append(f.A.to(dtype))
         owner += [k] * f.rank
-    return torch.cat(Bs, dim=1), torch.cat(As, dim=0), torch.tensor(owner, dtype=torch.long)
+    return torch.cat(Bs, dim=1), torch.cat(As, dim=0), torch.tensor(owner, dtype=torch.long, device=Bs[0].device)
 
 
 def core_space(factors: list[LoraFactors | None]) -> CoreSpace:
@@ -66,7 +69,7 @@ def core_space(factors: list[LoraFactors | None]) -> CoreSpace:
     V = Q.T  # (R'', in)
     UB = U.T @ B_cat  # (R', R)
     AV = A_cat @ V.T  # (R, R'')
-    cores = torch.zeros(len(factors), U.shape[1], V.shape[0], dtype=torch.float64)
+    cores = torch.zeros(len(factors), U.shape[1], V.shape[0], dtype=torch.float64, device=U.device)
     for k in range(len(factors)):
         cols = owner == k
         if cols.any():

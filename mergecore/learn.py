@@ -193,7 +193,7 @@ class Learner:
             sched.step()
             coefs = self.source.effective().detach()
             sink("step", step, {
-                "loss": float(loss), "task_loss": dict(zip(bench.tasks.names, per_task.tolist())), "lr": lr,
+                "loss": float(loss.detach()), "task_loss": dict(zip(bench.tasks.names, per_task.detach().tolist())), "lr": lr,
                 "coefs": coefs.cpu().tolist(), "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
             })
             if float(coefs.abs().max()) > 100:
@@ -207,3 +207,20 @@ class Learner:
 
 def params_dict(params) -> dict:
     return asdict(params)
+
+
+# Paper presets: hyperparameters as each paper reports them (see ../shared/papers).
+PRESETS: dict[str, dict] = {
+    "sourcejs": {"lr": 0.02, "l2": 2e-4, "samples": 128, "steps": 300, "init": -1.0},
+    "divmerge": {"lr": 1e-2, "batch_size": 4, "init": 0.5, "l2": 0.0},
+    "adamerging": {"objective": "entropy", "lr": 1e-3, "init": 0.3, "l2": 0.0},
+    "loradv": {"lr": 0.005, "samples": 32},
+}
+
+
+def apply_preset(params: LearnParams, preset: str | None) -> LearnParams:
+    if not preset:
+        return params
+    if preset not in PRESETS:
+        raise MergecoreError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    return replace(params, **PRESETS[preset])

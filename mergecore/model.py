@@ -18,7 +18,8 @@ task's head and applies head k to the rows of task k, so all tasks share one enc
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +45,16 @@ class Segments:
         return torch.tensor(ids, dtype=torch.long, device=device)
 
 
-@dataclass
-class Slot:
-    """Per-forward state shared by all wrapped layers (a plain object: not part of the module tree)."""
+class Slot(threading.local):
+    """Per-forward state shared by all wrapped layers (not part of the module tree).
 
-    source: object = None  # a CoefficientSource
-    segments: Segments | None = None
-    extra: dict = field(default_factory=dict)
+    Thread-local: two threads (two app sessions) can run the same frozen model with different
+    coefficient sources at once without seeing each other's state.
+    """
+
+    def __init__(self):
+        self.source = None  # a CoefficientSource
+        self.segments: Segments | None = None
 
 
 class MultiLoraLinear(nn.Module):

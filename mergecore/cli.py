@@ -1,0 +1,219 @@
+"""Command line: ``python -m mergecore {learn,eval,runs,compare,...}``.
+
+Typed parameter dataclasses become flags (one definition: the dataclass); bad input exits
+with code 2 and one line on stderr; ``--json`` prints one JSON object last on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import MergecoreError
+
+# ----------------------------------------------------------------------------- shared options
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field, default None so presets and explicit flags can be layered."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f.metadata.get("help", "") + f" (default: {f.default})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", default=None, help=helptext)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(f.default))
+            parser.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"), help=helptext)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, base=None):
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base or cls(), **given)
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--demo", action="store_true", help="the embedded demo kit (default when no adapters are given)")
+    src.add_argument("--adapters", nargs="+", metavar="DIR", help="PEFT LoRA adapter folders or hub ids")
+    p.add_argument("--base-model", help="base model path or hub id (overrides the adapters' configs)")
+    p.add_argument("--allow-bin", action="store_true", help="accept adapter_model.bin pickles (loaded weights_only)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow base models with custom code")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--workspace", type=Path, help="run store folder (default: ./workspace or $MERGECORE_WORKSPACE)")
+    p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
+
+
+def open_bench(args):
+    from .adapters import load_adapters
+    from .demo.kit import demo_adapter_dirs, tasks_for
+    from .workbench import open_workbench
+
+    dirs = args.adapters or demo_adapter_dirs()
+    adapters = load_adapters(dirs, allow_bin=args.allow_bin, base_model=args.base_model)
+    tasks = tasks_for(adapters.names)
+    return open_workbench(adapters, tasks, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def open_store(args):
+    from .runs import RunStore
+
+    return RunStore(args.workspace)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def score_table(columns: dict[str, dict[str, float]], experts: dict[str, float] | None = None) -> str:
+    """Tasks as rows, one column per merge, plus average (and ANP vs the experts)."""
+    from .evaluate import anp, average
+
+    tasks = list(next(iter(columns.values())))
+    names = list(columns)
+    width = max(14, *(len(t) for t in tasks))
+    lines = [f"{'task':{width}s}" + "".join(f"{n[:14]:>15s}" for n in names)]
+    for t in tasks:
+        lines.append(f"{t:{width}s}" + "".join(f"{columns[n].get(t, float('nan')):15.2f}" for n in names))
+    lines.append(f"{'average':{width}s}" + "".join(f"{average(columns[n]):15.2f}" for n in names))
+    if experts:
+        lines.append(f"{'ANP':{width}s}" + "".join(f"{anp(columns[n], experts):15.3f}" for n in names))
+    return "\n".join(lines)
+
+
+def emit_json(obj: dict) -> None:
+    print(json.dumps(obj, default=float))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_learn(args) -> int:
+    from .learn import LearnParams, apply_preset
+    from .runner import run_learning
+    from .runs import tensor_bytes
+
+    params = dataclass_from_args(LearnParams, args, apply_preset(LearnParams(), args.preset)).validate()
+    t0 = time.perf_counter()
+    bench = open_bench(args)
+    store = open_store(args)
+    bar = _progress(params.steps, args.json)
+
+    def on_event(kind, step, payload):
+        if kind == "step" and bar is not None:
+            bar.set_postfix(loss=f"{payload['loss']:.4f}")
+            bar.update(1)
+
+    run_id, result = run_learning(bench, params, store, name=args.name, on_event=on_event)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if args.out:
+        write_run_folder(args.out, store, run_id)
+    base = result["baselines"]
+    print(score_table({"pre-trained": base["pre-trained"], "experts": base["experts"], "uniform": base["uniform"],
+                       f"{params.objective}-{params.granularity}": result["scores"]}, base["experts"]))
+    print(f"run {run_id} ({result['status']}) in {seconds:.1f} s; stored in {store.path}"
+          + (f"; written to {args.out}" if args.out else ""))
+    if result["message"]:
+        print(result["message"], file=sys.stderr)
+    if args.json:
+        emit_json({"run": result["scores"], "uniform": result["uniform"], "coefficients": result["coefs"],
+                   "run_id": run_id, "status": result["status"], "seconds": seconds})
+    return 0 if result["status"] == "done" else 1
+
+
+def cmd_eval(args) -> int:
+    from .runner import cached_baselines
+
+    t0 = time.perf_counter()
+    bench = open_bench(args)
+    base = cached_baselines(bench)
+    print(score_table(base, base["experts"]))
+    if args.json:
+        emit_json({"uniform": base["uniform"], "experts": base["experts"], "pre-trained": base["pre-trained"],
+                   "seconds": time.perf_counter() - t0})
+    return 0
+
+
+def cmd_runs(args) -> int:
+    store = open_store(args)
+    for r in store.list():
+        avg = r.result.get("average")
+        print(f"{r.id}  {r.kind:9s} {r.status:11s} {r.name:24s} " + (f"avg {avg:6.2f}" if avg is not None else ""))
+    return 0
+
+
+def write_run_folder(out: Path, store, run_id: str) -> None:
+    """run.json (config + result), events.jsonl and coefs.safetensors, written atomically."""
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rec = store.get(run_id)
+    (tmp / "run.json").write_text(json.dumps({"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.status,
+                                              "config": rec.config, "result": rec.result}, indent=2, default=float))
+    with open(tmp / "events.jsonl", "w") as f:
+        for e in store.events(run_id):
+            f.write(json.dumps(e) + "\n")
+    if "coefs" in store.artifacts(run_id):
+        (tmp / "coefs.safetensors").write_bytes(store.get_blob(run_id, "coefs"))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _progress(total: int, quiet: bool):
+    if quiet and not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="learning", unit="step", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .learn import PRESETS, LearnParams
+
+    ap = argparse.ArgumentParser(prog="python -m mergecore", description="Merge LoRA adapters and look inside the result.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("learn", help="learn merge coefficients")
+    add_source_args(p)
+    add_dataclass_args(p, LearnParams)
+    p.add_argument("--preset", choices=list(PRESETS), help="load a paper's hyperparameters (explicit flags win)")
+    p.add_argument("--name", help="run name")
+    p.add_argument("--out", type=Path, help="also write the run to this folder")
+    p.set_defaults(fn=cmd_learn)
+    p = sub.add_parser("eval", help="pre-trained / experts / uniform scores")
+    add_source_args(p)
+    p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("runs", help="list stored runs")
+    p.add_argument("--workspace", type=Path)
+    p.set_defaults(fn=cmd_runs)
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return ap
+
+
+EXTRA_COMMANDS: list = []  # other modules append parser registrations (merge, compare, export, analyze)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from . import cli_extra  # noqa: F401  (registers the remaining commands)
+
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.fn(args)
+    except MergecoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code)

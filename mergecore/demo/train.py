@@ -1,0 +1,89 @@
+"""Train the demo kit's LoRA experts: ``python -m mergecore.demo.train [--out DIR]``.
+
+One PEFT LoRA adapter per demo task on all-MiniLM-L6-v2 (r=8, alpha=16 on query and value,
+plus the task's classification head via ``modules_to_save``), trained on the task's training
+split, deterministic for a given seed. The committed adapters in ``mergecore/demo/adapters/``
+were produced by this script with its defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..bases import MINILM_IDS, load_classifier_base
+from .kit import ADAPTER_DIR
+from .tasks import demo_tasks
+
+
+def train_expert(task, train_split, out: Path, epochs: int, lr: float, seed: int) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model, tok = load_classifier_base(MINILM_IDS[0], num_labels=task.num_labels)
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0,
+                     task_type="SEQ_CLS", modules_to_save=["classifier"])
+    model = get_peft_model(model, cfg)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    fields = list(zip(*train_split.inputs))
+    enc = tok(*[list(f) for f in fields[:2]], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    labels = torch.tensor(train_split.labels).long()
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(labels), generator=gen).split(32):
+            batch = {k: v[idx] for k, v in enc.items()}
+            loss = model(**batch, labels=labels[idx]).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    acc = _accuracy(model, tok, task)
+    _save(model, out)
+    return {"task": task.name, "eval_accuracy": acc}
+
+
+@torch.no_grad()
+def _accuracy(model, tok, task) -> float:
+    fields = list(zip(*task.evaluation.inputs))
+    enc = tok(*[list(f) for f in fields[:2]], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    pred = model(**enc).logits.argmax(-1)
+    return float((pred == torch.tensor(task.evaluation.labels).long()).float().mean()) * 100
+
+
+def _save(model, out: Path) -> None:
+    """Write only adapter_config.json + adapter_model.safetensors, naming the hub id of the base."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    cfg = json.loads((tmp / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = MINILM_IDS[0]
+    (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (tmp / "README.md").unlink(missing_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ADAPTER_DIR, help="folder for the adapters")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tasks, train = demo_tasks()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        t0 = time.perf_counter()
+        info = train_expert(task, train[task.name], args.out / task.name, args.epochs, args.lr, args.seed)
+        print(f"{task.name:14s} expert accuracy {info['eval_accuracy']:.1f}%  ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

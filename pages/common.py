@@ -1,0 +1,89 @@
+"""Shared app plumbing: process-wide resources, sidebar, forms built from mergecore dataclasses.
+
+Everything here is thin: numbers come from mergecore, widgets come from its dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from mergecore.errors import MergecoreError
+
+DEFAULT_WORKSPACE = os.environ.get("MERGECORE_WORKSPACE", str(Path.cwd() / "workspace"))
+
+
+@st.cache_resource(show_spinner=False)
+def registry(workspace: str):
+    from mergecore.jobs import JobRegistry
+    from mergecore.runs import RunStore
+
+    return JobRegistry(RunStore(workspace))
+
+
+@st.cache_resource(show_spinner="Loading the base model and adapters...")
+def bench(adapter_dirs: tuple[str, ...], device: str):
+    """One Workbench per adapter selection and device, shared by all sessions (never mutated)."""
+    from mergecore.adapters import load_adapters
+    from mergecore.demo.kit import tasks_for
+    from mergecore.workbench import open_workbench
+
+    adapters = load_adapters(list(adapter_dirs))
+    return open_workbench(adapters, tasks_for(adapters.names), device=device)
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.text_input("Workspace folder", value=DEFAULT_WORKSPACE, key="workspace",
+                      help="runs are stored in runs.sqlite inside this folder")
+        import torch
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        st.selectbox("Device", devices, key="device")
+        st.caption("Adapters: " + ("demo kit" if not st.session_state.get("adapter_dirs") else
+                                  f"{len(st.session_state['adapter_dirs'])} folders"))
+
+
+def current_registry():
+    return registry(st.session_state.get("workspace", DEFAULT_WORKSPACE))
+
+
+def adapter_dirs() -> tuple[str, ...]:
+    from mergecore.demo.kit import demo_adapter_dirs
+
+    return tuple(st.session_state.get("adapter_dirs") or [str(p) for p in demo_adapter_dirs()])
+
+
+def current_bench():
+    """The workbench for the selected adapters, or None after showing the error."""
+    try:
+        return bench(adapter_dirs(), st.session_state.get("device", "cpu"))
+    except MergecoreError as exc:
+        st.error(str(exc))
+        return None
+
+
+def dataclass_form(cls, prefix: str, values=None, skip=()):
+    """Widgets for a frozen params dataclass (choices -> selectbox, bool -> checkbox); returns an instance."""
+    values = values or cls()
+    out = {}
+    cols = st.columns(3)
+    for i, f in enumerate(x for x in dataclasses.fields(cls) if x.name not in skip):
+        current, helptext = getattr(values, f.name), f.metadata.get("help")
+        with cols[i % 3]:
+            key = f"{prefix}_{f.name}"
+            if f.metadata.get("choices"):
+                choices = list(f.metadata["choices"])
+                out[f.name] = st.selectbox(f.name, choices, index=choices.index(current), help=helptext, key=key)
+            elif isinstance(current, bool):
+                out[f.name] = st.checkbox(f.name, value=current, help=helptext, key=key)
+            elif isinstance(current, int):
+                out[f.name] = int(st.number_input(f.name, value=current, step=1, help=helptext, key=key))
+            elif isinstance(current, float):
+                out[f.name] = float(st.number_input(f.name, value=current, format="%g", help=helptext, key=key))
+            else:
+                out[f.name] = st.text_input(f.name, value=str(current), help=helptext, key=key)
+    return dataclasses.replace(values, **out)

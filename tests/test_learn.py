@@ -1,0 +1,108 @@
+"""Learner on a tiny BERT: every objective x granularity moves only the coefficients."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertForSequenceClassification
+
+from mergecore.adapters import load_adapters
+from mergecore.coefs import block_index
+from mergecore.heads import ClassifierReader
+from mergecore.learn import GRANULARITIES, Learner, LearnParams
+from mergecore.model import MergeModel
+from mergecore.objectives import OBJECTIVES
+from mergecore.runner import run_learning
+from mergecore.runs import RunStore
+from mergecore.tasks import Split, Task, TaskSet
+from mergecore.workbench import Workbench
+
+from conftest import texts
+
+
+def tiny_bench(tiny_setup) -> Workbench:
+    base_dir, dirs = tiny_setup
+    adapters = load_adapters(dirs)
+    mm = MergeModel(BertForSequenceClassification.from_pretrained(base_dir), adapters)
+    tasks = []
+    for k, (name, n_labels) in enumerate(zip(adapters.names, mm.num_labels)):
+        cal, ev = texts(12, seed=10 + k), texts(10, seed=20 + k)
+        tasks.append(Task(name, tuple(f"l{i}" for i in range(n_labels)),
+                          Split(tuple((t,) for t in cal), tuple(i % n_labels for i in range(12))),
+                          Split(tuple((t,) for t in ev), tuple(i % n_labels for i in range(10)))))
+    return Workbench(adapters, TaskSet(tuple(tasks)), mm, ClassifierReader(AutoTokenizer.from_pretrained(base_dir)))
+
+
+def _snapshot(mm: MergeModel) -> dict[str, torch.Tensor]:
+    state = {n: p.detach().clone() for n, p in mm.named_parameters()}
+    for layer in mm.layers:
+        state[layer.name + ".A"], state[layer.name + ".B"] = layer.A_cat.clone(), layer.B_cat.clone()
+    return state
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_only_coefficients_move(tiny_setup, objective, granularity):
+    bench = tiny_bench(tiny_setup)
+    before = _snapshot(bench.model)
+    params = LearnParams(objective=objective, granularity=granularity, steps=3, lr=0.05, batch_size=4,
+                         samples=12, labeled=8, eval_every=0)
+    learner = Learner(bench, params)
+    start = learner.source.to_matrix().detach().clone()
+    res = learner.run()
+    assert res.status == "done" and res.steps_done == 3
+    assert not torch.equal(res.coefs, start), "coefficients did not move"
+    assert res.coefs.shape == (bench.num_modules, bench.num_tasks)
+    for name, value in _snapshot(bench.model).items():
+        assert torch.equal(value, before[name]), f"{name} changed"
+    assert all(p.grad is None for p in bench.model.parameters())
+
+
+def test_block_grouping_and_task_rows_are_shared(tiny_setup):
+    bench = tiny_bench(tiny_setup)
+    group, names = block_index(bench.adapters.modules)
+    assert len(names) == 3  # encoder layers 0, 1 and the pooler
+    res = Learner(bench, LearnParams(granularity="task", steps=2, batch_size=4, eval_every=0)).run()
+    assert torch.allclose(res.coefs, res.coefs[:1].expand_as(res.coefs))
+
+
+def test_cancel_stops_between_steps_and_nan_loss_fails(tiny_setup, monkeypatch):
+    bench = tiny_bench(tiny_setup)
+    stop = threading.Event()
+    seen = []
+
+    def sink(kind, step, payload):
+        seen.append(step)
+        if step == 2:
+            stop.set()
+
+    res = Learner(bench, LearnParams(steps=50, batch_size=4, eval_every=0)).run(sink, stop)
+    assert res.status == "cancelled" and res.steps_done == 2 and seen == [1, 2]
+
+    learner = Learner(bench, LearnParams(steps=5, batch_size=4, eval_every=0))
+    good = learner.source.to_matrix().detach().clone()
+    monkeypatch.setattr(learner, "_step_loss", lambda parts, refs: (torch.tensor(float("nan")), torch.zeros(3)))
+    res = learner.run()
+    assert res.status == "failed" and "nan" in res.message.lower() and torch.equal(res.coefs, good)
+
+
+def test_run_is_stored_with_events_and_scores(tiny_setup, tmp_path):
+    bench = tiny_bench(tiny_setup)
+    store = RunStore(tmp_path)
+    run_id, result = run_learning(bench, LearnParams(steps=4, batch_size=4, eval_every=2, eval_limit=6), store)
+    rec = store.get(run_id)
+    assert rec.status == "done" and set(rec.result["scores"]) == set(bench.tasks.names)
+    steps = store.events(run_id, "step")
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    assert [e["step"] for e in store.events(run_id, "eval")] == [2, 4]
+    assert torch.allclose(store.get_tensors(run_id, "coefs")["coefs"], torch.tensor(result["coefs"]))
+    # a second store object on the same folder (a restarted app) sees the same run
+    assert RunStore(tmp_path).get(run_id).result == rec.result
+
+
+def test_same_seed_same_coefficients(tiny_setup):
+    bench = tiny_bench(tiny_setup)
+    p = LearnParams(steps=3, batch_size=4, eval_every=0, seed=7)
+    assert torch.equal(Learner(bench, p).run().coefs, Learner(bench, p).run().coefs)

@@ -1,0 +1,58 @@
+"""Objectives against scipy on random distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy as sp_entropy
+
+from mergecore.objectives import cross_entropy, entropy, js_div, kl_div, l2_pull, reverse_kl
+
+
+def _dists(n=20, c=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.softmax(torch.randn(n, c, generator=g) * 2, -1)
+    q = torch.softmax(torch.randn(n, c, generator=g) * 2, -1)
+    return p, q
+
+
+def test_js_matches_scipy():
+    p, q = _dists()
+    ours = js_div(p, q.log()).numpy()
+    ref = jensenshannon(p.numpy(), q.numpy(), axis=1) ** 2  # scipy returns the distance (sqrt)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_kl_both_directions_and_entropy_match_scipy():
+    p, q = _dists(seed=1)
+    np.testing.assert_allclose(kl_div(p, q.log()).numpy(), sp_entropy(p.numpy(), q.numpy(), axis=1), rtol=1e-4)
+    np.testing.assert_allclose(reverse_kl(p, q.log()).numpy(), sp_entropy(q.numpy(), p.numpy(), axis=1), rtol=1e-4)
+    np.testing.assert_allclose(entropy(None, q.log()).numpy(), sp_entropy(q.numpy(), axis=1), rtol=1e-5)
+
+
+def test_zero_probabilities_are_safe_and_js_bounded():
+    p = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
+    q = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+    logq = torch.log_softmax(torch.log(q.clamp_min(1e-30)), -1)
+    js = js_div(p, logq)
+    assert torch.isfinite(js).all()
+    assert abs(float(js[0]) - np.log(2)) < 1e-5 and abs(float(js[1])) < 1e-6
+    assert torch.isfinite(kl_div(q, torch.log_softmax(torch.randn(2, 3), -1))).all()
+
+
+def test_gradients_are_finite_at_one_hot_experts():
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    logits = torch.randn(2, 2, requires_grad=True)
+    for fn in (js_div, kl_div, reverse_kl):
+        fn(p, torch.log_softmax(logits, -1)).sum().backward()
+        assert torch.isfinite(logits.grad).all()
+        logits.grad = None
+
+
+def test_cross_entropy_and_l2():
+    logq = torch.log_softmax(torch.randn(4, 3), -1)
+    y = torch.tensor([0, 2, 1, 1])
+    np.testing.assert_allclose(cross_entropy(y, logq).numpy(), -logq[torch.arange(4), y].numpy())
+    g, g0 = torch.tensor([0.5, -0.5]), torch.tensor([0.25, 0.25])
+    assert abs(float(l2_pull(g, g0, 2e-4)) - 2e-4 * (0.25 ** 2 + 0.75 ** 2)) < 1e-10
