@@ -8,6 +8,11 @@ st.set_page_config(page_title="mergecore", layout="wide")
 PAGES = [
     st.Page("pages/workspace.py", title="Workspace", icon=":material/folder_open:", default=True),
     st.Page("pages/learn.py", title="Learn", icon=":material/trending_down:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/spectra.py", title="Spectra", icon=":material/equalizer:"),
+    st.Page("pages/representation.py", title="Representation", icon=":material/scatter_plot:"),
+    st.Page("pages/diagnose.py", title="Diagnose", icon=":material/troubleshoot:"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]
 nav = st.navigation(PAGES)
 sidebar()

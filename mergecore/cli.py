@@ -83,6 +83,11 @@ def score_table(columns: dict[str, dict[str, float]], experts: dict[str, float] 
     return "\n".join(lines)
 
 
+def compact(coefs: list) -> list:
+    """Task-wise coefficients as one row (K,) instead of L identical rows."""
+    return coefs[0] if coefs and all(row == coefs[0] for row in coefs) else coefs
+
+
 def emit_json(obj: dict) -> None:
     print(json.dumps(obj, default=float))
 
@@ -120,7 +125,7 @@ def cmd_learn(args) -> int:
     if result["message"]:
         print(result["message"], file=sys.stderr)
     if args.json:
-        emit_json({"run": result["scores"], "uniform": result["uniform"], "coefficients": result["coefs"],
+        emit_json({"run": result["scores"], "uniform": result["uniform"], "coefficients": compact(result["coefs"]),
                    "run_id": run_id, "status": result["status"], "seconds": seconds})
     return 0 if result["status"] == "done" else 1
 
@@ -130,7 +135,7 @@ def cmd_eval(args) -> int:
 
     t0 = time.perf_counter()
     bench = open_bench(args)
-    base = cached_baselines(bench)
+    base = cached_baselines(bench, open_store(args))
     print(score_table(base, base["experts"]))
     if args.json:
         emit_json({"uniform": base["uniform"], "experts": base["experts"], "pre-trained": base["pre-trained"],
@@ -205,7 +210,7 @@ EXTRA_COMMANDS: list = []  # other modules append parser registrations (merge, c
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import cli_extra  # noqa: F401  (registers the remaining commands)
+    from . import cli_analyze, cli_export, cli_extra  # noqa: F401  (register the remaining commands)
 
     args = build_parser().parse_args(argv)
     try:

@@ -42,12 +42,12 @@ class LearnParams:
     l2: float = field(default=2e-4, metadata=_help("lambda of the L2 pull toward the start point (SourceJS Eq. 7)"))
     init: float = field(default=-1.0, metadata=_help("start value of every coefficient; -1 means 1/K (SourceJS)"))
     samples: int = field(default=128, metadata=_help("unlabeled calibration examples per task"))
-    batch_size: int = field(default=16, metadata=_help("examples per task in each step"))
+    batch_size: int = field(default=8, metadata=_help("examples per task in each step"))
     labeled: int = field(default=64, metadata=_help("labeled examples per task for the supervised (ce) objective"))
     clamp: bool = field(default=False, metadata=_help("clamp coefficients to [0, 1]"))
     softmax: bool = field(default=False, metadata=_help("softmax-normalise coefficients over tasks"))
     eval_every: int = field(default=50, metadata=_help("evaluate metric and confidence every N steps (0: never)"))
-    eval_limit: int = field(default=200, metadata=_help("evaluation examples per task for the periodic evaluation"))
+    eval_limit: int = field(default=100, metadata=_help("evaluation examples per task for the periodic evaluation"))
     seed: int = field(default=0, metadata=_help("seed of the batch sampler"))
 
     def validate(self) -> "LearnParams":

@@ -28,15 +28,27 @@ def bench_config(bench) -> dict:
     }
 
 
-def cached_baselines(bench) -> dict[str, dict[str, float]]:
-    """Pre-trained / experts / uniform scores, computed once per workbench."""
-    if not hasattr(bench, "_baselines"):
-        bench._baselines = baselines(bench)
+def bench_key(bench) -> str:
+    import hashlib
+    import json
+
+    return "baselines:" + hashlib.sha256(json.dumps(bench_config(bench), sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_baselines(bench, store: RunStore | None = None) -> dict[str, dict[str, float]]:
+    """Pre-trained / experts / uniform scores: once per workbench, and once per workspace when a store is given."""
+    import json
+
+    if getattr(bench, "_baselines", None) is None:
+        cached = store.cache_get(bench_key(bench)) if store else None
+        bench._baselines = json.loads(cached) if cached else baselines(bench)
+        if store and not cached:
+            store.cache_put(bench_key(bench), json.dumps(bench._baselines).encode())
     return bench._baselines
 
 
-def summarize(bench, scores: dict[str, float]) -> dict:
-    base = cached_baselines(bench)
+def summarize(bench, scores: dict[str, float], store: RunStore | None = None) -> dict:
+    base = cached_baselines(bench, store)
     return {"scores": scores, "average": average(scores), "anp": anp(scores, base["experts"]),
             "uniform": base["uniform"], "baselines": base}
 
@@ -66,7 +78,7 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
     try:
         res = Learner(bench, params, start=start).run(sink, stop)
         scores = evaluate(bench, FixedCoefs(res.coefs))
-        result = {**summarize(bench, scores), "status": res.status, "message": res.message,
+        result = {**summarize(bench, scores, store), "status": res.status, "message": res.message,
                   "steps": res.steps_done, "seconds": res.seconds, "coefs": res.coefs.tolist()}
     except Exception as exc:
         if store:
@@ -81,7 +93,64 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
 def record_baselines(bench, store: RunStore) -> str:
     """Store pre-trained / experts / uniform as one 'baseline' run (Compare shows it)."""
     t0 = time.perf_counter()
-    base = cached_baselines(bench)
+    base = cached_baselines(bench, store)
     run_id = store.create("baselines", "baseline", {"method": "baselines", **bench_config(bench)})
     store.finish(run_id, "done", {"baselines": base, "seconds": time.perf_counter() - t0})
     return run_id
+
+
+@torch.no_grad()
+def collect_features(bench, samples: int = 64, max_tokens: int = 2048) -> dict[str, dict[int, torch.Tensor]]:
+    """Inputs of every wrapped layer on each task's calibration data, real tokens only (no padding).
+
+    Returns {module: {task: (n_tokens, in)}} with the pre-trained model (no adapters), the
+    features OSRM's covariance is built from."""
+    feats: dict[str, dict[int, list]] = {layer.name: {} for layer in bench.model.layers}
+    state = {}
+    hooks = [layer.register_forward_pre_hook(
+        lambda mod, args: feats[mod.name].setdefault(state["task"], []).append(args[0][state["mask"]].float().cpu()))
+        for layer in bench.model.layers]
+    try:
+        bench.model.set_source(bench.pretrained())
+        for k in range(bench.num_tasks):
+            enc = bench.encoded(k, "calibration", limit=samples)
+            segments, inputs = bench.reader.batch([(k, enc, torch.arange(len(enc)))], bench.device)
+            state["task"], state["mask"] = k, inputs["attention_mask"].bool()
+            bench.reader.label_logits(bench.model, segments, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for name, per_task in feats.items():
+        out[name] = {}
+        for k, chunks in per_task.items():
+            x = torch.cat(chunks)
+            out[name][k] = x[torch.randperm(len(x), generator=gen)[:max_tokens]]
+    return out
+
+
+def run_static(bench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,
+               name: str | None = None) -> tuple[str | None, dict]:
+    """Apply a static merge method, evaluate it, and store it as a run (artifact 'merged')."""
+    from .merged import MergedSource, merge_to_tensors
+    from .merges import get_method, merge_adapters
+
+    t0 = time.perf_counter()
+    m = get_method(method)
+    params = params or m.params_cls()
+    features = collect_features(bench) if m.needs_features else None
+    merge = merge_adapters(bench.adapters, m.name, params, weights=weights, features=features)
+    scores = evaluate(bench, MergedSource(merge, bench.device))
+    info = {k: v.info for k, v in merge.items() if v.info}
+    result = {**summarize(bench, scores, store), "status": "done", "message": "", "seconds": time.perf_counter() - t0,
+              "space": m.space, "dense": any(not v.is_factored for v in merge.values()),
+              "info": {k: {kk: (vv if isinstance(vv, (int, float, str)) else str(vv)) for kk, vv in v.items()}
+                       for k, v in info.items()}}
+    run_id = None
+    if store:
+        config = {"method": m.name, "params": asdict(params), "weights": weights, **bench_config(bench)}
+        run_id = store.create(name or m.name, "static", config)
+        store.put_tensors(run_id, "merged", merge_to_tensors(merge))
+        store.finish(run_id, "done", result)
+    return run_id, result

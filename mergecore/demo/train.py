@@ -72,14 +72,18 @@ def _save(model, out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ADAPTER_DIR, help="folder for the adapters")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int, default=2000, help="training examples per task")
+    ap.add_argument("--tasks", nargs="*", help="train only these tasks")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    tasks, train = demo_tasks()
+    tasks, train = demo_tasks(n_train=args.n_train)
     args.out.mkdir(parents=True, exist_ok=True)
     for task in tasks:
+        if args.tasks and task.name not in args.tasks:
+            continue
         t0 = time.perf_counter()
         info = train_expert(task, train[task.name], args.out / task.name, args.epochs, args.lr, args.seed)
         print(f"{task.name:14s} expert accuracy {info['eval_accuracy']:.1f}%  ({time.perf_counter() - t0:.0f} s)")

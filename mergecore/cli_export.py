@@ -1,0 +1,5 @@
+"""CLI command 'export' (registered into mergecore.cli)."""
+
+from __future__ import annotations
+
+from .cli import EXTRA_COMMANDS  # noqa: F401
