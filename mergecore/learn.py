@@ -23,7 +23,7 @@ from .coefs import MatrixCoefs, block_coefs, coefficient_transform, layer_coefs,
 from .errors import MergecoreError
 from .objectives import OBJECTIVES, get_objective, l2_pull
 
-GRANULARITIES = ("task", "layer", "block")
+GRANULARITIES = ("task", "layer", "block", "spectral")
 
 
 def _help(text: str, **extra) -> dict:
@@ -35,7 +35,8 @@ class LearnParams:
     """Hyperparameters of coefficient learning; defaults from SourceJS (lr 0.02 cosine, lambda 2e-4, 128 samples)."""
 
     objective: str = field(default="js", metadata=_help("training objective", choices=tuple(OBJECTIVES)))
-    granularity: str = field(default="task", metadata=_help("one coefficient per task, per LoRA module (layer) or per block",
+    granularity: str = field(default="task", metadata=_help(
+        "one coefficient per task, per LoRA module (layer), per block, or a gain per singular value (spectral)",
                                                              choices=GRANULARITIES))
     steps: int = field(default=150, metadata=_help("optimisation steps"))
     lr: float = field(default=0.02, metadata=_help("Adam learning rate (cosine schedule)"))
@@ -49,6 +50,9 @@ class LearnParams:
     eval_every: int = field(default=50, metadata=_help("evaluate metric and confidence every N steps (0: never)"))
     eval_limit: int = field(default=100, metadata=_help("evaluation examples per task for the periodic evaluation"))
     seed: int = field(default=0, metadata=_help("seed of the batch sampler"))
+    iterations: int = field(default=3, metadata=_help("spectral only: rethinking iterations T (LoRA-DV)"))
+    start: str = field(default="uniform", metadata=_help(
+        "start point: 'uniform', a stored run id, or a static method name (spectral starts from its merge)"))
 
     def validate(self) -> "LearnParams":
         get_objective(self.objective)
@@ -60,6 +64,8 @@ class LearnParams:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MergecoreError(f"lr must be a positive number (got {self.lr})")
         coefficient_transform(self.clamp, self.softmax)
+        if self.iterations < 1:
+            raise MergecoreError(f"iterations must be at least 1 (got {self.iterations})")
         return self
 
     def start_value(self, num_tasks: int) -> float:
@@ -73,11 +79,13 @@ def param_fields(cls) -> list:
 
 @dataclass
 class LearnResult:
-    coefs: torch.Tensor  # (L, K) coefficients per module
+    coefs: torch.Tensor  # (L, K) coefficients per module (zeros for spectral runs: see merge)
     status: str  # done | cancelled | failed
     message: str
     steps_done: int
     seconds: float
+    merge: dict | None = None  # spectral runs: the rethought merged update per module
+    spectral: dict | None = None  # spectral runs: learned gains and starting singular values
 
 
 class BatchSampler:
@@ -140,16 +148,33 @@ def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -
 
 
 class Learner:
-    """Learns merge coefficients on a Workbench; same results from the CLI and the app."""
+    """Learns merge coefficients on a Workbench; same results from the CLI and the app.
 
-    def __init__(self, bench, params: LearnParams, start: torch.Tensor | None = None):
+    ``start``: initial coefficients (K,) or (L, K) for task/layer/block granularity.
+    ``start_merge``: the merged update spectral learning starts from (default: uniform 1/K).
+    """
+
+    def __init__(self, bench, params: LearnParams, start: torch.Tensor | None = None,
+                 start_merge: dict | None = None):
         self.bench, self.params = bench, params.validate()
-        K = bench.num_tasks
-        init = start if start is not None else torch.full((K,), params.start_value(K))
-        self.source = make_source(bench, params.granularity, init.float()).to(bench.device)
-        self.source.transform = coefficient_transform(params.clamp, params.softmax)
-        self.gamma0 = self.source.gamma.detach().clone()
         self.objective = get_objective(params.objective)
+        K = bench.num_tasks
+        if params.granularity == "spectral":
+            from .merged import coefs_to_merge
+
+            self.merge = start_merge or coefs_to_merge(bench.adapters, torch.full((bench.num_modules, K), 1.0 / K))
+            self._new_source(self.merge)
+        else:
+            init = start if start is not None else torch.full((K,), params.start_value(K))
+            self.source = make_source(bench, params.granularity, init.float()).to(bench.device)
+            self.source.transform = coefficient_transform(params.clamp, params.softmax)
+            self.gamma0 = self.source.gamma.detach().clone()
+
+    def _new_source(self, merge: dict) -> None:
+        from .spectral import SpectralCoefs
+
+        self.source = SpectralCoefs(merge, self.bench.adapters.modules, self.bench.device)
+        self.gamma0 = self.source.gamma.detach().clone()  # the L2 pull is toward Lambda = 1
 
     def _encoded(self) -> list:
         n = self.params.labeled if self.objective.reference == "labels" else self.params.samples
@@ -167,42 +192,61 @@ class Learner:
 
     def run(self, sink: Callable[[str, int, dict], None] | None = None, stop=None) -> LearnResult:
         p, bench, t0 = self.params, self.bench, time.perf_counter()
-        sink = sink or (lambda kind, step, payload: None)
-        encoded, refs = self._encoded(), references(bench, p)
-        expert_eval = bench.predict(bench.routing(), "evaluation", limit=p.eval_limit) if p.eval_every else []
-        sampler = BatchSampler([len(e) for e in encoded], p.seed)
-        opt = torch.optim.Adam(self.source.parameters(), lr=p.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, p.steps) / p.steps)))
-        bench.model.set_source(self.source)
+        ctx = {"sink": sink or (lambda kind, step, payload: None), "stop": stop, "t0": t0,
+               "encoded": self._encoded(), "refs": references(bench, p)}
+        ctx["expert_eval"] = bench.predict(bench.routing(), "evaluation", limit=p.eval_limit) if p.eval_every else []
+        ctx["sampler"] = BatchSampler([len(e) for e in ctx["encoded"]], p.seed)
+        phases = p.iterations if p.granularity == "spectral" else 1
+        per_phase = math.ceil(p.steps / phases)
         status, message, step = "done", "", 0
-        for step in range(1, p.steps + 1):
-            if stop is not None and stop.is_set():
-                status, message, step = "cancelled", f"stopped by the user after {step - 1} steps", step - 1
+        for phase in range(phases):
+            if phase:  # iterative rethinking: re-decompose the rethought delta, fresh gains (LoRA-DV Eq. 9-11)
+                self.merge = self.source.to_merge()
+                self._new_source(self.merge)
+            n = min(per_phase, p.steps - step)
+            status, message, step = self._phase(ctx, step, n)
+            if status != "done":
                 break
-            parts = [(k, e, sampler.take(k, min(p.batch_size, len(e)))) for k, e in enumerate(encoded)]
-            loss, per_task = self._step_loss(parts, refs)
+        return self._result(status, message, step, time.perf_counter() - t0)
+
+    def _result(self, status: str, message: str, step: int, seconds: float) -> LearnResult:
+        if self.params.granularity == "spectral":
+            K = self.bench.num_tasks
+            return LearnResult(torch.zeros(self.bench.num_modules, K), status, message, step, seconds,
+                               merge=self.source.to_merge(), spectral=self.source.tensors())
+        return LearnResult(self.source.to_matrix().detach().cpu(), status, message, step, seconds)
+
+    def _phase(self, ctx: dict, step0: int, n: int) -> tuple[str, str, int]:
+        """``n`` Adam steps with a cosine schedule on the current source; returns (status, message, last step)."""
+        p, bench, sink = self.params, self.bench, ctx["sink"]
+        opt = torch.optim.Adam(self.source.parameters(), lr=p.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, n) / n)))
+        bench.model.set_source(self.source)
+        message, step = "", step0
+        for step in range(step0 + 1, step0 + n + 1):
+            if ctx["stop"] is not None and ctx["stop"].is_set():
+                return "cancelled", f"stopped by the user after {step - 1} steps", step - 1
+            parts = [(k, e, ctx["sampler"].take(k, min(p.batch_size, len(e)))) for k, e in enumerate(ctx["encoded"])]
+            loss, per_task = self._step_loss(parts, ctx["refs"])
             if not torch.isfinite(loss):
-                status, step = "failed", step - 1
-                message = f"loss became {float(loss)} at step {step + 1}; kept the coefficients of step {step}"
-                break
+                return "failed", f"loss became {float(loss)} at step {step}; kept the coefficients of step {step - 1}", step - 1
             lr = opt.param_groups[0]["lr"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(self.source.gamma.grad.norm())
             opt.step()
             sched.step()
-            coefs = self.source.effective().detach()
+            coefs = self.source.effective().detach().cpu()
             sink("step", step, {
-                "loss": float(loss.detach()), "task_loss": dict(zip(bench.tasks.names, per_task.detach().tolist())), "lr": lr,
-                "coefs": coefs.cpu().tolist(), "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
+                "loss": float(loss.detach()), "task_loss": dict(zip(bench.tasks.names, per_task.detach().tolist())),
+                "lr": lr, "coefs": coefs.tolist(), "grad_norm": grad_norm, "seconds": time.perf_counter() - ctx["t0"],
             })
             if float(coefs.abs().max()) > 100:
                 message = f"coefficients are exploding (max |c| = {float(coefs.abs().max()):.3g}); lower lr or raise l2"
             if p.eval_every and (step % p.eval_every == 0 or step == p.steps):
-                sink("eval", step, periodic_eval(bench, self.source, expert_eval, p.eval_limit))
+                sink("eval", step, periodic_eval(bench, self.source, ctx["expert_eval"], p.eval_limit))
                 bench.model.set_source(self.source)
-        coefs = self.source.to_matrix().detach().cpu()
-        return LearnResult(coefs, status, message, step, time.perf_counter() - t0)
+        return "done", message, step
 
 
 def params_dict(params) -> dict:
@@ -214,7 +258,7 @@ PRESETS: dict[str, dict] = {
     "sourcejs": {"lr": 0.02, "l2": 2e-4, "samples": 128, "steps": 300, "init": -1.0},
     "divmerge": {"lr": 1e-2, "batch_size": 4, "init": 0.5, "l2": 0.0},
     "adamerging": {"objective": "entropy", "lr": 1e-3, "init": 0.3, "l2": 0.0},
-    "loradv": {"lr": 0.005, "samples": 32},
+    "loradv": {"granularity": "spectral", "lr": 0.005, "samples": 32, "iterations": 3, "l2": 0.0},
 }
 
 

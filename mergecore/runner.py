@@ -66,6 +66,7 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
     ``run_id``: a run already created with ``create_learning_run`` (the app creates it first so
     the page can follow it before the first step)."""
     params = params.validate()
+    start_coefs, start_merge = resolve_start(bench, params, store, start)  # bad input fails before any write
     if store and run_id is None:
         run_id = create_learning_run(bench, params, store, name)
 
@@ -76,18 +77,58 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
             on_event(kind, step, payload)
 
     try:
-        res = Learner(bench, params, start=start).run(sink, stop)
-        scores = evaluate(bench, FixedCoefs(res.coefs))
-        result = {**summarize(bench, scores, store), "status": res.status, "message": res.message,
-                  "steps": res.steps_done, "seconds": res.seconds, "coefs": res.coefs.tolist()}
+        res = Learner(bench, params, start=start_coefs, start_merge=start_merge).run(sink, stop)
+        result = _learned_result(bench, res, store)
     except Exception as exc:
         if store:
             store.finish(run_id, "failed", {}, f"{type(exc).__name__}: {exc}")
         raise
     if store:
-        store.put_tensors(run_id, "coefs", {"coefs": res.coefs})
+        if res.merge is not None:
+            from .merged import merge_to_tensors
+
+            store.put_tensors(run_id, "merged", merge_to_tensors(res.merge))
+            store.put_tensors(run_id, "spectral", res.spectral)
+        else:
+            store.put_tensors(run_id, "coefs", {"coefs": res.coefs})
         store.finish(run_id, res.status, result, res.message)
     return run_id, result
+
+
+def _learned_result(bench, res, store) -> dict:
+    from .merged import MergedSource
+
+    source = MergedSource(res.merge, bench.device) if res.merge is not None else FixedCoefs(res.coefs)
+    result = {**summarize(bench, evaluate(bench, source), store), "status": res.status, "message": res.message,
+              "steps": res.steps_done, "seconds": res.seconds}
+    if res.merge is None:
+        result["coefs"] = res.coefs.tolist()
+    else:
+        result["gains"] = {k: v.tolist() for k, v in res.spectral.items() if k.startswith("scale::")}
+    return result
+
+
+def resolve_start(bench, params: LearnParams, store: RunStore | None, start: torch.Tensor | None):
+    """(start coefficients, start merge) from ``params.start``: 'uniform', a stored run id, or a method name."""
+    from .errors import MergecoreError
+    from .merged import coefs_to_merge, run_merge
+    from .merges import METHODS, merge_adapters
+
+    spectral = params.granularity == "spectral"
+    key = params.start.strip()
+    if start is not None or key in ("", "uniform"):
+        return start, (coefs_to_merge(bench.adapters, start) if spectral and start is not None else None)
+    if key.lower().replace("-", "_") in METHODS:
+        if not spectral:
+            raise MergecoreError(f"start {key!r} is a merge method; only spectral learning starts from a method's merge")
+        return None, merge_adapters(bench.adapters, key.lower().replace("-", "_"))
+    if store is None:
+        raise MergecoreError(f"start {key!r}: not 'uniform' or a method, and no run store to find a run in")
+    if spectral:
+        return None, run_merge(store, key, bench.adapters)
+    if "coefs" not in store.artifacts(key):
+        raise MergecoreError(f"run {key} has no coefficients to start from; pick a learned run or 'uniform'")
+    return store.get_tensors(key, "coefs")["coefs"], None
 
 
 def record_baselines(bench, store: RunStore) -> str:
