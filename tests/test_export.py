@@ -1,0 +1,250 @@
+"""Export: the written folder, loaded by plain PEFT / transformers, reproduces mergecore's merged model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+from mergecore.errors import MergecoreError
+from mergecore.export import ExportParams, export_run, inside, load_run, safe_name, zip_folder
+from mergecore.learn import LearnParams
+from mergecore.merged import MergedSource
+from mergecore.runner import run_learning, run_static
+from mergecore.runs import RunStore
+
+from test_learn import tiny_bench
+
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def env(tiny_setup, tmp_path_factory):
+    """A tiny workbench and a store with learned (task-, layer-wise) and static (core-space, dense) runs."""
+    bench = tiny_bench(tiny_setup)
+    store = RunStore(tmp_path_factory.mktemp("ws"))
+    runs = {}
+    for gran in ("task", "layer"):
+        params = LearnParams(granularity=gran, steps=3, lr=0.2, batch_size=4, samples=12, eval_every=0)
+        runs[gran], _ = run_learning(bench, params, store)
+    runs["tsv_m"], _ = run_static(bench, "tsv_m", None, store)
+    runs["ties"], _ = run_static(bench, "ties", None, store)
+    return bench, store, runs, tiny_setup[0]
+
+
+def set_head(pm: PeftModel, head_file) -> None:
+    """Plain torch: replace the active modules_to_save copy of the classifier by a file's head."""
+    state = load_file(str(head_file))
+    out_f, in_f = state["classifier.weight"].shape
+    lin = torch.nn.Linear(in_f, out_f)
+    lin.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
+    pm.base_model.model.classifier.modules_to_save["default"] = lin
+
+
+@torch.no_grad()
+def model_probs(model, bench, k: int, limit=None) -> torch.Tensor:
+    enc = bench.encoded(k, "calibration", limit)
+    return torch.softmax(model(**enc.tensors).logits.float(), -1)
+
+
+def peft_probs(folder, bench, base_dir, limit=None) -> list[torch.Tensor]:
+    """Each task's label probabilities from PEFT alone: fresh base + adapter + that task's head file."""
+    card = json.loads((folder / "merge_card.json").read_text())
+    n_head = card["export"]["num_labels"][card["export"]["head"]]
+    base = BertForSequenceClassification.from_pretrained(base_dir, num_labels=n_head, ignore_mismatched_sizes=True)
+    pm = PeftModel.from_pretrained(base, folder).eval()
+    out = []
+    for k, task in enumerate(bench.tasks.names):
+        set_head(pm, folder / card["export"]["heads"][task])
+        out.append(model_probs(pm, bench, k, limit))
+    return out
+
+
+def max_rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float(((x - y).abs() / y.abs().clamp_min(1e-12)).max()) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", ["task", "layer", "tsv_m"])
+def test_exact_export_loads_in_plain_peft(env, tmp_path, kind):
+    bench, store, runs, base_dir = env
+    run = load_run(runs[kind], store, bench.adapters)
+    res = export_run(bench, run, tmp_path / "out", ExportParams(head="beta"))
+    expected = bench.predict(MergedSource(run.merge), "calibration")
+    got = peft_probs(res.path, bench, base_dir)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=RTOL, atol=1e-7)
+    config = json.loads((res.path / "adapter_config.json").read_text())
+    assert config["lora_alpha"] == config["r"] and config["alpha_pattern"] == config["rank_pattern"]
+    assert set(config["target_modules"]) == set(bench.adapters.modules)
+    if kind != "tsv_m":  # concatenation: rank = sum of the source ranks on each module
+        for name in bench.adapters.modules:
+            want = sum(f.rank for f in bench.adapters.factors(name) if f is not None)
+            assert res.card["export"]["ranks"][name] == want
+    assert config["rank_pattern"], "tiny adapters give different ranks per module"
+    tensors = load_file(str(res.path / "adapter_model.safetensors"))
+    heads = {t: load_file(str(res.path / f)) for t, f in res.card["export"]["heads"].items()}
+    torch.testing.assert_close(tensors["base_model.model.classifier.weight"], heads["beta"]["classifier.weight"])
+    assert set(heads) == set(bench.tasks.names)
+
+
+def test_card_records_sources_method_and_data(env, tmp_path):
+    bench, store, runs, _ = env
+    rec = store.get(runs["layer"])
+    res = export_run(bench, load_run(rec.id, store, bench.adapters), tmp_path / "out")
+    card = json.loads((res.path / "merge_card.json").read_text())
+    assert [s["sha256"] for s in card["sources"]] == [a.sha256 for a in bench.adapters.adapters]
+    assert [d["fingerprint"] for d in card["data"]] == [t.fingerprint() for t in bench.tasks]
+    assert card["method"] == "learned" and card["objective"] == rec.config["params"]["objective"]
+    assert card["coefficients"] == rec.result["coefs"] and card["scores"] == rec.result["scores"]
+    assert card["mergecore_version"] and card["base_model"] == bench.adapters.base_model
+    for name, digest in card["files"].items():
+        import hashlib
+
+        assert hashlib.sha256((res.path / name).read_bytes()).hexdigest() == digest
+    readme = (res.path / "README.md").read_text()
+    assert "PeftModel.from_pretrained" in readme and card["snippet"].strip() in readme
+
+
+def test_readme_snippet_runs_and_swaps_heads(env, tmp_path, monkeypatch):
+    bench, store, runs, _ = env
+    run = load_run(runs["task"], store, bench.adapters)
+    res = export_run(bench, run, tmp_path / "merged", ExportParams(head="alpha"))
+    code = re.search(r"```python\n(.*?)```", (res.path / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # loads with PEFT, then swaps in the next task's head
+    k = bench.tasks.names.index("beta")
+    expected = bench.predict(MergedSource(run.merge), "calibration")[k]
+    torch.testing.assert_close(model_probs(scope["model"], bench, k), expected, rtol=RTOL, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind,rank", [("layer", 1), ("tsv_m", 2), ("ties", 2)])
+def test_compressed_report_is_recomputed(env, tmp_path, kind, rank):
+    bench, store, runs, base_dir = env
+    run = load_run(runs[kind], store, bench.adapters)
+    res = export_run(bench, run, tmp_path / "out", ExportParams(mode="compressed", rank=rank, samples=8))
+    ex = res.card["export"]
+    tensors = load_file(str(res.path / "adapter_model.safetensors"))
+    for name, m in run.merge.items():
+        S = torch.linalg.svdvals(m.delta())  # dense float64 reference
+        assert ex["energy"]["per_module"][name] == pytest.approx(float((S[:rank] ** 2).sum() / (S ** 2).sum()), abs=1e-9)
+        A = tensors[f"base_model.model.{name}.lora_A.weight"]
+        assert A.shape[0] == min(rank, m.rank if m.is_factored else min(m.dense.shape))
+        B = tensors[f"base_model.model.{name}.lora_B.weight"]
+        best = torch.linalg.matrix_norm(m.delta() - (B.double() @ A.double()))  # Eckart-Young: the optimum
+        assert float(best) == pytest.approx(float((S[rank:] ** 2).sum().sqrt()), rel=1e-4, abs=1e-6)
+    assert min(ex["energy"]["per_module"].values()) < 1.0
+    full = bench.predict(MergedSource(run.merge), "calibration", limit=8)
+    got = peft_probs(res.path, bench, base_dir, limit=8)
+    change = {t: float((g - f).abs().max()) for t, g, f in zip(bench.tasks.names, got, full)}
+    for t in bench.tasks.names:
+        assert ex["probability_change"]["per_task"][t] == pytest.approx(change[t], abs=1e-5)
+    assert ex["probability_change"]["max"] == pytest.approx(max(change.values()), abs=1e-5)
+
+
+def test_compressed_at_full_rank_is_exact(env, tmp_path):
+    bench, store, runs, _ = env
+    run = load_run(runs["task"], store, bench.adapters)
+    res = export_run(bench, run, tmp_path / "out", ExportParams(mode="compressed", rank=64, samples=4))
+    assert res.card["export"]["energy"]["min"] == pytest.approx(1.0, abs=1e-12)
+    assert res.card["export"]["probability_change"]["max"] < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["ties", "layer"])
+def test_full_weights_match_merged_model(env, tmp_path, kind):
+    bench, store, runs, _ = env
+    run = load_run(runs[kind], store, bench.adapters)
+    res = export_run(bench, run, tmp_path / "full", ExportParams(mode="full", head="gamma"))
+    model = AutoModelForSequenceClassification.from_pretrained(res.path).eval()
+    k = bench.tasks.names.index("gamma")
+    expected = bench.predict(MergedSource(run.merge), "calibration")[k]
+    torch.testing.assert_close(model_probs(model, bench, k), expected, rtol=1e-4, atol=1e-6)
+    assert (res.path / "heads" / "alpha.safetensors").is_file() and not (res.path / "adapter_config.json").exists()
+
+
+def test_dense_run_refuses_exact(env, tmp_path):
+    bench, store, runs, _ = env
+    with pytest.raises(MergecoreError, match="dense.*compressed"):
+        export_run(bench, load_run(runs["ties"], store, bench.adapters), tmp_path / "out")
+    assert not any(tmp_path.iterdir())
+
+
+def test_existing_target_needs_overwrite_and_failures_leave_nothing(env, tmp_path, monkeypatch):
+    bench, store, runs, _ = env
+    run = load_run(runs["task"], store, bench.adapters)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "junk.txt").write_text("previous")
+    with pytest.raises(MergecoreError, match="already exists.*--force"):
+        export_run(bench, run, out)
+    assert [p.name for p in out.iterdir()] == ["junk.txt"]
+    import mergecore.export as ex
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ex, "save_tensors", boom)
+    with pytest.raises(OSError):
+        export_run(bench, run, out, ExportParams(overwrite=True))
+    assert [p.name for p in out.iterdir()] == ["junk.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    monkeypatch.undo()
+    export_run(bench, run, out, ExportParams(overwrite=True))
+    assert not (out / "junk.txt").exists() and (out / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MergecoreError, match="is a file"):
+        export_run(bench, run, tmp_path / "file", ExportParams(overwrite=True))
+
+
+def test_run_folder_round_trip_and_corrupt_folder(env, tmp_path):
+    from mergecore.cli import write_run_folder
+
+    bench, store, runs, _ = env
+    write_run_folder(tmp_path / "run", store, runs["layer"])
+    from_folder = load_run(tmp_path / "run", None, bench.adapters)
+    from_store = load_run(runs["layer"], store, bench.adapters)
+    for name, m in from_store.merge.items():
+        torch.testing.assert_close(from_folder.merge[name].B, m.B)
+    data = (tmp_path / "run" / "coefs.safetensors").read_bytes()
+    (tmp_path / "run" / "coefs.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MergecoreError, match="corrupt or truncated"):
+        load_run(tmp_path / "run", None, bench.adapters)
+    (tmp_path / "run" / "run.json").write_text("{not json")
+    with pytest.raises(MergecoreError, match="run.json is missing or corrupt"):
+        load_run(tmp_path / "run", None, bench.adapters)
+
+
+def test_other_adapters_and_unknown_head_are_refused(env, tmp_path):
+    bench, store, runs, _ = env
+    run = load_run(runs["task"], store, bench.adapters)
+    with pytest.raises(MergecoreError, match="unknown head task"):
+        export_run(bench, run, tmp_path / "a", ExportParams(head="../evil"))
+    bad = {**run.config, "adapters": [{**a, "sha256": "0" * 64} for a in run.config["adapters"]]}
+    with pytest.raises(MergecoreError, match="other contents"):
+        export_run(bench, type(run)(run.id, run.name, run.kind, bad, run.result, run.merge), tmp_path / "b")
+    assert not any(tmp_path.iterdir())
+
+
+def test_file_names_cannot_escape(tmp_path):
+    assert safe_name("../../etc/passwd") == "_.._etc_passwd"
+    for name in ("..", ".", "", "/", "a/b", "..\\x", ".hidden"):
+        s = safe_name(name)
+        assert "/" not in s and "\\" not in s and not s.startswith(".") and s
+    with pytest.raises(MergecoreError, match="escapes"):
+        inside(tmp_path, "../x")
+    assert inside(tmp_path, "heads/a.safetensors").parent == (tmp_path / "heads").resolve()
+
+
+def test_zip_holds_the_folder(env, tmp_path):
+    import io
+    import zipfile
+
+    bench, store, runs, _ = env
+    res = export_run(bench, load_run(runs["task"], store, bench.adapters), tmp_path / "merged")
+    names = zipfile.ZipFile(io.BytesIO(zip_folder(res.path))).namelist()
+    assert sorted(names) == sorted(f"merged/{f}" for f in res.files)
