@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from .learn import LearnParams
-from .runner import create_learning_run, run_learning
+from .runner import create_learning_run, resolve_start, run_learning
 from .runs import RunStore
 
 MAX_FINISHED = 20  # finished jobs kept in memory; older ones live only in the run store
@@ -35,7 +35,7 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return self.status != "running"
+        return self.status not in ("running", "queued")
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -53,16 +53,37 @@ class JobRegistry:
         self.lock = threading.Lock()
 
     def start(self, bench, params: LearnParams, name: str | None = None, start_coefs=None) -> Job:
-        params = params.validate()
-        run_id = create_learning_run(bench, params, self.store, name)
-        job = Job(run_id, name or f"{params.objective}-{params.granularity}", params)
-        job.thread = threading.Thread(target=self._work, args=(job, bench, start_coefs), daemon=True,
-                                      name=f"learn-{run_id}")
+        return self.start_sequence(bench, [params], [name], start_coefs)[0]
+
+    def start_sequence(self, bench, params_list: list[LearnParams], names: list[str | None],
+                       start_coefs=None) -> list[Job]:
+        """Runs one after the other in one thread (e.g. entropy then JS); all runs exist from the start."""
+        for params in params_list:
+            resolve_start(bench, params.validate(), self.store, start_coefs)  # refuse bad input before any write
+        jobs = []
+        for params, name in zip(params_list, names):
+            run_id = create_learning_run(bench, params, self.store, name)
+            jobs.append(Job(run_id, name or f"{params.objective}-{params.granularity}", params))
+        for job in jobs[1:]:
+            job.status = "queued"
+        thread = threading.Thread(target=self._work_all, args=(jobs, bench, start_coefs), daemon=True,
+                                  name=f"learn-{jobs[0].run_id}")
         with self.lock:
-            self.jobs[run_id] = job
+            for job in jobs:
+                job.thread = thread
+                self.jobs[job.run_id] = job
             self._prune()
-        job.thread.start()
-        return job
+        thread.start()
+        return jobs
+
+    def _work_all(self, jobs: list[Job], bench, start_coefs) -> None:
+        for job in jobs:
+            if job.stop.is_set():
+                job.status, job.message = "cancelled", "cancelled before it started"
+                self.store.finish(job.run_id, "cancelled", {}, job.message)
+                continue
+            job.status = "running"
+            self._work(job, bench, start_coefs)
 
     def _work(self, job: Job, bench, start_coefs) -> None:
         def on_event(kind, step, payload):

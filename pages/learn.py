@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from mergecore.errors import MergecoreError
@@ -21,18 +23,34 @@ base = apply_preset(LearnParams(), None if preset == "(none)" else preset)
 with st.form("learn_form"):
     params = dataclass_form(LearnParams, f"learn_{preset}", base)
     name = st.text_input("Run name (optional)", key="learn_name")
-    start = st.form_submit_button("Start", type="primary")
+    c1, c2 = st.columns([1, 4])
+    start = c1.form_submit_button("Start", type="primary")
+    pair = c2.form_submit_button("Entropy vs JS", help="same settings, entropy then JS, then Compare opens on the pair")
 
-if start:
+if start or pair:
     try:
-        job = reg.start(bench, params, name=name or None)
-        st.session_state["learn_run"] = job.run_id
-        st.query_params["run"] = job.run_id
+        if pair:
+            runs = [replace(params, objective=o) for o in ("entropy", "js")]
+            jobs = reg.start_sequence(bench, runs, [f"{o}-{params.granularity}" for o in ("entropy", "js")])
+            st.session_state["learn_pair"] = [j.run_id for j in jobs]
+            st.session_state["pair_opened"] = False
+        else:
+            jobs = [reg.start(bench, params, name=name or None)]
+            st.session_state["learn_pair"] = None
+        st.session_state["learn_run"] = jobs[0].run_id
+        st.query_params["run"] = jobs[0].run_id
     except MergecoreError as exc:
         st.error(str(exc))
 
 run_id = st.session_state.get("learn_run") or st.query_params.get("run")
+pair_ids = st.session_state.get("learn_pair") or []
+if pair_ids:  # follow whichever run of the pair is going
+    pending = [r for r in pair_ids if reg.get(r) is not None and not reg.get(r).done]
+    run_id = pending[0] if pending else pair_ids[-1]
 job = reg.get(run_id) if run_id else None
+if pair_ids and job is not None and job.done and not st.session_state.get("pair_opened"):
+    st.session_state["pair_opened"] = True
+    st.switch_page("pages/compare.py", query_params={"runs": ",".join(pair_ids)})
 
 
 def render(snapshot: dict) -> None:

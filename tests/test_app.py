@@ -1,0 +1,56 @@
+"""AppTest: the Workspace and Learn pages on the demo kit."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGECORE_WORKSPACE", str(tmp_path / "ws"))
+    import streamlit as st
+
+    st.cache_resource.clear()
+    at = AppTest.from_file("app.py", default_timeout=120)
+    at.run()
+    return at
+
+
+def test_workspace_page_shows_adapters_modules_and_tasks(app):
+    assert not app.exception, app.exception
+    assert [t.value for t in app.title] == ["Workspace"]
+    adapters = app.dataframe(key="adapter_table").value
+    assert list(adapters["adapter"]) == ["sentiment", "topic", "acceptability", "paraphrase", "entailment"]
+    assert len(app.dataframe(key="module_table").value) == 12  # query + value in 6 layers
+    assert len(app.dataframe(key="task_table").value) == 5
+
+
+def test_workspace_bad_adapter_folder_shows_error_and_stays_usable(app, tmp_path):
+    app.text_area(key="adapter_text").set_value(str(tmp_path / "missing"))
+    app.button(key="load_adapters").click().run()
+    assert any("does not exist" in e.value for e in app.error)
+    assert len(app.dataframe(key="adapter_table").value) == 5  # still on the demo kit
+
+
+def test_learn_page_runs_a_job_and_shows_scores(app):
+    app.switch_page("pages/learn.py").run()
+    assert not app.exception, app.exception
+    app.number_input(key="learn_(none)_steps").set_value(4)
+    app.number_input(key="learn_(none)_eval_every").set_value(2)
+    app.button[0].click()  # the form's Start button
+    app.run()
+    run_id = app.session_state["learn_run"]
+    from pages.common import current_registry  # noqa: F401  (same cache as the app)
+    import pages.common as common
+
+    job = common.registry(app.session_state["workspace"]).get(run_id)
+    job.thread.join(timeout=300)
+    assert job.status == "done", job.message
+    app.run()
+    specs = [c.proto.spec for c in app.get("plotly_chart")]
+    assert any("Merge coefficients" in s for s in specs) and any("Loss" in s for s in specs)
+    table = app.dataframe(key="final_scores").value
+    assert {"uniform", "this run"} <= set(table.columns) and "average" in table.index
