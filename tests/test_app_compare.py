@@ -1,0 +1,93 @@
+"""Compare page in AppTest: stored runs in a tmp workspace, opened through ?runs=a,b and the multiselect."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mergecore.compare import run_label
+from mergecore.learn import LearnParams
+from mergecore.runner import run_learning, run_static
+from mergecore.runs import RunStore
+
+from test_learn import tiny_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_setup, tmp_path_factory):
+    """Entropy (task-wise) and JS (layer-wise) runs of 5 steps and one static merge.
+
+    The runs come from the tiny BERT bench: the page only reads the store (no model is loaded),
+    and 5 demo-model steps take about a minute on the 2-core test machine."""
+    bench = tiny_bench(tiny_setup)
+    ws = tmp_path_factory.mktemp("ws_app")
+    store = RunStore(ws)
+    common = dict(steps=5, lr=0.05, batch_size=4, samples=12, eval_every=2, eval_limit=6)
+    ent, _ = run_learning(bench, LearnParams(objective="entropy", **common), store, name="entropy")
+    js, _ = run_learning(bench, LearnParams(objective="js", granularity="layer", **common), store, name="js")
+    ta, _ = run_static(bench, "task_arithmetic", None, store, name="ta")
+    return ws, store, ent, js, ta
+
+
+def _app(ws, monkeypatch) -> AppTest:
+    monkeypatch.setenv("MERGECORE_WORKSPACE", str(ws))
+    if "pages.common" in sys.modules:  # imported by an earlier AppTest in this process
+        monkeypatch.setattr(sys.modules["pages.common"], "DEFAULT_WORKSPACE", str(ws))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    return at
+
+
+def _charts(at) -> dict[str, dict]:
+    specs = {}
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        title = spec["layout"].get("title", {})
+        specs[title.get("text", "") if isinstance(title, dict) else str(title)] = spec
+    return specs
+
+
+def test_compare_page_from_query_params(workspace, monkeypatch):
+    ws, store, ent, js, ta = workspace
+    at = _app(ws, monkeypatch)
+    at.query_params["runs"] = f"{ent},{js},{ta}"
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="compare_runs").value == [ent, js, ta]
+    labels = [run_label(store.get(i)) for i in (ent, js, ta)]
+    scores = [df for df in at.dataframe if "ANP" in df.value.index]
+    assert scores and list(scores[0].value.columns) == ["pre-trained", "experts", "uniform", *labels]
+    assert any("ta" in c.value and "static" in c.value for c in at.caption)
+    charts = _charts(at)
+    titles = " | ".join(charts)
+    for part in ("Task-wise coefficients", "stability", "Layer x task", "trajectories", "Collapse"):
+        assert part in titles, titles
+    heat = next(s for t, s in charts.items() if t.startswith("Layer x task"))
+    traces = [d for d in heat["data"] if d["type"] == "heatmap"]
+    assert len(traces) == 2  # the static run has no coefficients
+    assert {d["zmid"] for d in traces} == {0} and len({(d["zmin"], d["zmax"]) for d in traces}) == 1
+    assert traces[0]["zmin"] == -traces[0]["zmax"]
+    bars = next(s for t, s in charts.items() if t.startswith("Task-wise"))
+    assert len(bars["data"]) == 2
+    stab = [df.value for df in at.dataframe if "negatives" in df.value.columns][0]
+    assert list(stab.index) == labels[:2]
+
+
+def test_compare_page_choose_runs(workspace, monkeypatch):
+    ws, store, ent, js, ta = workspace
+    at = _app(ws, monkeypatch)
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert any("Choose runs" in i.value for i in at.info)
+    at.multiselect(key="compare_runs").select(ta).run()
+    assert not at.exception, at.exception
+    assert at.query_params["runs"] == [ta] or at.query_params["runs"] == ta
+    assert not at.get("plotly_chart")  # a static run alone: scores only
+    at.multiselect(key="compare_runs").select(js).run()
+    assert len(at.get("plotly_chart")) >= 4
