@@ -1,0 +1,231 @@
+"""Lenses: the analysis functions applied to a Workbench and a stored run, cached in the RunStore.
+
+Each lens returns a JSON-ready dict (lists, floats, strings) so the CLI writes it as is and the
+app's pages only reshape it. Results are cached under ``lens:<lens>:<run>:<hash>`` where the hash
+covers the workbench (adapter and task fingerprints) and the lens parameters: runs never change
+once finished, so a page opens instantly the second time.
+
+    spectra_lens          singular values of each task's delta and a run's merged delta per module
+    subspaces_lens        B / A overlap, task-vector cosine, shared B directions, OSRM interference
+    divergence_lens       D_{X_i}(theta_i || theta_j) (JS and KL), cross-task scores, Spearman
+    representation_lens   mean L1 of hidden states, merged vs expert, per task and layer
+    calibration_lens      reliability bins, ECE, confidently-wrong, agreement, example table
+
+The forward-pass lenses (divergence, representation, calibration) live in ``forward_lenses.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from ..coefs import block_index
+from ..errors import MergecoreError
+from ..merges.base import ModuleMerge
+from .spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values
+from .subspaces import (
+    a_overlap_matrix,
+    b_overlap_matrix,
+    osrm_interference_matrix,
+    shared_output_directions,
+    task_vector_cosine,
+)
+
+LENSES = ("spectra", "subspaces", "divergence", "representation", "calibration")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class LensParams:
+    """Parameters shared by the lenses (each lens reads the fields it needs)."""
+
+    limit: int = field(default=100, metadata=_help("evaluation examples per task for forward-pass lenses"))
+    energy_rank: int = field(default=0, metadata=_help("rank r for 'energy captured at rank r'; 0 = the module's largest adapter rank"))
+    samples: int = field(default=64, metadata=_help("calibration examples per task for OSRM features"))
+    shared_threshold: float = field(default=2.0, metadata=_help("a B direction is shared when >= this many tasks contain it (Pico)"))
+    n_bins: int = field(default=10, metadata=_help("confidence bins of the reliability diagram"))
+    threshold: float = field(default=0.9, metadata=_help("confidence at or above which a wrong prediction is 'confidently wrong'"))
+    max_rows: int = field(default=256, metadata=_help("rows per forward pass"))
+
+    def validate(self) -> "LensParams":
+        if self.limit < 1 or self.samples < 1 or self.n_bins < 1 or self.max_rows < 1:
+            raise MergecoreError("limit, samples, n_bins and max_rows must be positive integers; raise them")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise MergecoreError(f"threshold must lie in [0, 1] (got {self.threshold}); pick a confidence level")
+        return self
+
+
+# ----------------------------------------------------------------------------- caching
+
+
+def lens_key(bench, lens: str, run_id: str | None, params: LensParams) -> str:
+    from ..runner import bench_key
+
+    payload = json.dumps({"bench": bench_key(bench), "params": asdict(params)}, sort_keys=True)
+    return f"lens:{lens}:{run_id or '-'}:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cached(store, key: str, compute: Callable[[], dict]) -> dict:
+    """``compute()`` once per key and store (JSON, NaN allowed); without a store just compute."""
+    hit = store.cache_get(key) if store is not None else None
+    if hit is not None:
+        return json.loads(hit)
+    out = compute()
+    if store is not None:
+        store.cache_put(key, json.dumps(out).encode())
+    return out
+
+
+def run_label(store, run_id: str) -> str:
+    rec = store.get(run_id)
+    return f"{rec.name}:{rec.id[-6:]}"
+
+
+def analysable_runs(store) -> list:
+    """Finished learned / static / spectral runs that carry a merged update."""
+    return [r for r in store.list() if r.kind != "baseline" and r.status == "done"]
+
+
+# ----------------------------------------------------------------------------- spectra
+
+
+def merge_spectrum(m: ModuleMerge) -> torch.Tensor:
+    """Singular values of one merged update, float64 descending: thin QR of the factors when
+    factored; a dense SVD only for element-wise merges (TIES, DARE) that are dense by nature."""
+    if m.is_factored:
+        return merged_singular_values(m.B, m.A)
+    return torch.linalg.svdvals(m.dense.double())
+
+
+def _spectrum_row(module: str, block: str, model: str, kind: str, s: torch.Tensor, r: int) -> dict:
+    return {"module": module, "block": block, "model": model, "kind": kind,
+            "effective_rank": effective_rank(s), "energy_at_r": energy_at_rank(s, r), "r": r,
+            "top": float(s.max()) if s.numel() else 0.0, "rank": int((s > s.max() * 1e-10).sum()) if s.numel() else 0}
+
+
+def spectra_of(adapters, merge: dict[str, ModuleMerge] | None = None, label: str = "run",
+               energy_rank: int = 0, spectral: dict[str, torch.Tensor] | None = None) -> dict:
+    """Spectra of every task's delta (and of ``merge``) on every module, with a summary row each.
+
+    Returns {"modules", "blocks", "tasks", "spectra": {module: {model: [s...]}}, "rows": [...],
+    "spectral": {module: {"scale": [...], "sigma": [...]}}}; ``spectral`` holds a LoRA-DV run's
+    tensors "scale::<module>" (learned gain per singular value) and "sigma::<module>".
+    """
+    group, block_names = block_index(adapters.modules)
+    out = {"modules": list(adapters.modules), "blocks": [block_names[g] for g in group.tolist()],
+           "tasks": list(adapters.names), "spectra": {}, "rows": [], "spectral": {}}
+    for module, block in zip(out["modules"], out["blocks"]):
+        factors = adapters.factors(module)
+        r = energy_rank or max((f.rank for f in factors if f is not None), default=1)
+        spectra = {}
+        for name, f in zip(adapters.names, factors):
+            if f is not None:
+                spectra[name] = lora_singular_values(f.B, f.A, f.scale)
+                out["rows"].append(_spectrum_row(module, block, name, "task", spectra[name], r))
+        if spectral is not None and f"sigma::{module}" in spectral:
+            sigma, scale = spectral[f"sigma::{module}"].double(), spectral[f"scale::{module}"].double()
+            out["spectral"][module] = {"sigma": sigma.tolist(), "scale": scale.tolist()}
+            if merge is None or module not in merge:  # the run's merged spectrum is sigma * |scale|
+                spectra[label] = torch.sort((sigma * scale).abs(), descending=True).values
+        if merge is not None and module in merge:
+            spectra[label] = merge_spectrum(merge[module])
+        if label in spectra:
+            out["rows"].append(_spectrum_row(module, block, label, "run", spectra[label], r))
+        out["spectra"][module] = {k: v.tolist() for k, v in spectra.items()}
+    return out
+
+
+def spectra_lens(bench, store=None, run_id: str | None = None, params: LensParams = LensParams()) -> dict:
+    """Task spectra, plus run ``run_id``'s merged spectrum (and LoRA-DV scales) when given."""
+    from ..merged import run_merge
+
+    def compute() -> dict:
+        if run_id is None:
+            return spectra_of(bench.adapters, energy_rank=params.energy_rank)
+        names = store.artifacts(run_id)
+        spectral = store.get_tensors(run_id, "spectral") if "spectral" in names else None
+        merge = run_merge(store, run_id, bench.adapters) if spectral is None or "merged" in names or "coefs" in names else None
+        return spectra_of(bench.adapters, merge, run_label(store, run_id), params.energy_rank, spectral)
+
+    return cached(store, lens_key(bench, "spectra", run_id, params), compute)
+
+
+# ----------------------------------------------------------------------------- subspaces
+
+
+def _matrix(M: torch.Tensor) -> list:
+    return [[float(x) for x in row] for row in M.tolist()]
+
+
+def subspaces_of(adapters, features: dict | None = None, threshold: float = 2.0) -> dict:
+    """Per module K x K: B-space and A-space overlap (mean cos^2 of principal angles), task-vector
+    cosine, OSRM interference per token I[i, j] = ||s_j B_j A_j H_i^T||_F / sqrt(n_i) (adapter j
+    on task i's features), and the share counts of Pico's shared output directions."""
+    group, block_names = block_index(adapters.modules)
+    out = {"modules": list(adapters.modules), "blocks": [block_names[g] for g in group.tolist()],
+           "tasks": list(adapters.names), "b_overlap": {}, "a_overlap": {}, "cosine": {},
+           "interference": {}, "shared": {}}
+    for module in adapters.modules:
+        factors = adapters.factors(module)
+        out["b_overlap"][module] = _matrix(b_overlap_matrix(factors))
+        out["a_overlap"][module] = _matrix(a_overlap_matrix(factors))
+        out["cosine"][module] = _matrix(task_vector_cosine(factors))
+        _, counts = shared_output_directions(factors, threshold)
+        out["shared"][module] = counts.tolist()
+        if features is not None and module in features:
+            hidden = [features[module].get(i) for i in range(len(factors))]
+            M = osrm_interference_matrix(factors, hidden)
+            n = torch.tensor([math.nan if h is None else len(h) for h in hidden], dtype=torch.float64)
+            out["interference"][module] = _matrix(M / n.clamp_min(1.0).sqrt()[:, None])
+    return out
+
+
+def subspaces_lens(bench, store=None, params: LensParams = LensParams()) -> dict:
+    """Subspace lens of the workbench's adapters (no run needed), OSRM features included."""
+    return cached(store, lens_key(bench, "subspaces", None, params),
+                  lambda: subspaces_of(bench.adapters, layer_features(bench, params.samples), params.shared_threshold))
+
+
+@torch.no_grad()
+def layer_features(bench, samples: int = 64, max_tokens: int = 2048) -> dict[str, dict[int, torch.Tensor]]:
+    """Inputs of every wrapped layer on each task's calibration data under the pre-trained model:
+    {module: {task: (n, in)}}, real tokens only; layers fed one row per example (a pooler) keep
+    every row. Like ``runner.collect_features``, which assumes every layer sees (N, T, in)."""
+    feats: dict[str, dict[int, list]] = {layer.name: {} for layer in bench.model.layers}
+    state: dict = {}
+
+    def hook(mod, args):
+        x = args[0]
+        rows = x[state["mask"]] if x.ndim == 3 and x.shape[:2] == state["mask"].shape else x.reshape(-1, x.shape[-1])
+        feats[mod.name].setdefault(state["task"], []).append(rows.float().cpu())
+
+    hooks = [layer.register_forward_pre_hook(hook) for layer in bench.model.layers]
+    try:
+        bench.model.set_source(bench.pretrained())
+        for k in range(bench.num_tasks):
+            enc = bench.encoded(k, "calibration", limit=samples)
+            segments, inputs = bench.reader.batch([(k, enc, torch.arange(len(enc)))], bench.device)
+            state["task"], state["mask"] = k, inputs["attention_mask"].bool()
+            bench.reader.label_logits(bench.model, segments, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    gen = torch.Generator().manual_seed(0)
+    return {name: {k: (x := torch.cat(chunks))[torch.randperm(len(x), generator=gen)[:max_tokens]]
+                   for k, chunks in per_task.items()} for name, per_task in feats.items()}
+
+
+def aggregate(matrices: dict[str, list], modules: list[str]) -> list:
+    """Mean K x K matrix over ``modules`` ignoring NaN (absent adapters); NaN where none is present."""
+    stack = torch.tensor([matrices[m] for m in modules if m in matrices], dtype=torch.float64)
+    if stack.numel() == 0:
+        raise MergecoreError("no module selected; pick at least one module or layer")
+    return _matrix(stack.nanmean(0))
