@@ -9,36 +9,41 @@ from .cli import EXTRA_COMMANDS, emit_json, open_store, score_table
 
 
 def cmd_compare(args) -> int:
-    from .analysis.stability import stability
+    from .compare import BASELINES, compare_runs
 
     store = open_store(args)
-    runs = [store.get(r) for r in args.runs]
-    columns, stab = {}, {}
-    for r in runs:
-        if r.kind == "baseline":
-            columns.update(r.result["baselines"])
-            continue
-        columns[f"{r.name}:{r.id[-6:]}"] = r.result.get("scores", {})
-        if "coefs" in r.result:
-            import torch
-
-            stab[f"{r.name}:{r.id[-6:]}"] = stability(torch.tensor(r.result["coefs"]))
-    experts = next((r.result.get("baselines", {}).get("experts") for r in runs if r.result.get("baselines")), None)
-    print(score_table(columns, experts))
-    if stab:
-        print("\ncoefficient stability (SourceJS Fig. 2)")
-        print(f"{'run':30s}{'range':>10s}{'std':>10s}{'negatives':>11s}{'min':>10s}{'max':>10s}")
-        for name, s in stab.items():
-            print(f"{name:30s}{s['range']:10.3f}{s['std']:10.3f}{s['negatives']:11d}{s['min']:10.3f}{s['max']:10.3f}")
+    show = tuple(BASELINES) if args.baselines else ()
+    c = compare_runs(store, args.runs, show)
+    print(c.scores.to_text())
+    if c.baseline_source and show:
+        print(f"(baselines from run {c.baseline_source}; ANP = mean over tasks of score / expert score)")
+    if c.stability.index:
+        print("\ncoefficient stability (SourceJS Fig. 2; over the learned coefficients)")
+        print(c.stability.to_text(digits=3))
+    if c.skipped:
+        print("no learned coefficients (static merges): " + ", ".join(c.skipped))
     if args.json:
-        emit_json({"scores": columns, "stability": stab})
+        def cell(table, row, col):  # NaN (no score for a task) -> null
+            v = table.cell(row, col)
+            return v if v == v else None
+
+        rows = [t for t in c.scores.index if t not in ("average", "ANP")]
+        emit_json({
+            "scores": {col: {t: cell(c.scores, t, col) for t in rows} for col in c.scores.columns},
+            "average": {col: cell(c.scores, "average", col) for col in c.scores.columns},
+            "anp": {col: cell(c.scores, "ANP", col) for col in c.scores.columns} if "ANP" in c.scores.index else {},
+            "stability": {r: {k: cell(c.stability, r, k) for k in c.stability.columns} for r in c.stability.index},
+            "baselines_from": c.baseline_source,
+        })
     return 0
 
 
 def register_compare(sub) -> None:
-    p = sub.add_parser("compare", help="score and stability tables of stored runs")
+    p = sub.add_parser("compare", help="score (average, ANP) and coefficient stability tables of stored runs")
     p.add_argument("runs", nargs="+", help="run ids (see `runs`)")
     p.add_argument("--workspace", type=Path)
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="add pre-trained / experts / uniform columns (from the runs' stored baselines)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_compare)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -140,3 +141,23 @@ def test_trajectory_collapse_and_heatmap_shapes(stored):
     for m in maps.values():
         assert m.z.shape == (L, K) and len(m.rows) == L and m.columns == tuple(bench.tasks.names)
         assert len(set(m.rows)) == L
+
+
+def test_compare_cli(stored, capsys):
+    from mergecore.cli import main
+
+    _, store, ent, js, st = stored
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", ent, js, st, "--workspace", str(store.workspace), "--json"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    data = json.loads(out.strip().splitlines()[-1])
+    cmp = compare_runs(store, [ent, js, st])
+    labels = [run_label(store.get(i)) for i in (ent, js, st)]
+    assert list(data["scores"]) == ["pre-trained", "experts", "uniform", *labels]
+    assert data["anp"][labels[1]] == pytest.approx(store.get(js).result["anp"])
+    assert data["stability"][labels[1]]["negatives"] == cmp.stability.cell(labels[1], "negatives")
+    assert "coefficient stability" in out and "ANP" in out and labels[2] in out.split("static merges")[-1]
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "no-such-run", "--workspace", str(store.workspace)])
+    assert exit_.value.code == 2
