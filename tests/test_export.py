@@ -248,3 +248,26 @@ def test_zip_holds_the_folder(env, tmp_path):
     res = export_run(bench, load_run(runs["task"], store, bench.adapters), tmp_path / "merged")
     names = zipfile.ZipFile(io.BytesIO(zip_folder(res.path))).namelist()
     assert sorted(names) == sorted(f"merged/{f}" for f in res.files)
+
+
+def test_cli_export_force_and_exit_codes(env, tmp_path, monkeypatch, capsys):
+    import mergecore.cli_export as cx
+    from mergecore.cli import main
+
+    bench, store, runs, _ = env
+    monkeypatch.setattr(cx, "open_bench", lambda args: bench)
+
+    def run(*argv) -> int:
+        with pytest.raises(SystemExit) as exc:
+            main(["export", "--run", runs["tsv_m"], "--workspace", str(store.workspace), "--out", str(tmp_path / "o"),
+                  *argv])
+        return exc.value.code
+
+    assert run("--rank", "2", "--samples", "4", "--json") == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["export"]["mode"] == "compressed" and 0 < printed["export"]["energy"]["overall"] <= 1
+    assert run() == 2 and "already exists" in capsys.readouterr().err
+    assert run("--force", "--head", "gamma") == 0
+    assert json.loads((tmp_path / "o" / "merge_card.json").read_text())["export"]["head"] == "gamma"
+    assert run("--force", "--rank", "2", "--full-weights") == 2
+    assert run("--force", "--rank", "0") == 2
