@@ -1,0 +1,141 @@
+"""Task data files: TSV / CSV / JSONL rows -> (inputs, labels) with a column mapping.
+
+A ``Columns`` mapping names the text columns (one or two fields) and the label column; for
+header-less files columns are given by position ("0", "3"). Labels map through ``label_map``
+(raw value -> class id) or, for regression (``numeric=True``), parse as floats. Every problem a
+user can fix raises one-line ``MergecoreError`` naming the file (and row): missing columns,
+unknown labels, empty rows, non-UTF-8 bytes, zero examples.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MergecoreError
+import torch
+
+from .tasks import Split, Task
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns hold the text fields and the label."""
+
+    text: tuple[str, ...] = field(default=("sentence",), metadata={"help": "text column(s), 1 or 2"})
+    label: str | None = field(default="label", metadata={"help": "label column (None: unlabeled)"})
+    label_map: dict | None = field(default=None, metadata={"help": "raw label -> class id"})
+    numeric: bool = field(default=False, metadata={"help": "labels are numbers (regression)"})
+    header: bool = field(default=True, metadata={"help": "first row names the columns"})
+
+
+def _open_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise MergecoreError(f"{path} does not exist; check the data folder or file name") from None
+    except UnicodeDecodeError as exc:
+        raise MergecoreError(f"{path} is not UTF-8 (bad byte at offset {exc.start}); re-save it as UTF-8") from None
+
+
+def read_rows(path: str | Path, header: bool = True) -> tuple[list[str], list[dict[str, str]]]:
+    """(column names, rows as dicts) of a .tsv/.csv/.jsonl file (positional keys "0", "1", ... without a header)."""
+    path = Path(path)
+    text = _open_text(path)
+    if path.suffix in (".jsonl", ".json"):
+        rows = _jsonl(path, text)
+        return list(dict.fromkeys(k for r in rows for k in r)), rows
+    delim = "\t" if path.suffix == ".tsv" else ","
+    quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL  # GLUE TSVs carry raw quotes
+    rows = list(csv.reader(text.splitlines(), delimiter=delim, quoting=quoting))
+    rows = [r for r in rows if r]
+    if not header:
+        width = max((len(r) for r in rows), default=0)
+        return [str(i) for i in range(width)], [{str(i): v for i, v in enumerate(r)} for r in rows]
+    if not rows:
+        raise MergecoreError(f"{path} is empty; give a header row and at least one example")
+    names = rows[0]
+    return names, [dict(zip(names, r)) for r in rows[1:]]
+
+
+def _jsonl(path: Path, text: str) -> list[dict[str, str]]:
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MergecoreError(f"{path} line {n} is not valid JSON ({exc.msg}); one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise MergecoreError(f"{path} line {n} is not a JSON object; one object per line")
+        out.append({k: "" if v is None else str(v) for k, v in obj.items()})
+    return out
+
+
+def _label(raw: str, cols: Columns, where: str) -> float:
+    if cols.numeric:
+        try:
+            return float(raw)
+        except ValueError:
+            raise MergecoreError(f"{where}: label {raw!r} is not a number; fix the row or the label column") from None
+    if cols.label_map is not None:
+        if raw not in cols.label_map:
+            known = ", ".join(map(str, cols.label_map))
+            raise MergecoreError(f"{where}: unknown label {raw!r} (known: {known}); fix the row or the label mapping")
+        return int(cols.label_map[raw])
+    try:
+        return int(raw)
+    except ValueError:
+        raise MergecoreError(f"{where}: label {raw!r} is not a class id; give a label mapping") from None
+
+
+def load_split(path: str | Path, cols: Columns, limit: int | None = None, labeled: bool = True) -> Split:
+    """A Split from one file; ``limit`` keeps the first rows (files are read in order)."""
+    names, rows = read_rows(path, cols.header)
+    need = list(cols.text) + ([cols.label] if labeled and cols.label else [])
+    if rows:
+        missing = [c for c in need if c not in names]
+        if missing:
+            have = ", ".join(names)
+            raise MergecoreError(f"{path}: missing column(s) {', '.join(missing)} (columns: {have}); fix the column mapping")
+    inputs, labels = [], []
+    for n, row in enumerate(rows[:limit] if limit else rows, 2 if cols.header else 1):
+        where = f"{path} row {n}"
+        fields = tuple((row.get(c) or "").strip() for c in cols.text)
+        if any(c not in row for c in need):
+            raise MergecoreError(f"{where} has too few columns; fix the row")
+        if not any(fields):
+            raise MergecoreError(f"{where} has empty text; remove the row or fill it")
+        inputs.append(fields)
+        if labeled and cols.label:
+            labels.append(_label(row[cols.label].strip(), cols, where))
+    if not inputs:
+        raise MergecoreError(f"{path} holds no examples; give at least one row")
+    return Split(tuple(inputs), tuple(labels) if labeled and cols.label else None)
+
+
+def sample(split: Split, n: int, seed: int) -> Split:
+    """n examples drawn without replacement by a seeded generator, kept in file order (n=0: all)."""
+    if not n or n >= len(split):
+        return split
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
+    labels = None if split.labels is None else tuple(split.labels[i] for i in idx)
+    return Split(tuple(split.inputs[i] for i in idx), labels)
+
+
+def file_task(name: str, train: str | Path, evaluation: str | Path, cols: Columns, label_names: tuple[str, ...],
+              prompt: str = "{0}", verbalizers: tuple[str, ...] | None = None, metric: str = "accuracy",
+              calibration: int = 128, eval_size: int = 0, seed: int = 0) -> Task:
+    """A Task from two files (calibration from ``train``, unlabeled; evaluation labeled)."""
+    calib = sample(load_split(train, cols, labeled=False), calibration, seed)
+    ev = sample(load_split(evaluation, cols), eval_size, seed + 1)
+    if cols.label_map is None and not cols.numeric:
+        bad = sorted({y for y in ev.labels if not 0 <= y < len(label_names)})
+        if bad:
+            raise MergecoreError(f"{evaluation}: label ids {bad[:5]} outside 0..{len(label_names) - 1}; "
+                                 "fix the labels or the label names")
+    return Task(name, tuple(label_names), calib, ev, metric=metric, prompt=prompt,
+                verbalizers=tuple(verbalizers or label_names), field_names=tuple(cols.text))
