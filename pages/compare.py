@@ -40,8 +40,12 @@ def stability_bars(t: cmp.Table) -> go.Figure:
     figs = ("range", "std", "negatives")
     fig = make_subplots(1, 3, subplot_titles=("range (max - min)", "standard deviation", "negative coefficients"))
     for j, name in enumerate(figs):
-        fig.add_trace(go.Bar(x=np.asarray(t.index), y=t.values[:, t.columns.index(name)],
+        y = t.values[:, t.columns.index(name)]
+        fig.add_trace(go.Bar(x=np.asarray(t.index), y=y, text=[f"{v:.0f}" if name == "negatives" else f"{v:.3g}" for v in y],
+                             textposition="outside", cliponaxis=False,
                              marker_color=[color(i) for i in range(len(t.index))], showlegend=False), 1, j + 1)
+        top = float(np.nanmax(y)) if np.isfinite(y).any() else 0.0
+        fig.update_yaxes(range=[0, max(top, 1.0 if name == "negatives" else 1e-3) * 1.2], row=1, col=j + 1)
     fig.update_layout(title="Coefficient stability (SourceJS Fig. 2)", height=340, margin={"t": 70, "b": 30})
     return fig
 
@@ -129,7 +133,11 @@ if c.baseline_source is None and show:
             st.rerun()
 elif c.baseline_source and show:
     st.caption(f"Baselines from run {c.baseline_source}; ANP = mean over tasks of score / expert score.")
-st.dataframe(table_frame(c.scores).style.format("{:.2f}", na_rep="-"), key="compare_scores", width="stretch")
+scores = table_frame(c.scores)
+style = scores.style.format("{:.2f}", na_rep="-")
+if "ANP" in scores.index:
+    style = style.format("{:.3f}", na_rep="-", subset=pd.IndexSlice[["ANP"], :])
+st.dataframe(style, key="compare_scores", width="stretch")
 
 label_ids = {cmp.run_label(store.get(i)): i for i in chosen}
 if c.skipped:
@@ -139,13 +147,10 @@ if not c.coef_runs:
 
 st.subheader("Coefficients")
 st.plotly_chart(coef_bars(c), key="compare_coef_bars", width="stretch")
-left, right = st.columns([2, 3])
-with left:
-    st.caption("Stability over the learned coefficients (task-wise: K, block-wise: blocks x K, layer-wise: L x K)")
-    st.dataframe(table_frame(c.stability).style.format("{:.3f}").format("{:.0f}", subset=["negatives", "count"]),
-                 key="compare_stability", width="stretch")
-with right:
-    st.plotly_chart(stability_bars(c.stability), key="compare_stability_bars", width="stretch")
+st.caption("Stability over the learned coefficients (task-wise: K, block-wise: blocks x K, layer-wise: L x K)")
+st.dataframe(table_frame(c.stability).style.format("{:.3f}").format("{:.0f}", subset=["negatives", "count"]),
+             key="compare_stability", width="stretch")
+st.plotly_chart(stability_bars(c.stability), key="compare_stability_bars", width="stretch")
 st.plotly_chart(heatmap_figure(c), key="compare_heatmaps", width="stretch")
 
 st.subheader("Training curves")
