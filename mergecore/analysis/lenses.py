@@ -97,6 +97,16 @@ def analysable_runs(store) -> list:
 # ----------------------------------------------------------------------------- spectra
 
 
+def block_labels(modules: list[str]) -> list[str]:
+    """Transformer block of each module as a short label ('bert.encoder.layer.3.x' -> 'encoder 3')."""
+    group, names = block_index(modules)
+    labels = []
+    for name in names:
+        prefix, _, num = name.rpartition(".")
+        labels.append(f"{prefix.rstrip('.').split('.')[-1]} {num}".strip() if num.isdigit() else name)
+    return [labels[g] for g in group.tolist()]
+
+
 def merge_spectrum(m: ModuleMerge) -> torch.Tensor:
     """Singular values of one merged update, float64 descending: thin QR of the factors when
     factored; a dense SVD only for element-wise merges (TIES, DARE) that are dense by nature."""
@@ -119,8 +129,7 @@ def spectra_of(adapters, merge: dict[str, ModuleMerge] | None = None, label: str
     "spectral": {module: {"scale": [...], "sigma": [...]}}}; ``spectral`` holds a LoRA-DV run's
     tensors "scale::<module>" (learned gain per singular value) and "sigma::<module>".
     """
-    group, block_names = block_index(adapters.modules)
-    out = {"modules": list(adapters.modules), "blocks": [block_names[g] for g in group.tolist()],
+    out = {"modules": list(adapters.modules), "blocks": block_labels(adapters.modules),
            "tasks": list(adapters.names), "spectra": {}, "rows": [], "spectral": {}}
     for module, block in zip(out["modules"], out["blocks"]):
         factors = adapters.factors(module)
@@ -169,8 +178,7 @@ def subspaces_of(adapters, features: dict | None = None, threshold: float = 2.0)
     """Per module K x K: B-space and A-space overlap (mean cos^2 of principal angles), task-vector
     cosine, OSRM interference per token I[i, j] = ||s_j B_j A_j H_i^T||_F / sqrt(n_i) (adapter j
     on task i's features), and the share counts of Pico's shared output directions."""
-    group, block_names = block_index(adapters.modules)
-    out = {"modules": list(adapters.modules), "blocks": [block_names[g] for g in group.tolist()],
+    out = {"modules": list(adapters.modules), "blocks": block_labels(adapters.modules),
            "tasks": list(adapters.names), "b_overlap": {}, "a_overlap": {}, "cosine": {},
            "interference": {}, "shared": {}}
     for module in adapters.modules:
