@@ -13,7 +13,8 @@ import streamlit as st
 
 from mergecore.errors import MergecoreError
 
-DEFAULT_WORKSPACE = os.environ.get("MERGECORE_WORKSPACE", str(Path.cwd() / "workspace"))
+def default_workspace() -> str:
+    return os.environ.get("MERGECORE_WORKSPACE", str(Path.cwd() / "workspace"))
 
 
 @st.cache_resource(show_spinner=False)
@@ -37,7 +38,7 @@ def bench(adapter_dirs: tuple[str, ...], device: str):
 
 def sidebar() -> None:
     with st.sidebar:
-        st.text_input("Workspace folder", value=DEFAULT_WORKSPACE, key="workspace",
+        st.text_input("Workspace folder", value=default_workspace(), key="workspace",
                       help="runs are stored in runs.sqlite inside this folder")
         import torch
 
@@ -48,7 +49,7 @@ def sidebar() -> None:
 
 
 def current_registry():
-    return registry(st.session_state.get("workspace", DEFAULT_WORKSPACE))
+    return registry(st.session_state.get("workspace") or default_workspace())
 
 
 def adapter_dirs() -> tuple[str, ...]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import os
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -14,7 +17,7 @@ def app(tmp_path, monkeypatch):
     import streamlit as st
 
     st.cache_resource.clear()
-    at = AppTest.from_file("app.py", default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
     return at
 
@@ -22,17 +25,17 @@ def app(tmp_path, monkeypatch):
 def test_workspace_page_shows_adapters_modules_and_tasks(app):
     assert not app.exception, app.exception
     assert [t.value for t in app.title] == ["Workspace"]
-    adapters = app.dataframe(key="adapter_table").value
+    adapters = app.dataframe[0].value
     assert list(adapters["adapter"]) == ["sentiment", "topic", "acceptability", "paraphrase", "entailment"]
-    assert len(app.dataframe(key="module_table").value) == 12  # query + value in 6 layers
-    assert len(app.dataframe(key="task_table").value) == 5
+    assert len(app.dataframe[1].value) == 12  # query + value in 6 layers
+    assert len(app.dataframe[2].value) == 5
 
 
 def test_workspace_bad_adapter_folder_shows_error_and_stays_usable(app, tmp_path):
     app.text_area(key="adapter_text").set_value(str(tmp_path / "missing"))
     app.button(key="load_adapters").click().run()
     assert any("does not exist" in e.value for e in app.error)
-    assert len(app.dataframe(key="adapter_table").value) == 5  # still on the demo kit
+    assert len(app.dataframe[0].value) == 5  # still on the demo kit
 
 
 def test_learn_page_runs_a_job_and_shows_scores(app):
@@ -43,14 +46,13 @@ def test_learn_page_runs_a_job_and_shows_scores(app):
     app.button[0].click()  # the form's Start button
     app.run()
     run_id = app.session_state["learn_run"]
-    from pages.common import current_registry  # noqa: F401  (same cache as the app)
-    import pages.common as common
+    import pages.common as common  # the app's own module: same st.cache_resource
 
-    job = common.registry(app.session_state["workspace"]).get(run_id)
-    job.thread.join(timeout=300)
+    job = common.registry(os.environ["MERGECORE_WORKSPACE"]).get(run_id)
+    job.thread.join(timeout=900)
     assert job.status == "done", job.message
     app.run()
     specs = [c.proto.spec for c in app.get("plotly_chart")]
     assert any("Merge coefficients" in s for s in specs) and any("Loss" in s for s in specs)
-    table = app.dataframe(key="final_scores").value
+    table = app.dataframe[-1].value
     assert {"uniform", "this run"} <= set(table.columns) and "average" in table.index
