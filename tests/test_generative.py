@@ -1,0 +1,120 @@
+"""Generative divergence (DivMerge App. B.1) against direct per-sequence, per-token loops."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mergecore.adapters import load_adapters
+from mergecore.coefs import FixedCoefs, task_coefs
+from mergecore.generative import GenParams, Generator, bucket_divergence, buckets, rouge1, rouge1_f1
+from mergecore.model import MergeModel, Segments
+from mergecore.objectives import js_div, kl_div
+
+from test_verbalizer import SPECS, TINY, load, make_adapters
+
+pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
+PROMPTS = ["summarize: the cat sat on the mat", "translate: good morning", "a b c d e f"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=["t5", "llama"])
+def gen(request, tmp_path_factory):
+    name = request.param
+    dirs = make_adapters(name, tmp_path_factory.mktemp("g" + name))
+    base, tok = load(name)
+    mm = MergeModel(base, load_adapters(dirs), with_heads=False)
+    return SimpleNamespace(name=name, dirs=dirs, tok=tok, mm=mm, g=Generator(mm, SPECS[name][0], tok))
+
+
+def step_logits(s, model_call, prompt: list[int], prefix: list[int]) -> torch.Tensor:
+    """Next-token logits after ``prefix`` of the output, one unpadded forward."""
+    if s.g.family == "seq2seq":
+        dec = [s.mm.model.config.decoder_start_token_id] + prefix
+        return model_call(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([dec])).logits[0, -1]
+    return model_call(input_ids=torch.tensor([prompt + prefix])).logits[0, -1]
+
+
+@torch.no_grad()
+def test_expert_outputs_equal_peft_greedy_loop(gen):
+    from peft import PeftModel
+
+    s, params = gen, GenParams(max_new_tokens=5, top_k=7)
+    cache = s.g.expert_outputs(1, PROMPTS, params)
+    pm = PeftModel.from_pretrained(load(s.name)[0], s.dirs[1]).eval().get_base_model()
+    for i, prompt in enumerate(cache.prompts):
+        out = []
+        for _ in range(5):
+            logits = step_logits(s, lambda **kw: pm(**kw), prompt, out)
+            out.append(int(logits.argmax()))
+            if out[-1] == s.g.eos_id:
+                break
+        assert cache.outputs[i] == out
+        cols = torch.nonzero(cache.mask[i]).flatten()
+        assert len(cols) == len(out)
+        for j, col in enumerate(cols.tolist()):  # cached top-k = the expert's own distribution at step j
+            p = torch.softmax(step_logits(s, lambda **kw: pm(**kw), prompt, out[:j]).float(), -1)
+            top = p.topk(7)
+            torch.testing.assert_close(cache.top_p[i, col], top.values, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("div", ["js", "kl"])
+@torch.no_grad()
+def test_divergence_equals_direct_loop(gen, div):
+    s, params = gen, GenParams(max_new_tokens=4, top_k=5, divergence=div)
+    cache = s.g.expert_outputs(0, PROMPTS, params)
+    source = FixedCoefs(torch.rand(len(s.mm.layers), 2, generator=torch.Generator().manual_seed(1)))
+    s.mm.set_source(source)
+    idx = torch.tensor([2, 0])
+    got = s.g.divergence(0, cache, idx, params)
+    fn = {"js": js_div, "kl": kl_div}[div]
+    call = lambda **kw: s.mm(Segments([(0, 0, 1)]), **kw)  # noqa: E731
+    for r, i in enumerate(idx.tolist()):
+        prompt, out = cache.prompts[i], cache.outputs[i]
+        cols = torch.nonzero(cache.mask[i]).flatten().tolist()
+        vals = []
+        for j, col in enumerate(cols):
+            q = torch.softmax(step_logits(s, call, prompt, out[:j]).double(), -1)
+            ids, p_top = cache.top_ids[i, col], cache.top_p[i, col].double()
+            qb = torch.cat([q[ids], (1 - q[ids].sum()).reshape(1)])
+            pb = torch.cat([p_top, (1 - p_top.sum()).clamp_min(0).reshape(1)])
+            vals.append(float(fn(pb, qb.clamp_min(1e-12).log())))
+        assert float(got[r]) == pytest.approx(sum(vals) / len(vals), rel=1e-3, abs=1e-5)
+
+
+def test_full_top_k_is_full_vocabulary_divergence():
+    gen_ = torch.Generator().manual_seed(0)
+    logits, ref = torch.randn(2, 3, 11, generator=gen_), torch.randn(2, 3, 11, generator=gen_)
+    p = torch.softmax(ref, -1)
+    top = p.topk(11)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    got = bucket_divergence(logits, top.indices, top.values, mask, "js")
+    full = js_div(p, torch.log_softmax(logits, -1))  # (2, 3)
+    torch.testing.assert_close(got, torch.stack([full[0, :2].mean(), full[1].mean()]), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(buckets(top.values).sum(-1), torch.ones(2, 3))
+
+
+def test_divergence_has_gradients_for_coefficients(gen):
+    s, params = gen, GenParams(max_new_tokens=3, top_k=4)
+    cache = s.g.expert_outputs(0, PROMPTS[:2], params)
+    src = task_coefs(torch.full((2,), 0.5), len(s.mm.layers))
+    s.mm.set_source(src)
+    loss = s.g.divergence(0, cache, torch.arange(2), params).mean()
+    loss.backward()
+    assert src.gamma.grad is not None and torch.isfinite(src.gamma.grad).all() and src.gamma.grad.abs().sum() > 0
+
+
+def test_rouge1():
+    assert rouge1_f1("The cat sat", "the cat sat on the mat") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert rouge1_f1("the the the", "the cat") == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+    assert rouge1_f1("", "x") == 0.0
+    assert rouge1(["a b", "c"], ["a b", "d"]) == pytest.approx(50.0)
