@@ -1,0 +1,73 @@
+"""Family detection, base loading (folders, path override, offline hub ids, custom-code refusal)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mergecore.adapters import load_adapters
+from mergecore.errors import MergecoreError
+from mergecore.families import detect_family, family_of_adapters, load_base, open_bench
+
+from test_verbalizer import TINY, make_adapters, tasks
+
+pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
+
+
+def test_detect_family_from_configs():
+    from transformers import AutoConfig, BertConfig, GPT2Config, Qwen2Config
+
+    assert detect_family(AutoConfig.from_pretrained(TINY / "t5")) == "seq2seq"
+    assert detect_family(AutoConfig.from_pretrained(TINY / "llama")) == "causal"
+    assert detect_family(AutoConfig.from_pretrained(TINY / "bloom")) == "causal"
+    assert detect_family(GPT2Config()) == "causal" and detect_family(Qwen2Config()) == "causal"
+    assert detect_family(BertConfig()) == "classifier"
+    assert detect_family({"architectures": ["RobertaForSequenceClassification"]}) == "classifier"
+
+
+@pytest.mark.parametrize("name, family, cls", [("t5", "seq2seq", "T5ForConditionalGeneration"),
+                                               ("llama", "causal", "LlamaForCausalLM"),
+                                               ("bloom", "causal", "BloomForCausalLM")])
+def test_load_base_from_folder(name, family, cls):
+    model, tok, fam = load_base(str(TINY / name))
+    assert fam == family and type(model).__name__ == cls and tok.eos_token_id is not None
+
+
+def test_offline_hub_id_names_what_is_missing(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MergecoreError, match=r"'nobody/no-such-model'.*--base-model") as info:
+        load_base("nobody/no-such-model")
+    assert "\n" not in str(info.value)
+
+
+def test_base_path_override_keeps_the_hub_name():
+    model, _, fam = load_base("google/flan-t5-base", base_path=str(TINY / "t5"))
+    assert fam == "seq2seq" and model.config.d_model == 32
+    with pytest.raises(MergecoreError, match="does not exist"):
+        load_base("google/flan-t5-base", base_path="/nonexistent/folder")
+
+
+def test_custom_code_is_refused_without_opt_in(tmp_path):
+    cfg = json.loads((TINY / "llama" / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MergecoreError, match="--trust-remote-code"):
+        load_base(str(tmp_path))
+    with pytest.raises(MergecoreError, match="unknown model family"):
+        load_base(str(TINY / "t5"), family="encoder")
+
+
+def test_open_bench_with_hub_named_adapters_and_local_base(tmp_path):
+    dirs = make_adapters("t5", tmp_path)
+    adapters = load_adapters(dirs, base_model="google/flan-t5-base")  # as FusionBench's configs name it
+    assert family_of_adapters(adapters) == "seq2seq"
+    with pytest.raises(MergecoreError, match="google/flan-t5-base"):
+        open_bench(adapters, tasks(), device="cpu")
+    bench = open_bench(adapters, tasks(), device="cpu", base_path=str(TINY / "t5"))
+    assert bench.reader.family == "seq2seq" and bench.model.num_labels == []
+    assert bench.reader.start_id == bench.model.model.config.decoder_start_token_id
+    probs = bench.predict(bench.routing())
+    assert [p.shape for p in probs] == [(4, 2), (3, 3)]
+    assert all(torch.allclose(p.sum(-1), torch.ones(len(p))) for p in probs)
