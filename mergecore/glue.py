@@ -20,6 +20,7 @@ standard ``<TASK>/<split>.tsv`` layout (see /work/shared/data/README.md for the 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -171,6 +172,20 @@ def load_glue(names: list[str] | None = None, source: str | Path = "auto", param
         train, dev = hub_splits(s) if str(source) == "hf" else local_splits(s, Path(source))
         tasks.append(make_task(s, train, dev, params))
     return TaskSet(tuple(tasks))
+
+
+def match_tasks(adapter_names: list[str]) -> list[str]:
+    """The GLUE task of each adapter from its name ('flan-t5-base_glue-sst2_lora-16' -> 'sst2'), in order."""
+    out = []
+    for name in adapter_names:
+        tokens = re.sub(r"[^a-z0-9]+", " ", name.lower()).split()
+        candidates = set(tokens) | {a + b for a, b in zip(tokens, tokens[1:])}
+        hits = [t for t in GLUE_TASKS if t in candidates]
+        if len(hits) != 1:
+            raise MergecoreError(f"cannot tell the GLUE task of adapter {name!r} from its name "
+                                 f"({'none' if not hits else ', '.join(hits)} found); name the tasks explicitly")
+        out.append(hits[0])
+    return out
 
 
 def with_prompt(task: Task, prompt: str) -> Task:

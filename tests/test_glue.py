@@ -11,7 +11,7 @@ import torch
 
 from mergecore.errors import MergecoreError
 from mergecore.evaluate import predictions, task_scores
-from mergecore.glue import GLUE_TASKS, GlueParams, load_glue, spec, stsb_bins
+from mergecore.glue import GLUE_TASKS, GlueParams, load_glue, match_tasks, spec, stsb_bins
 from mergecore.taskfiles import Columns, file_task, load_split
 
 SHARED = Path("/work/shared/data/glue")
@@ -159,3 +159,11 @@ def test_every_shared_glue_task_loads_in_place():
             assert min(task.evaluation.labels) >= 0 and max(task.evaluation.labels) <= 5
         assert len(task.verbalizers) == task.num_labels
         task.render(task.evaluation.inputs[0])  # the template fits the fields
+
+
+def test_match_tasks_from_adapter_names():
+    names = [f"flan-t5-base_glue-{t}_lora-16" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb")]
+    assert match_tasks(names) == ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"]
+    assert match_tasks(["SST-2", "my_STS-B_adapter"]) == ["sst2", "stsb"]
+    with pytest.raises(MergecoreError, match="cannot tell"):
+        match_tasks(["sentiment"])
