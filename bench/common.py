@@ -97,6 +97,7 @@ def build_base(shape: Shape, device: torch.device, seed: int = 0) -> nn.Module:
                       num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
                       vocab_size=shape.vocab, max_position_embeddings=max(2048, shape.seq))
     cfg._attn_implementation = "sdpa"
+    cfg.use_cache = False  # training-style forward: no KV cache objects
     torch.manual_seed(seed)
     with torch.device(device):
         model = LlamaModel(cfg)
@@ -106,15 +107,20 @@ def build_base(shape: Shape, device: torch.device, seed: int = 0) -> nn.Module:
     return model
 
 
+def _linear(m: nn.Module):
+    """The nn.Linear of a module, also when a MergeModel already wrapped it (MultiLoraLinear.base)."""
+    return m if isinstance(m, nn.Linear) else (m.base if isinstance(getattr(m, "base", None), nn.Linear) else None)
+
+
 def target_modules(base: nn.Module) -> list[str]:
-    return [n for n, m in base.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TARGETS]
+    return [n for n, m in base.named_modules() if _linear(m) is not None and n.rsplit(".", 1)[-1] in TARGETS]
 
 
 def make_adapters(base: nn.Module, K: int, rank: int, device, seed: int = 0) -> AdapterSet:
     """K random rank-``rank`` LoRA adapters on q,k,v,o (alpha = 2 rank, so scale 2), in memory."""
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     config = {"base_model_name_or_path": "bench", "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank}
-    mods = {n: base.get_submodule(n).weight.shape for n in target_modules(base)}
+    mods = {n: _linear(base.get_submodule(n)).weight.shape for n in target_modules(base)}
     adapters = []
     for k in range(K):
         factors = {}
@@ -141,9 +147,37 @@ def unwrapped(mm: MergeModel):
         swap(False)
 
 
+_PROJ: dict = {}
+
+
 def hidden_loss(out) -> torch.Tensor:
-    """A scalar of the last hidden state, float32 (stands in for the objective on label logits)."""
-    return out.last_hidden_state.float().pow(2).mean()
+    """A scalar of the last hidden state, float32 (stands in for the objective on label logits):
+    mean square of 8 fixed random projections. (Not mean(h^2): after the final RMSNorm that is ~1
+    whatever the coefficients, so its gradient would be round-off noise.)"""
+    h = out.last_hidden_state
+    key = (h.shape[-1], h.device)
+    if key not in _PROJ:
+        g = torch.Generator().manual_seed(1234)
+        _PROJ[key] = (torch.randn(h.shape[-1], 8, generator=g) / h.shape[-1] ** 0.5).to(h.device)
+    return (h.float() @ _PROJ[key]).pow(2).mean()
+
+
+class FastMatrixCoefs(nn.Module):
+    """Bench prototype of an engine change to ``MatrixCoefs.lora_term``: the group row is read with
+    a Python int (a view, no tensor-indexed gather) and the (K,) -> (R,) expansion over rank
+    directions is a matmul with a fixed (K, R) one-hot matrix instead of ``c[layer.owner]`` (whose
+    backward is an index_put with accumulate). Same maths, same gradients."""
+
+    def __init__(self, init: torch.Tensor, group: list[int], layers):
+        super().__init__()
+        self.gamma = nn.Parameter(init.detach().clone().float())
+        self.group = list(group)
+        K = init.shape[-1]
+        self.expand = {l.index: torch.nn.functional.one_hot(l.owner, K).T.float().contiguous() for l in layers}
+
+    def lora_term(self, layer, x: torch.Tensor) -> torch.Tensor:
+        c = self.gamma[self.group[layer.index]]  # (K,)
+        return layer.factored(x, c @ self.expand[layer.index])
 
 
 class MaterializedLearner(nn.Module):

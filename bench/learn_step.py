@@ -49,6 +49,13 @@ def make_sources(mm, adapters, granularities, device) -> tuple[dict, dict]:
             sources[g] = task_coefs(init, L).to(device)
         elif g == "layer":
             sources[g] = layer_coefs(init, L).to(device)
+        elif g in ("task_fast", "layer_fast"):  # bench prototype of an engine change (common.FastMatrixCoefs)
+            from common import FastMatrixCoefs
+
+            G = 1 if g == "task_fast" else L
+            sources[g] = FastMatrixCoefs(init.reshape(1, -1).repeat(G, 1), [0] * L if G == 1 else list(range(L)),
+                                         mm.layers).to(device)
+            sources[g].expand = {k: v.to(device) for k, v in sources[g].expand.items()}
         elif g == "spectral":
             if importlib.util.find_spec("mergecore.spectral") is None:
                 notes[g] = "skipped: mergecore.spectral does not exist in this checkout"
@@ -157,7 +164,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--k", type=int, default=8, help="number of adapters")
-    p.add_argument("--granularities", default="task,layer,spectral")
+    p.add_argument("--granularities", default="task,layer,spectral,task_fast,layer_fast")
     p.add_argument("--precision", default="fp32", help="comma list of fp32, tf32, bf16 (tf32/bf16: CUDA)")
     p.add_argument("--reference", default="factors,dense", help="materialising references to run: factors, dense")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd floor and ours (separate base copy)")
@@ -189,11 +196,31 @@ def main(argv=None) -> dict:
         result["modes"][mode] = res
     if args.compile:
         result["compile"] = run_compiled(args, device, mm, base_plain, sources, ids)
+    if device.type == "cuda":
+        result["host_syncs_per_step"] = count_syncs(mm, sources, ids)
     first = result["modes"][args.precision.split(",")[0]]
     result.update({k: v for k, v in first.items()})
     print_tables(result)
     emit(args, result)
     return result
+
+
+def count_syncs(mm, sources, ids) -> dict:
+    """Host-device synchronisations in one forward + backward per source (torch sync debug mode)."""
+    import warnings
+
+    out, seg = {}, Segments([(0, 0, ids.shape[0])])
+    for g, src in sources.items():
+        mm.set_source(src)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                hidden_loss(mm(seg, input_ids=ids)).backward()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        out[g] = sum("synchroniz" in str(w.message) for w in caught)
+    return out
 
 
 def run_compiled(args, device, mm, base_plain, sources, ids) -> dict:
