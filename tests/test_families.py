@@ -71,3 +71,22 @@ def test_open_bench_with_hub_named_adapters_and_local_base(tmp_path):
     probs = bench.predict(bench.routing())
     assert [p.shape for p in probs] == [(4, 2), (3, 3)]
     assert all(torch.allclose(p.sum(-1), torch.ones(len(p))) for p in probs)
+
+
+GLUE_DIR = TINY.parent / "glue"
+
+
+@pytest.mark.skipif(not GLUE_DIR.is_dir(), reason="shared GLUE folder not present")
+def test_glue_tasks_learn_and_evaluate_on_seq2seq(tmp_path):
+    from mergecore.evaluate import task_scores
+    from mergecore.glue import GlueParams, load_glue
+    from mergecore.learn import LearnParams, Learner
+
+    ts = load_glue(["rte", "stsb"], source=GLUE_DIR, params=GlueParams(calibration=4, evaluation=6, stsb_step=0.5))
+    bench = open_bench(load_adapters(make_adapters("t5", tmp_path)), ts, device="cpu", base_path=str(TINY / "t5"))
+    res = Learner(bench, LearnParams(steps=2, samples=4, batch_size=2, eval_every=2, eval_limit=3)).run()
+    assert res.status == "done" and torch.isfinite(res.coefs).all()
+    probs = bench.predict(bench.uniform())
+    assert [p.shape for p in probs] == [(6, 2), (6, 11)]
+    scores = task_scores(ts, probs)
+    assert set(scores) == {"rte", "stsb"} and all(-100 <= v <= 100 for v in scores.values())

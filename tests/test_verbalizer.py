@@ -26,6 +26,7 @@ SPECS = {  # family, peft task type, LoRA targets
     "t5": ("seq2seq", "SEQ_2_SEQ_LM", ["q", "v"]),
     "llama": ("causal", "CAUSAL_LM", ["q_proj", "v_proj"]),
     "bloom": ("causal", "CAUSAL_LM", ["query_key_value"]),
+    "qwen2": ("causal", "CAUSAL_LM", ["q_proj", "v_proj"]),  # built from a config (GQA), Llama tokenizer
 }
 SENTS = ["the movie was great fun", "awful plot and a dull actor", "fine", "stocks fell sharply today after the report",
          "a cat sleeps", "really not very good at all, honestly"]
@@ -44,14 +45,21 @@ def tasks() -> TaskSet:
 def load(name: str):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    cls = AutoModelForSeq2SeqLM if SPECS[name][0] == "seq2seq" else AutoModelForCausalLM
-    model = cls.from_pretrained(TINY / name, dtype=torch.float32).eval()
+    if name == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        cfg = Qwen2Config(vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        model, tok_dir = Qwen2ForCausalLM(cfg).eval(), TINY / "llama"
+    else:
+        cls = AutoModelForSeq2SeqLM if SPECS[name][0] == "seq2seq" else AutoModelForCausalLM
+        model, tok_dir = cls.from_pretrained(TINY / name, dtype=torch.float32).eval(), TINY / name
     gen = torch.Generator().manual_seed(123)  # the checkpoints are near-uniform: resample weights so
     with torch.no_grad():  # distributions are peaked and the equalities below are not trivially met
         for _, p in sorted(model.named_parameters()):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.4)
         model.get_output_embeddings().weight.mul_(12.0)
-    return model, AutoTokenizer.from_pretrained(TINY / name)
+    return model, AutoTokenizer.from_pretrained(tok_dir)
 
 
 def make_adapters(name: str, root: Path, k: int = 2) -> list[Path]:
