@@ -63,10 +63,23 @@ def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.
 
 
 def sequence_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum over positions of log softmax(logits)[target]; targets -100 are skipped. (M, L, V) -> (M,)."""
-    logp = torch.log_softmax(logits.float(), -1)
-    picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    """Sum over positions of log softmax(logits)[target]; targets -100 are skipped. (M, L, V) -> (M,).
+
+    logit[target] - logsumexp(logits): no second (M, L, V) tensor for the log-softmax.
+    """
+    logits = logits.float()
+    picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
     return torch.where(targets >= 0, picked, torch.zeros_like(picked)).sum(-1)
+
+
+def clip_segments(segments: Segments, start: int, end: int) -> Segments:
+    """The spans of rows [start, end), shifted to start at 0 (a chunk of a routed batch)."""
+    spans = [(t, max(s, start) - start, min(e, end) - start) for t, s, e in segments.spans if s < end and e > start]
+    return Segments(spans)
+
+
+def chunks(total: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + size, total)) for a in range(0, total, max(1, size))]
 
 
 def split_scores(scores: torch.Tensor, segments: ScoreSegments) -> list[torch.Tensor]:
@@ -87,8 +100,9 @@ class VerbalizerReader:
 
     family = "verbalizer"
 
-    def __init__(self, tasks: TaskSet, tokenizer, max_length: int = 256):
+    def __init__(self, tasks: TaskSet, tokenizer, max_length: int = 256, max_label_rows: int = 1024):
         self.tasks, self.tokenizer, self.max_length = tasks, tokenizer, max_length
+        self.max_label_rows = max_label_rows  # (example, label) rows per scoring forward: bounds logits memory
         for t in tasks:
             if len(t.verbalizers) != t.num_labels:
                 raise MergecoreError(
@@ -126,8 +140,8 @@ class Seq2SeqReader(VerbalizerReader):
     family = "seq2seq"
 
     def __init__(self, tasks: TaskSet, tokenizer, decoder_start_token_id: int, max_length: int = 256,
-                 eos: bool = True):
-        super().__init__(tasks, tokenizer, max_length)
+                 eos: bool = True, max_label_rows: int = 1024):
+        super().__init__(tasks, tokenizer, max_length, max_label_rows)
         if decoder_start_token_id is None:
             raise MergecoreError("the seq2seq base has no decoder_start_token_id in its config; set it in config.json")
         self.start_id, self.eos = int(decoder_start_token_id), eos
@@ -166,10 +180,13 @@ class Seq2SeqReader(VerbalizerReader):
 
         mm.slot.segments = segments
         hidden = mm.model.get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
-        enc = BaseModelOutput(last_hidden_state=hidden[segments.expand])
-        out = mm(segments.rows, encoder_outputs=enc, attention_mask=inputs["attention_mask"][segments.expand],
-                 **segments.seq)
-        return split_scores(sequence_scores(out.logits, segments.targets), segments)
+        scores = []
+        for a, b in chunks(len(segments.expand), self.max_label_rows):
+            rows = segments.expand[a:b]
+            out = mm(clip_segments(segments.rows, a, b), encoder_outputs=BaseModelOutput(last_hidden_state=hidden[rows]),
+                     attention_mask=inputs["attention_mask"][rows], **{k: v[a:b] for k, v in segments.seq.items()})
+            scores.append(sequence_scores(out.logits, segments.targets[a:b]))
+        return split_scores(torch.cat(scores), segments)
 
 
 class CausalReader(VerbalizerReader):
@@ -177,8 +194,8 @@ class CausalReader(VerbalizerReader):
 
     family = "causal"
 
-    def __init__(self, tasks: TaskSet, tokenizer, max_length: int = 256, sep: str = " "):
-        super().__init__(tasks, tokenizer, max_length)
+    def __init__(self, tasks: TaskSet, tokenizer, max_length: int = 256, sep: str = " ", max_label_rows: int = 1024):
+        super().__init__(tasks, tokenizer, max_length, max_label_rows)
         self.sep = sep
         self.lead_id = next((i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id) if i is not None), None)
 
@@ -231,8 +248,12 @@ class CausalReader(VerbalizerReader):
             kw.pop("position_ids")
         if accepts(mm.model, "logits_to_keep"):
             kw["logits_to_keep"] = width + 1
-        logits = mm(segments.rows, **kw).logits[:, -(width + 1):-1]
-        return split_scores(sequence_scores(logits, segments.targets), segments)
+        scores = []
+        for a, b in chunks(len(segments.expand), self.max_label_rows):
+            part = {k: v[a:b] if torch.is_tensor(v) else v for k, v in kw.items()}
+            logits = mm(clip_segments(segments.rows, a, b), **part).logits[:, -(width + 1):-1]
+            scores.append(sequence_scores(logits, segments.targets[a:b]))
+        return split_scores(torch.cat(scores), segments)
 
 
 def make_reader(family: str, tasks: TaskSet, tokenizer, config=None, **kw):

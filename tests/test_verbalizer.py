@@ -234,3 +234,19 @@ def test_smollm_verbalizer_is_sensible():
         seg, inputs = reader.batch([(0, reader.encode(task.evaluation.inputs), torch.arange(2))], None)
         scores = reader.label_logits(Plain(model), seg, inputs)[0]
     assert scores[0, 1] > scores[0, 0] and scores[1, 0] > scores[1, 1]
+
+
+@torch.no_grad()
+def test_chunked_scoring_keeps_routing(setup):
+    """Scoring in chunks of 5 (example, label) rows equals one forward, under per-row routing."""
+    s = setup
+    s.mm.set_source(RowRouting(s.mm.slot, 2, experts=[1, 0]))
+    segments, inputs = s.reader.batch(parts_of(s.reader, s.tasks), None)
+    whole = s.reader.label_logits(s.mm, segments, inputs)
+    s.reader.max_label_rows = 5
+    try:
+        chunked = s.reader.label_logits(s.mm, segments, inputs)
+    finally:
+        s.reader.max_label_rows = 1024
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
