@@ -88,3 +88,19 @@ def dataclass_form(cls, prefix: str, values=None, skip=()):
             else:
                 out[f.name] = st.text_input(f.name, value=str(current), help=helptext, key=key)
     return dataclasses.replace(values, **out)
+
+
+def _leave_pages_directory_mode() -> None:
+    """Deep links on a fresh server: Streamlit first runs ``pages/x.py`` in its old pages-folder mode
+    (no app.py, so no sidebar or navigation). Switch that mode off once and rerun through app.py,
+    which keeps the URL's page and query parameters. Uses Streamlit's PagesManager flag (1.67)."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_pages_directory_mode()
