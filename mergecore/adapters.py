@@ -128,10 +128,15 @@ class AdapterSet:
             ranks = sorted(set(a.ranks.values()))
             rows.append({
                 "adapter": a.name, "base_model": a.base_model, "ranks": ranks,
-                "modules": len(a.factors), "target_modules": sorted(a.config.get("target_modules") or []),
+                "modules": len(a.factors), "target_modules": _target_list(a.config.get("target_modules")),
                 "heads": a.head_modules, "sha256": a.sha256[:12], "source": a.source,
             })
         return rows
+
+
+def _target_list(targets) -> list[str]:
+    """PEFT's target_modules: a list of names, or one regex string."""
+    return [targets] if isinstance(targets, str) else sorted(map(str, targets or []))
 
 
 def _check_same_base(adapters: tuple[Adapter, ...]) -> None:
@@ -248,15 +253,31 @@ def _read_weights(folder: Path, allow_bin: bool) -> tuple[dict[str, torch.Tensor
             tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise MergecoreError(f"{binf} could not be read safely ({type(exc).__name__}); re-export it") from None
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise MergecoreError(f"{binf} is not a state dict of tensors; re-export the adapter with PEFT")
         return dict(tensors), hashlib.sha256(data).hexdigest()
     raise MergecoreError(f"{st} is missing; a PEFT adapter folder needs {WEIGHTS_FILE}")
 
 
-def _scale(config: dict, module: str, rank: int) -> float:
-    alpha = float(config.get("lora_alpha", rank))
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.fullmatch(rf"(.*\.)?{pattern}", module):
-            alpha = float(value)
+def _alpha(value, where: str) -> float:
+    """A finite number (not a bool, string or null), else one line naming the config field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MergecoreError(f"{where} is {value!r}, not a finite number; fix it or re-save the adapter with PEFT")
+    return float(value)
+
+
+def _scale(config: dict, module: str, rank: int, where: str = CONFIG_FILE) -> float:
+    alpha = _alpha(config.get("lora_alpha", rank), f"{where}: lora_alpha")
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise MergecoreError(f"{where}: alpha_pattern must be a JSON object; fix it or re-save the adapter with PEFT")
+    for pattern, value in patterns.items():
+        try:
+            hit = re.fullmatch(rf"(.*\.)?{pattern}", module)
+        except re.error:
+            raise MergecoreError(f"{where}: alpha_pattern key {pattern!r} is not a valid regex; fix it") from None
+        if hit:
+            alpha = _alpha(value, f"{where}: alpha_pattern[{pattern!r}]")
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
@@ -296,4 +317,5 @@ def _factors(ab: dict[str, torch.Tensor], module: str, config: dict, folder: Pat
         raise MergecoreError(f"{where}: lora_A has rank {A.shape[0]} but lora_B {B.shape[1]}; the file is inconsistent")
     if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
         raise MergecoreError(f"{where} holds NaN or Inf weights; retrain or re-export the adapter")
-    return LoraFactors(A=A.contiguous(), B=B.contiguous(), scale=_scale(config, module, A.shape[0]))
+    scale = _scale(config, module, A.shape[0], str(folder / CONFIG_FILE))
+    return LoraFactors(A=A.contiguous(), B=B.contiguous(), scale=scale)

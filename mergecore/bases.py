@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -35,12 +36,33 @@ def _quiet_transformers():
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+def refuse_custom_code(path: str, name: str) -> None:
+    """Refuse a local base folder whose config.json / tokenizer_config.json maps to custom code (auto_map).
+
+    transformers would silently ignore the custom code when the model type is a built-in one;
+    we refuse instead, so what runs is never in doubt.
+    """
+    for fname in ("config.json", "tokenizer_config.json"):
+        f = Path(path) / fname
+        if not f.is_file():
+            continue
+        try:
+            raw = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MergecoreError(f"{f} is not valid JSON ({exc}); re-save the base model") from None
+        if isinstance(raw, dict) and raw.get("auto_map"):
+            raise MergecoreError(f"base model {name!r} needs custom code (auto_map in {fname}); "
+                                 "only if you trust it, opt in with --trust-remote-code")
+
+
 def load_classifier_base(name: str, trust_remote_code: bool = False, num_labels: int = 2):
     """(AutoModelForSequenceClassification, tokenizer) for an encoder base; the head is replaced later."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
     path = resolve_base(name)
+    if not trust_remote_code:
+        refuse_custom_code(path, name)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
                                                                    num_labels=num_labels, ignore_mismatched_sizes=True)
