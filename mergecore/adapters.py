@@ -108,7 +108,7 @@ class AdapterSet:
             if module in a.factors:
                 f = a.factors[module]
                 return (f.B.shape[0], f.A.shape[1])
-        raise MergecoreError(f"no adapter targets module {module!r}")
+        raise MergecoreError(f"no adapter targets module {module!r}; pick one of the adapters' modules")
 
     def factors(self, module: str) -> list[LoraFactors | None]:
         """Per adapter (in order) its factors on ``module``, or None where it does not target it."""
@@ -170,7 +170,9 @@ def load_adapter(path: str | Path, name: str | None = None, allow_bin: bool = Fa
     config = _read_config(folder)
     tensors, sha = _read_weights(folder, allow_bin)
     factors, extra = _split_tensors(tensors, config, folder)
-    return Adapter(name=name or folder.name, source=str(path), config=config,
+    is_hub = not Path(path).expanduser().exists()
+    default_name = str(path).rstrip("/").split("/")[-1] if is_hub else folder.name
+    return Adapter(name=name or default_name, source=str(path), config=config,
                    factors=factors, extra=extra, sha256=sha)
 
 
@@ -222,7 +224,7 @@ def _read_config(folder: Path) -> dict:
         raise MergecoreError(f"{f} must hold a JSON object; re-save the adapter with PEFT")
     ptype = str(config.get("peft_type", "")).upper()
     if ptype != "LORA":
-        raise MergecoreError(f"{f}: peft_type is {ptype or 'missing'}, only LORA adapters can be merged")
+        raise MergecoreError(f"{f}: peft_type is {ptype or 'missing'}; only LORA adapters can be merged, pass a LoRA adapter")
     if config.get("use_dora"):
         raise MergecoreError(f"{f}: DoRA adapters are not supported; merge plain LoRA adapters")
     return config
@@ -290,11 +292,12 @@ def _split_tensors(tensors: dict[str, torch.Tensor], config: dict, folder: Path)
         if m:
             parts.setdefault(m["module"], {})[m["which"]] = t
         elif ".lora_" in rel:
-            raise MergecoreError(f"{folder / WEIGHTS_FILE}: unsupported LoRA tensor {key}; only lora_A/lora_B weights")
+            raise MergecoreError(f"{folder / WEIGHTS_FILE}: unsupported LoRA tensor {key}; "
+                                  "re-export a plain LoRA adapter (lora_A/lora_B weights only)")
         else:
             extra[rel] = t.float()
     if not parts:
-        raise MergecoreError(f"{folder / WEIGHTS_FILE} holds no lora_A/lora_B weights; is it a LoRA adapter?")
+        raise MergecoreError(f"{folder / WEIGHTS_FILE} holds no lora_A/lora_B weights; pass a PEFT LoRA adapter folder")
     factors = {}
     for module, ab in parts.items():
         factors[module] = _factors(ab, module, config, folder)
@@ -310,7 +313,8 @@ def _factors(ab: dict[str, torch.Tensor], module: str, config: dict, folder: Pat
         raise MergecoreError(f"{where} has lora_{'A' if 'A' in ab else 'B'} only; re-export the adapter")
     A, B = ab["A"].float(), ab["B"].float()
     if A.ndim != 2 or B.ndim != 2:
-        raise MergecoreError(f"{where}: only Linear LoRA layers (2-D factors) are supported")
+        raise MergecoreError(f"{where} has factors that are not 2-D; only Linear LoRA layers are supported, "
+                             "target Linear modules only")
     if A.shape[0] == 0 or B.shape[1] == 0:
         raise MergecoreError(f"{where} has rank 0; drop this module or retrain with r >= 1")
     if A.shape[0] != B.shape[1]:

@@ -42,6 +42,12 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-model", help="base model path or hub id (overrides the adapters' configs)")
     p.add_argument("--allow-bin", action="store_true", help="accept adapter_model.bin pickles (loaded weights_only)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow base models with custom code")
+    p.add_argument("--glue", nargs="*", metavar="TASK", help="GLUE tasks (default: matched from adapter names)")
+    p.add_argument("--glue-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv); default: datasets when online")
+    p.add_argument("--calibration", type=int, default=128, help="GLUE: calibration examples per task")
+    p.add_argument("--eval-size", type=int, default=0, help="GLUE: evaluation examples per task (0: all)")
+    p.add_argument("--family", choices=["classifier", "seq2seq", "causal"], help="model family (default: detected)")
+    p.add_argument("--base-path", help="local folder of the base model when the adapters name a hub id")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--workspace", type=Path, help="run store folder (default: ./workspace or $MERGECORE_WORKSPACE)")
     p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
@@ -54,8 +60,15 @@ def open_bench(args):
 
     dirs = args.adapters or demo_adapter_dirs()
     adapters = load_adapters(dirs, allow_bin=args.allow_bin, base_model=args.base_model)
-    tasks = tasks_for(adapters.names)
-    return open_workbench(adapters, tasks, device=args.device, trust_remote_code=args.trust_remote_code)
+    if args.glue is not None:
+        from .glue import GlueParams, load_glue, match_tasks
+
+        params = GlueParams(calibration=args.calibration, evaluation=args.eval_size)
+        tasks = load_glue(args.glue or match_tasks(adapters.names), source=args.glue_dir or "auto", params=params)
+    else:
+        tasks = tasks_for(adapters.names)
+    return open_workbench(adapters, tasks, device=args.device, trust_remote_code=args.trust_remote_code,
+                          family=args.family, base_path=args.base_path)
 
 
 def open_store(args):

@@ -13,7 +13,7 @@ import torch
 from .adapters import AdapterSet
 from .coefs import FixedCoefs, RowRouting
 from .errors import MergecoreError
-from .heads import ClassifierReader, Encoded
+from .heads import Encoded
 from .model import MergeModel
 from .tasks import TaskSet
 
@@ -23,7 +23,7 @@ class Workbench:
     adapters: AdapterSet
     tasks: TaskSet
     model: MergeModel
-    reader: ClassifierReader
+    reader: object  # ClassifierReader, Seq2SeqReader or CausalReader (same interface)
     base_name: str = ""
     _encoded: dict = field(default_factory=dict)
 
@@ -101,14 +101,14 @@ def _chunk(parts, max_rows: int):
 
 
 def open_workbench(adapters: AdapterSet, tasks: TaskSet, device: str | None = None,
-                   trust_remote_code: bool = False, base_model: str | None = None) -> Workbench:
-    """Load the base, wrap it with the adapters, and pair adapters with tasks."""
-    from .bases import load_classifier_base
+                   trust_remote_code: bool = False, base_model: str | None = None,
+                   family: str | None = None, base_path: str | None = None) -> Workbench:
+    """Load the base, wrap it with the adapters, pick the reader of the model family
+    (classifier heads, seq2seq or causal verbalizers), and pair adapters with tasks."""
+    from .families import open_bench
 
-    name = base_model or adapters.base_model
-    base, tokenizer = load_classifier_base(name, trust_remote_code=trust_remote_code)
-    mm = MergeModel(base, adapters).to(resolve_device(device))
-    return Workbench(adapters, tasks, mm, ClassifierReader(tokenizer), base_name=name)
+    return open_bench(adapters, tasks, device=device, trust_remote_code=trust_remote_code,
+                      base_model=base_model, family=family, base_path=base_path)
 
 
 def resolve_device(device: str | None) -> torch.device:
