@@ -25,15 +25,38 @@ def registry(workspace: str):
     return JobRegistry(RunStore(workspace))
 
 
-@st.cache_resource(show_spinner="Loading the base model and adapters...")
-def bench(adapter_dirs: tuple[str, ...], device: str):
-    """One Workbench per adapter selection and device, shared by all sessions (never mutated)."""
+@st.cache_resource(show_spinner="Loading the base model and adapters...", max_entries=4)
+def bench(adapter_dirs: tuple[str, ...], device: str, task_source: tuple = ("demo",), base_model: str = ""):
+    """One Workbench per adapter selection, task source and device, shared by all sessions (never mutated)."""
     from mergecore.adapters import load_adapters
-    from mergecore.demo.kit import tasks_for
     from mergecore.workbench import open_workbench
 
-    adapters = load_adapters(list(adapter_dirs))
-    return open_workbench(adapters, tasks_for(adapters.names), device=device)
+    adapters = load_adapters(list(adapter_dirs), base_model=base_model or None)
+    return open_workbench(adapters, load_tasks(adapters.names, task_source), device=device)
+
+
+def load_tasks(adapter_names: list[str], task_source: tuple):
+    """Tasks for the adapters: ('demo',) by name, ('glue', folder, n_cal, n_eval), or
+    ('files', json of one file spec per adapter)."""
+    kind = task_source[0]
+    if kind == "demo":
+        from mergecore.demo.kit import tasks_for
+
+        return tasks_for(adapter_names)
+    if kind == "glue":
+        from mergecore.glue import GlueParams, load_glue, match_tasks
+
+        _, folder, n_cal, n_eval = task_source
+        return load_glue(match_tasks(adapter_names), source=folder or "auto",
+                         params=GlueParams(calibration=n_cal, evaluation=n_eval))
+    import json
+
+    from mergecore.taskfiles import Columns, file_task
+    from mergecore.tasks import TaskSet
+
+    specs = json.loads(task_source[1])
+    return TaskSet(tuple(file_task(n, s["train"], s["eval"], Columns(text=tuple(s["text"]), label=s["label"]),
+                                   tuple(s["labels"])) for n, s in zip(adapter_names, specs)))
 
 
 def sidebar() -> None:
@@ -59,9 +82,10 @@ def adapter_dirs() -> tuple[str, ...]:
 
 
 def current_bench():
-    """The workbench for the selected adapters, or None after showing the error."""
+    """The workbench for the selected adapters and tasks, or None after showing the error."""
     try:
-        return bench(adapter_dirs(), st.session_state.get("device", "cpu"))
+        return bench(adapter_dirs(), st.session_state.get("device", "cpu"),
+                     st.session_state.get("task_source", ("demo",)), st.session_state.get("base_model", ""))
     except MergecoreError as exc:
         st.error(str(exc))
         return None

@@ -2,38 +2,67 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from mergecore.errors import MergecoreError
-from pages.common import adapter_dirs, current_bench
+from pages.common import bench as load_bench
+from pages.common import current_bench
 
 st.title("Workspace")
-st.caption("Pick LoRA adapters of one base model; each adapter is the expert of the task with its name.")
+st.caption("Pick LoRA adapters of one base model; adapter k is the expert of task k.")
+GLUE_DEFAULT = str((Path.cwd().parent / "shared" / "data" / "glue").resolve())
 
-with st.expander("Adapters", expanded=not st.session_state.get("adapter_dirs")):
-    text = st.text_area("Adapter folders, one per line (empty: the embedded demo kit)",
+with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapter_dirs")):
+    text = st.text_area("Adapter folders or hub ids, one per line (empty: the embedded demo kit)",
                         value="\n".join(st.session_state.get("adapter_dirs") or []), key="adapter_text")
-    if st.button("Load adapters", key="load_adapters"):
+    base = st.text_input("Base model override (path or hub id; empty: from the adapters' configs)", key="base_text")
+    source = st.radio("Tasks", ["demo tasks (by adapter name)", "GLUE", "CSV / JSONL files"], horizontal=True,
+                      key="task_kind")
+    spec: tuple = ("demo",)
+    if source == "GLUE":
+        c1, c2, c3 = st.columns([3, 1, 1])
+        folder = c1.text_input("GLUE folder (<TASK>/train.tsv, dev.tsv; empty: datasets, online)",
+                               value=GLUE_DEFAULT if Path(GLUE_DEFAULT).is_dir() else "", key="glue_dir")
+        n_cal = c2.number_input("calibration / task", value=128, min_value=1, key="glue_cal")
+        n_eval = c3.number_input("evaluation / task (0: all)", value=500, min_value=0, key="glue_eval")
+        spec = ("glue", folder, int(n_cal), int(n_eval))
+    elif source == "CSV / JSONL files":
+        st.caption('One JSON object per adapter, in order: {"train": path, "eval": path, "text": [column(s)], '
+                   '"label": column, "labels": [label names]}')
+        files = st.text_area("Column mapping", value="[]", key="file_spec")
+        spec = ("files", files)
+    if st.button("Load", key="load_adapters", type="primary"):
         dirs = [line.strip() for line in text.splitlines() if line.strip()]
         try:
-            from mergecore.adapters import load_adapters
-            from mergecore.demo.kit import tasks_for
-
-            if dirs:
-                tasks_for(load_adapters(dirs).names)  # validate before switching
-            st.session_state["adapter_dirs"] = dirs
+            if spec[0] == "files":
+                json.loads(spec[1])
+            load_bench(tuple(dirs) or _demo_dirs(), st.session_state.get("device", "cpu"), spec, base)
+            st.session_state.update(adapter_dirs=dirs, task_source=spec, base_model=base)
             st.rerun()
+        except json.JSONDecodeError as exc:
+            st.error(f"the column mapping is not valid JSON ({exc}); give a list of objects, one per adapter")
         except MergecoreError as exc:
             st.error(str(exc))
+
+
+def _demo_dirs() -> tuple[str, ...]:
+    from mergecore.demo.kit import demo_adapter_dirs
+
+    return tuple(str(p) for p in demo_adapter_dirs())
+
 
 bench = current_bench()
 if bench is None:
     st.stop()
 
 ad = bench.adapters
-st.subheader(f"{len(ad)} adapters on {bench.base_name}")
-st.dataframe(pd.DataFrame(ad.report()), hide_index=True, key="adapter_table")
+family = type(bench.reader).__name__.replace("Reader", "").lower()
+st.subheader(f"{len(ad)} adapters on {bench.base_name} ({family} family)")
+st.dataframe(pd.DataFrame(ad.report()), hide_index=True)
 
 st.subheader("Compatibility report")
 rows = []
@@ -43,16 +72,20 @@ for m in ad.modules:
                  **{a.name: (a.factors[m].rank if m in a.factors else 0) for a in ad.adapters}})
 st.success(f"one base model, {len(ad.modules)} LoRA modules, shapes consistent with the base; "
            "rank 0 below means the adapter does not target that module (zero delta).")
-st.dataframe(pd.DataFrame(rows), hide_index=True, key="module_table", height=260)
+st.dataframe(pd.DataFrame(rows), hide_index=True, height=260)
 
 st.subheader("Tasks")
 st.dataframe(pd.DataFrame([{
-    "task": t.name, "labels": ", ".join(t.label_names), "metric": t.metric, "calibration": len(t.calibration),
-    "evaluation": len(t.evaluation), "description": t.description} for t in bench.tasks]),
-    hide_index=True, key="task_table")
+    "task": t.name, "adapter": a, "labels": ", ".join(t.label_names), "metric": t.metric,
+    "calibration": len(t.calibration), "evaluation": len(t.evaluation), "description": t.description}
+    for t, a in zip(bench.tasks, ad.names)]), hide_index=True)
 task = st.selectbox("Preview a task", bench.tasks.names, key="preview_task")
 t = bench.tasks.by_name(task)
-st.dataframe(pd.DataFrame([{**dict(zip(t.field_names, x)), "label": t.label_names[int(y)]}
-                           for x, y in zip(t.evaluation.inputs[:8], t.evaluation.labels[:8])]),
-             hide_index=True, key="preview_table")
-st.caption(f"{len(adapter_dirs())} adapter folders; loaded once per server and shared by all sessions.")
+preview = []
+for x, y in zip(t.evaluation.inputs[:6], t.evaluation.labels[:6]):
+    row = dict(zip(t.field_names, x))
+    row["label"] = t.label_names[int(y)] if t.metric != "pearson_spearman" else y
+    if family != "classifier":
+        row["prompt"], row["verbalizers"] = t.render(x), " | ".join(t.verbalizers)
+    preview.append(row)
+st.dataframe(pd.DataFrame(preview), hide_index=True)

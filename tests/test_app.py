@@ -36,6 +36,7 @@ def test_workspace_bad_adapter_folder_shows_error_and_stays_usable(app, tmp_path
     app.button(key="load_adapters").click().run()
     assert any("does not exist" in e.value for e in app.error)
     assert len(app.dataframe[0].value) == 5  # still on the demo kit
+    assert not app.exception
 
 
 def test_learn_page_runs_a_job_and_shows_scores(app):
