@@ -224,7 +224,8 @@ def _read_config(folder: Path) -> dict:
         raise MergecoreError(f"{f} must hold a JSON object; re-save the adapter with PEFT")
     ptype = str(config.get("peft_type", "")).upper()
     if ptype != "LORA":
-        raise MergecoreError(f"{f}: peft_type is {ptype or 'missing'}; only LORA adapters can be merged, pass a LoRA adapter")
+        raise MergecoreError(f"{f}: peft_type is {ptype or 'missing'}; only LORA adapters can be merged, "
+                             "pass a LoRA adapter")
     if config.get("use_dora"):
         raise MergecoreError(f"{f}: DoRA adapters are not supported; merge plain LoRA adapters")
     return config
@@ -318,7 +319,8 @@ def _factors(ab: dict[str, torch.Tensor], module: str, config: dict, folder: Pat
     if A.shape[0] == 0 or B.shape[1] == 0:
         raise MergecoreError(f"{where} has rank 0; drop this module or retrain with r >= 1")
     if A.shape[0] != B.shape[1]:
-        raise MergecoreError(f"{where}: lora_A has rank {A.shape[0]} but lora_B {B.shape[1]}; the file is inconsistent")
+        raise MergecoreError(f"{where}: lora_A has rank {A.shape[0]} but lora_B {B.shape[1]}; "
+                             "the file is inconsistent, re-export the adapter")
     if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
         raise MergecoreError(f"{where} holds NaN or Inf weights; retrain or re-export the adapter")
     scale = _scale(config, module, A.shape[0], str(folder / CONFIG_FILE))
