@@ -178,8 +178,8 @@ def write_run_folder(out: Path, store, run_id: str) -> None:
     with open(tmp / "events.jsonl", "w") as f:
         for e in store.events(run_id):
             f.write(json.dumps(e) + "\n")
-    if "coefs" in store.artifacts(run_id):
-        (tmp / "coefs.safetensors").write_bytes(store.get_blob(run_id, "coefs"))
+    for artifact in store.artifacts(run_id):  # coefs, merged (static / spectral), spectral gains
+        (tmp / f"{artifact}.safetensors").write_bytes(store.get_blob(run_id, artifact))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
