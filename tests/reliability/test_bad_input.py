@@ -516,3 +516,52 @@ def test_export_zip_entries_stay_under_the_folder_name(tmp_path):
     names = zipfile.ZipFile(io.BytesIO(zip_folder(folder))).namelist()
     assert sorted(names) == ["merged/adapter_config.json", "merged/heads/t.safetensors"]
     assert all(not n.startswith("/") and ".." not in n.split("/") for n in names)
+
+
+# ----------------------------------------------------------------------------- task files through the CLI
+
+GOOD_TSV = "sentence\tlabel\ngood movie\t1\nbad film\t0\n"
+GLUE_CASES = {  # name: (train.tsv, dev.tsv, words); None: the SST-2 folder is absent
+    "GLUE dev missing column": (GOOD_TSV, "text\tlabel\ngood\t1\n", ["dev.tsv", "missing column(s) sentence"]),
+    "GLUE dev unknown label": (GOOD_TSV, "sentence\tlabel\ngood\t1\nbad\t2\n", ["row 3", "unknown label '2'"]),
+    "GLUE dev empty text row": (GOOD_TSV, "sentence\tlabel\ngood\t1\n\t0\n", ["row 3", "empty text"]),
+    "GLUE train not UTF-8": ("sentence\tlabel\ncaf\xe9\t1\n".encode("latin-1"), GOOD_TSV, ["train.tsv", "not UTF-8"]),
+    "GLUE dev zero examples": (GOOD_TSV, "sentence\tlabel\n", ["dev.tsv", "holds no examples"]),
+    "GLUE train empty file": ("", GOOD_TSV, ["train.tsv", "is empty"]),
+    "GLUE folder missing": (None, None, ["SST-2 does not exist", "train.tsv"]),
+}
+
+
+@pytest.mark.parametrize("case", list(GLUE_CASES))
+def test_cli_glue_folder_refused_with_one_line(case, tiny_setup, tmp_path, seeded_ws, capsys):
+    ws, before = seeded_ws
+    train, dev, words = GLUE_CASES[case]
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    if train is not None:
+        (glue / "SST-2").mkdir()
+        write(glue / "SST-2" / "train.tsv", train)
+        write(glue / "SST-2" / "dev.tsv", dev)
+    a = shutil.copytree(tiny_setup[1][0], tmp_path / "alpha")
+    code, err = run_cli(["eval", "--adapters", str(a), "--glue", "sst2", "--glue-dir", str(glue),
+                         "--workspace", str(ws)], capsys)
+    assert code == 2
+    assert_one_line(err, words)
+    assert snapshot(ws) == before
+
+
+def test_cli_more_glue_tasks_than_adapters(tiny_setup, tmp_path, seeded_ws, capsys):
+    ws, before = seeded_ws
+    glue = tmp_path / "glue"
+    for folder in ("SST-2", "CoLA"):
+        (glue / folder).mkdir(parents=True)
+    write(glue / "SST-2" / "train.tsv", GOOD_TSV)
+    write(glue / "SST-2" / "dev.tsv", GOOD_TSV)
+    write(glue / "CoLA" / "train.tsv", "src\t1\t\tthe dog runs\n")  # CoLA has no header
+    write(glue / "CoLA" / "dev.tsv", "src\t0\t*\tdog the runs\n")
+    a = shutil.copytree(tiny_setup[1][0], tmp_path / "alpha")
+    code, err = run_cli(["eval", "--adapters", str(a), "--glue", "sst2", "cola", "--glue-dir", str(glue),
+                         "--workspace", str(ws)], capsys)
+    assert code == 2
+    assert_one_line(err, ["task", "adapter"])
+    assert snapshot(ws) == before
