@@ -55,6 +55,23 @@ def refuse_custom_code(path: str, name: str) -> None:
                                  "only if you trust it, opt in with --trust-remote-code")
 
 
+def _unreadable_types() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (pickle.UnpicklingError, SafetensorError)
+
+
+UNREADABLE_WEIGHTS = _unreadable_types()  # truncated safetensors; a .bin that weights_only=True refuses
+
+
+def unreadable_weights(name: str, exc: BaseException) -> MergecoreError:
+    """One line for base weights that cannot be read safely (corrupt safetensors, unsafe pickle)."""
+    return MergecoreError(f"base model {name!r}: its weights are corrupt or not a plain state dict "
+                          f"({type(exc).__name__}); re-download it, or convert a .bin to model.safetensors")
+
+
 def load_classifier_base(name: str, trust_remote_code: bool = False, num_labels: int = 2):
     """(AutoModelForSequenceClassification, tokenizer) for an encoder base; the head is replaced later."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -67,6 +84,8 @@ def load_classifier_base(name: str, trust_remote_code: bool = False, num_labels:
         model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
                                                                    num_labels=num_labels, ignore_mismatched_sizes=True)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except UNREADABLE_WEIGHTS as exc:
+        raise unreadable_weights(name, exc) from None
     except OSError as exc:
         raise MergecoreError(
             f"could not load base model {name!r} ({str(exc).splitlines()[0][:120]}); "
