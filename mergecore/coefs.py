@@ -33,6 +33,7 @@ class MatrixCoefs(nn.Module):
         super().__init__()
         self.gamma = nn.Parameter(init.detach().clone().float())  # (G, K)
         self.register_buffer("group", group.long(), persistent=False)  # (L,)
+        self.group_of = [int(g) for g in group]  # python ints: indexing by them never syncs the device
         self.kind = kind
         self.transform = None  # optional callable (G, K) -> (G, K): clamp / softmax switches
 
@@ -45,8 +46,8 @@ class MatrixCoefs(nn.Module):
         return self.effective()[self.group]
 
     def lora_term(self, layer, x: torch.Tensor) -> torch.Tensor:
-        c = self.effective()[self.group[layer.index]]  # (K,)
-        return layer.factored(x, c[layer.owner])
+        c = self.effective()[self.group_of[layer.index]]  # (K,)
+        return layer.factored(x, layer.expand_coefs(c))
 
 
 def task_coefs(init: torch.Tensor, num_modules: int) -> MatrixCoefs:
@@ -84,13 +85,15 @@ class FixedCoefs:
 
     def __init__(self, matrix: torch.Tensor):
         self.matrix = matrix.detach().float()
+        self._on: dict = {}  # device -> matrix there (copied once, not per layer and step)
 
     def to_matrix(self) -> torch.Tensor:
         return self.matrix
 
     def lora_term(self, layer, x: torch.Tensor) -> torch.Tensor:
-        c = self.matrix[layer.index].to(x.device)
-        return layer.factored(x, c[layer.owner])
+        if x.device not in self._on:
+            self._on[x.device] = self.matrix.to(x.device)
+        return layer.factored(x, layer.expand_coefs(self._on[x.device][layer.index]))
 
 
 class RowRouting:
@@ -99,12 +102,19 @@ class RowRouting:
     def __init__(self, slot, num_tasks: int, experts: list[int] | None = None):
         self.slot, self.num_tasks, self.experts = slot, num_tasks, experts
 
+    def onehot(self, device) -> torch.Tensor:
+        """(N, K) routing of the current batch, built once per batch (not per layer)."""
+        segments = self.slot.segments
+        key = (tuple(segments.spans), device)
+        if getattr(self, "_key", None) != key:
+            rows = segments.task_of_rows(device=device)  # (N,)
+            if self.experts is not None:
+                rows = torch.tensor(self.experts, device=device)[rows]
+            self._key, self._onehot = key, torch.nn.functional.one_hot(rows, self.num_tasks).float()
+        return self._onehot
+
     def lora_term(self, layer, x: torch.Tensor) -> torch.Tensor:
-        rows = self.slot.segments.task_of_rows(device=x.device)  # (N,)
-        if self.experts is not None:
-            rows = torch.tensor(self.experts, device=x.device)[rows]
-        onehot = torch.nn.functional.one_hot(rows, self.num_tasks).float()  # (N, K)
-        return layer.factored(x, onehot[:, layer.owner])
+        return layer.factored(x, layer.expand_coefs(self.onehot(x.device)))
 
 
 def coefficient_transform(clamp: bool, softmax: bool):

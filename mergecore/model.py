@@ -61,20 +61,27 @@ class MultiLoraLinear(nn.Module):
     """W0 x + (coefficient-weighted) sum of K LoRA terms, with the K factors concatenated."""
 
     def __init__(self, base: nn.Linear, index: int, name: str, A_cat: torch.Tensor,
-                 B_cat: torch.Tensor, owner: torch.Tensor, slot: Slot):
+                 B_cat: torch.Tensor, owner: torch.Tensor, slot: Slot, num_adapters: int):
         super().__init__()
         self.base = base
         self.index, self.name, self.slot = index, name, slot
         self.register_buffer("A_cat", A_cat.float().contiguous(), persistent=False)  # (R, in)
         self.register_buffer("B_cat", B_cat.float().contiguous(), persistent=False)  # (out, R)
         self.register_buffer("owner", owner, persistent=False)  # (R,) adapter of each direction
+        # (K, R) one-hot: c (K,) -> c_r = c @ expand (R,); a matmul, cheaper to differentiate than a gather
+        self.register_buffer("expand", F.one_hot(owner, num_adapters).T.float(), persistent=False)
 
     def factored(self, x: torch.Tensor, c_r: torch.Tensor) -> torch.Tensor:
         """B_cat diag(c_r) A_cat x; c_r is (R,) or per-row (N, R)."""
         h = F.linear(x, self.A_cat)  # (N, ..., R)
         if c_r.ndim == 2:  # per-row coefficients
             c_r = c_r.view(c_r.shape[0], *([1] * (h.ndim - 2)), c_r.shape[1])
-        return F.linear(h * c_r.to(h.dtype), self.B_cat)  # (N, ..., out)
+        hc = h.float() * c_r.float()  # coefficients stay float32 under autocast
+        return F.linear(hc.to(h.dtype), self.B_cat)  # (N, ..., out)
+
+    def expand_coefs(self, c: torch.Tensor) -> torch.Tensor:
+        """Per-adapter coefficients (K,) or (N, K) -> per rank direction (R,) or (N, R)."""
+        return c @ self.expand
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -127,7 +134,7 @@ def wrap_linears(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[Mul
                 f"{tuple(base.weight.shape)[0]}x{tuple(base.weight.shape)[1]}; wrong base model"
             )
         B_cat, A_cat, owner = stack_factors(adapters.factors(name), dtype=torch.float32)
-        layer = MultiLoraLinear(base, index, name, A_cat, B_cat, owner, slot)
+        layer = MultiLoraLinear(base, index, name, A_cat, B_cat, owner, slot, len(adapters))
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)

@@ -26,7 +26,7 @@ def thin_svd(m: ModuleMerge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if m.is_factored:
         Qb, Rb = torch.linalg.qr(m.B.double())  # B = Qb Rb
         Qa, Ra = torch.linalg.qr(m.A.double().T)  # A^T = Qa Ra
-        P, S, Qh = torch.linalg.svd(Rb @ Ra.T)  # small core (R, R)
+        P, S, Qh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)  # small core
         U, Vt = Qb @ P, Qh @ Qa.T
     else:  # dense-only starting merges (TIES, DARE): the delta is dense anyway
         U, S, Vt = torch.linalg.svd(m.dense.double(), full_matrices=False)
