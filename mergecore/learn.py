@@ -50,6 +50,9 @@ class LearnParams:
     eval_every: int = field(default=50, metadata=_help("evaluate metric and confidence every N steps (0: never)"))
     eval_limit: int = field(default=100, metadata=_help("evaluation examples per task for the periodic evaluation"))
     seed: int = field(default=0, metadata=_help("seed of the batch sampler"))
+    precision: str = field(default="auto", metadata=_help(
+        "auto: TF32 matmuls on CUDA, float32 on CPU; bf16: bf16 autocast on CUDA (coefficients and losses stay float32)",
+        choices=("auto", "fp32", "bf16")))
     iterations: int = field(default=3, metadata=_help("spectral only: rethinking iterations T (LoRA-DV)"))
     start: str = field(default="uniform", metadata=_help(
         "start point: 'uniform', a stored run id, or a static method name (spectral starts from its merge)"))
@@ -147,6 +150,19 @@ def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -
     return out
 
 
+def precision_context(precision: str, device: torch.device):
+    """bf16 autocast on CUDA when asked; TF32 matmuls on CUDA unless fp32 is asked; no-op on CPU."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    if precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class Learner:
     """Learns merge coefficients on a Workbench; same results from the CLI and the app.
 
@@ -182,7 +198,8 @@ class Learner:
 
     def _step_loss(self, parts, refs) -> tuple[torch.Tensor, torch.Tensor]:
         segments, inputs = self.bench.reader.batch(parts, self.bench.device)
-        logits = self.bench.reader.label_logits(self.bench.model, segments, inputs)
+        with precision_context(self.params.precision, self.bench.device):
+            logits = self.bench.reader.label_logits(self.bench.model, segments, inputs)
         per_task = []
         for (k, _, idx), lg in zip(parts, logits):
             ref = None if refs[k] is None else refs[k][idx.to(self.bench.device)]
