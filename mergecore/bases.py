@@ -56,11 +56,11 @@ def refuse_custom_code(path: str, name: str) -> None:
 
 
 def _unreadable_types() -> tuple[type[BaseException], ...]:
-    import pickle
+    from pickle import UnpicklingError  # the exception only; nothing here unpickles
 
     from safetensors import SafetensorError
 
-    return (pickle.UnpicklingError, SafetensorError)
+    return (UnpicklingError, SafetensorError)
 
 
 UNREADABLE_WEIGHTS = _unreadable_types()  # truncated safetensors; a .bin that weights_only=True refuses
