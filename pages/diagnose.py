@@ -50,8 +50,9 @@ def reliability(lens: dict, key: str) -> None:
 
 def histogram(ex: pd.DataFrame, key: str) -> None:
     fig = go.Figure([go.Histogram(x=ex.loc[ex["correct"] == ok, "merged_conf"].to_numpy(), name=name,
-                                  xbins={"start": 0, "end": 1.0001, "size": 0.05}, opacity=0.7)
-                     for ok, name in ((True, "correct"), (False, "wrong"))])
+                                  xbins={"start": 0, "end": 1.0001, "size": 0.05}, opacity=0.6,
+                                  marker_color=color)
+                     for ok, name, color in ((True, "correct", "#2ca02c"), (False, "wrong", "#d62728"))])
     fig.update_layout(title="Confidence of correct vs wrong predictions", barmode="overlay", xaxis_title="confidence",
                       yaxis_title="examples", height=300, margin={"t": 40, "b": 30})
     st.plotly_chart(fig, key=f"hist_{key}", width="stretch")
