@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -609,3 +610,38 @@ def test_cli_broken_base_weights_exit_2(how, tiny_setup, tmp_path, seeded_ws, ca
         assert snapshot(ws) == before
     assert code == 2
     assert_one_line(err, ["corrupt", "re-download"])
+
+
+# ----------------------------------------------------------------------------- messages name real fixes
+
+
+def flags_named_in_errors() -> dict[str, str]:
+    """Every --flag inside a MergecoreError(...) call in mergecore/ (pip commands aside), with where it is."""
+    import ast
+
+    out = {}
+    for f in sorted((ROOT / "mergecore").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "MergecoreError":
+                for c in ast.walk(node):
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str) and "pip install" not in c.value:
+                        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", c.value):
+                            out.setdefault(flag, f"{f.relative_to(ROOT)}:{node.lineno}")
+    return out
+
+
+def cli_flags() -> set[str]:
+    from mergecore import cli_analyze, cli_export, cli_extra  # noqa: F401  (register every command)
+    from mergecore.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0]
+    return {o for p in sub.choices.values() for a in p._actions for o in a.option_strings}
+
+
+@pytest.mark.xfail(strict=True, reason="demo/kit.tasks_for tells users to pass --task-file, which no command "
+                                       "accepts; see docs/reliability.md")
+def test_every_flag_an_error_message_names_exists():
+    named, known = flags_named_in_errors(), cli_flags()
+    assert len(named) >= 4 and "--allow-bin" in named and "--trust-remote-code" in named
+    missing = {f: where for f, where in named.items() if f not in known}
+    assert missing == {}, missing
