@@ -67,6 +67,10 @@ def resolve(name: str, base_path: str | None = None) -> str:
 def _config(path: str, name: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
+    from .bases import refuse_custom_code
+
+    if not trust_remote_code and Path(path).is_dir():
+        refuse_custom_code(path, name)  # config.json and tokenizer_config.json auto_map
     local = Path(path) / "config.json"
     if local.is_file() and not trust_remote_code:
         try:
@@ -100,7 +104,7 @@ def load_base(name: str, family: str | None = None, trust_remote_code: bool = Fa
     from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
-    from .bases import _quiet_transformers
+    from .bases import UNREADABLE_WEIGHTS, _quiet_transformers, unreadable_weights
 
     if family is not None and family not in FAMILIES:
         raise MergecoreError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
@@ -117,6 +121,8 @@ def load_base(name: str, family: str | None = None, trust_remote_code: bool = Fa
             cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
             model = cls.from_pretrained(path, dtype="float32", **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    except UNREADABLE_WEIGHTS as exc:
+        raise unreadable_weights(name, exc) from None
     except OSError as exc:
         raise _missing(name, exc) from None
     except ValueError as exc:

@@ -221,6 +221,8 @@ class Learner:
                 self.merge = self.source.to_merge()
                 self._new_source(self.merge)
             n = min(per_phase, p.steps - step)
+            if n <= 0:  # fewer steps than rethinking iterations
+                break
             status, message, step = self._phase(ctx, step, n)
             if status != "done":
                 break

@@ -55,6 +55,11 @@ def load_tasks(adapter_names: list[str], task_source: tuple):
     from mergecore.tasks import TaskSet
 
     specs = json.loads(task_source[1])
+    keys = {"train", "eval", "text", "label", "labels"}
+    if not isinstance(specs, list) or len(specs) != len(adapter_names) or \
+            not all(isinstance(s, dict) and keys <= set(s) for s in specs):
+        raise MergecoreError(f"the column mapping needs one object per adapter ({len(adapter_names)}), "
+                             f"each with keys {sorted(keys)}")
     return TaskSet(tuple(file_task(n, s["train"], s["eval"], Columns(text=tuple(s["text"]), label=s["label"]),
                                    tuple(s["labels"])) for n, s in zip(adapter_names, specs)))
 

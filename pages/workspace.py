@@ -14,6 +14,12 @@ from pages.common import current_bench
 
 st.title("Workspace")
 st.caption("Pick LoRA adapters of one base model; adapter k is the expert of task k.")
+def _demo_dirs() -> tuple[str, ...]:
+    from mergecore.demo.kit import demo_adapter_dirs
+
+    return tuple(str(p) for p in demo_adapter_dirs())
+
+
 GLUE_DEFAULT = str((Path.cwd().parent / "shared" / "data" / "glue").resolve())
 
 with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapter_dirs")):
@@ -48,11 +54,6 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
         except MergecoreError as exc:
             st.error(str(exc))
 
-
-def _demo_dirs() -> tuple[str, ...]:
-    from mergecore.demo.kit import demo_adapter_dirs
-
-    return tuple(str(p) for p in demo_adapter_dirs())
 
 
 bench = current_bench()

@@ -29,7 +29,7 @@ def tasks_for(adapter_names: list[str]):
     if unknown:
         raise MergecoreError(
             f"no tasks known for adapters {unknown}; name adapter folders after demo tasks "
-            f"({', '.join(tasks.names)}) or pass task data with --glue / --task-file"
+            f"({', '.join(tasks.names)}), or pass GLUE tasks with --glue TASK ... --glue-dir DIR"
         )
     return TaskSet(tuple(tasks.by_name(n) for n in adapter_names))
 

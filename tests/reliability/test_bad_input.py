@@ -595,8 +595,6 @@ def test_broken_base_weights_refused_by_load_classifier_base(how, tiny_setup, tm
     assert not (tmp_path / "EXECUTED").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="families.load_base does not catch SafetensorError / "
-                   "UnpicklingError from from_pretrained (traceback, exit 1); see docs/reliability.md")
 @pytest.mark.parametrize("how", ["truncated", "pickle"])
 def test_cli_broken_base_weights_exit_2(how, tiny_setup, tmp_path, seeded_ws, capsys):
     ws, before = seeded_ws
@@ -638,8 +636,6 @@ def cli_flags() -> set[str]:
     return {o for p in sub.choices.values() for a in p._actions for o in a.option_strings}
 
 
-@pytest.mark.xfail(strict=True, reason="demo/kit.tasks_for tells users to pass --task-file, which no command "
-                                       "accepts; see docs/reliability.md")
 def test_every_flag_an_error_message_names_exists():
     named, known = flags_named_in_errors(), cli_flags()
     assert len(named) >= 4 and "--allow-bin" in named and "--trust-remote-code" in named
