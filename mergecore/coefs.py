@@ -69,8 +69,8 @@ def block_index(modules: list[str]) -> tuple[torch.Tensor, list[str]]:
     keys = []
     for m in modules:
         hit = _BLOCK.search("." + m + ".")
-        prefix = m[: hit.start()] if hit else ""
-        keys.append(f"{prefix}.{hit.group(1)}" if hit else m)
+        prefix = m[: max(hit.start() - 1, 0)] if hit else ""  # the search string has one leading '.'
+        keys.append(f"{prefix}.{hit.group(1)}".lstrip(".") if hit else m)
     names = list(dict.fromkeys(keys))
     return torch.tensor([names.index(k) for k in keys], dtype=torch.long), names
 

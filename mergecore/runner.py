@@ -142,15 +142,19 @@ def record_baselines(bench, store: RunStore) -> str:
 
 @torch.no_grad()
 def collect_features(bench, samples: int = 64, max_tokens: int = 2048) -> dict[str, dict[int, torch.Tensor]]:
-    """Inputs of every wrapped layer on each task's calibration data, real tokens only (no padding).
+    """Inputs of every wrapped layer on each task's calibration data under the pre-trained model.
 
-    Returns {module: {task: (n_tokens, in)}} with the pre-trained model (no adapters), the
-    features OSRM's covariance is built from."""
+    Returns {module: {task: (n, in)}}: real tokens only (the attention mask drops padding, as OSRM's
+    masked means need); layers fed one row per example (a pooler) keep every row."""
     feats: dict[str, dict[int, list]] = {layer.name: {} for layer in bench.model.layers}
-    state = {}
-    hooks = [layer.register_forward_pre_hook(
-        lambda mod, args: feats[mod.name].setdefault(state["task"], []).append(args[0][state["mask"]].float().cpu()))
-        for layer in bench.model.layers]
+    state: dict = {}
+
+    def hook(mod, args):
+        x, mask = args[0], state["mask"]
+        rows = x[mask] if x.ndim == 3 and x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])
+        feats[mod.name].setdefault(state["task"], []).append(rows.float().cpu())
+
+    hooks = [layer.register_forward_pre_hook(hook) for layer in bench.model.layers]
     try:
         bench.model.set_source(bench.pretrained())
         for k in range(bench.num_tasks):
@@ -162,13 +166,8 @@ def collect_features(bench, samples: int = 64, max_tokens: int = 2048) -> dict[s
         for h in hooks:
             h.remove()
     gen = torch.Generator().manual_seed(0)
-    out = {}
-    for name, per_task in feats.items():
-        out[name] = {}
-        for k, chunks in per_task.items():
-            x = torch.cat(chunks)
-            out[name][k] = x[torch.randperm(len(x), generator=gen)[:max_tokens]]
-    return out
+    return {name: {k: (x := torch.cat(chunks))[torch.randperm(len(x), generator=gen)[:max_tokens]]
+                   for k, chunks in per_task.items()} for name, per_task in feats.items()}
 
 
 def run_static(bench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,

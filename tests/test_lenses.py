@@ -90,7 +90,7 @@ def test_spectral_run_scales(setup):
 def test_subspaces_match_scipy_and_dense_interference(setup):
     bench, store, *_ = setup
     lens = lenses.subspaces_lens(bench, store, PARAMS)
-    feats = lenses.layer_features(bench, PARAMS.samples)
+    feats = lenses.collect_features(bench, PARAMS.samples)
     for module in bench.adapters.modules:
         factors = bench.adapters.factors(module)
         for i, fi in enumerate(factors):

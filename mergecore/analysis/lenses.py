@@ -27,6 +27,7 @@ import torch
 from ..coefs import block_index
 from ..errors import MergecoreError
 from ..merges.base import ModuleMerge
+from ..runner import collect_features
 from .spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values
 from .subspaces import (
     a_overlap_matrix,
@@ -199,38 +200,10 @@ def subspaces_of(adapters, features: dict | None = None, threshold: float = 2.0)
 def subspaces_lens(bench, store=None, params: LensParams = LensParams()) -> dict:
     """Subspace lens of the workbench's adapters (no run needed), OSRM features included."""
     return cached(store, lens_key(bench, "subspaces", None, params),
-                  lambda: subspaces_of(bench.adapters, layer_features(bench, params.samples), params.shared_threshold))
+                  lambda: subspaces_of(bench.adapters, collect_features(bench, params.samples), params.shared_threshold))
 
 
 @torch.no_grad()
-def layer_features(bench, samples: int = 64, max_tokens: int = 2048) -> dict[str, dict[int, torch.Tensor]]:
-    """Inputs of every wrapped layer on each task's calibration data under the pre-trained model:
-    {module: {task: (n, in)}}, real tokens only; layers fed one row per example (a pooler) keep
-    every row. Like ``runner.collect_features``, which assumes every layer sees (N, T, in)."""
-    feats: dict[str, dict[int, list]] = {layer.name: {} for layer in bench.model.layers}
-    state: dict = {}
-
-    def hook(mod, args):
-        x = args[0]
-        rows = x[state["mask"]] if x.ndim == 3 and x.shape[:2] == state["mask"].shape else x.reshape(-1, x.shape[-1])
-        feats[mod.name].setdefault(state["task"], []).append(rows.float().cpu())
-
-    hooks = [layer.register_forward_pre_hook(hook) for layer in bench.model.layers]
-    try:
-        bench.model.set_source(bench.pretrained())
-        for k in range(bench.num_tasks):
-            enc = bench.encoded(k, "calibration", limit=samples)
-            segments, inputs = bench.reader.batch([(k, enc, torch.arange(len(enc)))], bench.device)
-            state["task"], state["mask"] = k, inputs["attention_mask"].bool()
-            bench.reader.label_logits(bench.model, segments, inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    gen = torch.Generator().manual_seed(0)
-    return {name: {k: (x := torch.cat(chunks))[torch.randperm(len(x), generator=gen)[:max_tokens]]
-                   for k, chunks in per_task.items()} for name, per_task in feats.items()}
-
-
 def aggregate(matrices: dict[str, list], modules: list[str]) -> list:
     """Mean K x K matrix over ``modules`` ignoring NaN (absent adapters); NaN where none is present."""
     stack = torch.tensor([matrices[m] for m in modules if m in matrices], dtype=torch.float64)

@@ -82,12 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tasks", nargs="*", help="train only these tasks")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, (n_train, epochs, lr) in RECIPES.items():
+    for index, (name, (n_train, epochs, lr)) in enumerate(RECIPES.items()):
         if args.tasks and name not in args.tasks:
             continue
         tasks, train = demo_tasks(n_train=n_train)
         t0 = time.perf_counter()
-        info = train_expert(tasks.by_name(name), train[name], args.out / name, epochs, lr, args.seed)
+        # one seed per task: experts trained apart do not share their random LoRA A initialisation
+        info = train_expert(tasks.by_name(name), train[name], args.out / name, epochs, lr, args.seed + index)
         print(f"{name:14s} expert accuracy {info['eval_accuracy']:.1f}%  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
