@@ -23,9 +23,11 @@ def loss_figure(history: list, tasks: list[str]) -> go.Figure:
     fig = go.Figure()
     if steps:
         xs = [s for s, _ in steps]
-        fig.add_trace(go.Scatter(*_thin(xs, [p["loss"] for _, p in steps]), name="total", line={"width": 3}))
+        x, y = _thin(xs, [p["loss"] for _, p in steps])
+        fig.add_trace(go.Scatter(x=x, y=y, name="total", line={"width": 3}))
         for t in tasks:
-            fig.add_trace(go.Scatter(*_thin(xs, [p["task_loss"][t] for _, p in steps]), name=t, line={"dash": "dot"}))
+            x, y = _thin(xs, [p["task_loss"][t] for _, p in steps])
+            fig.add_trace(go.Scatter(x=x, y=y, name=t, line={"dash": "dot"}))
     fig.update_layout(title="Loss (total and per task)", xaxis_title="step", yaxis_title="loss", height=360,
                       margin={"t": 40, "b": 30})
     return fig
@@ -37,8 +39,10 @@ def coef_figure(history: list, tasks: list[str]) -> go.Figure:
     fig = go.Figure()
     if steps:
         xs = [s for s, _ in steps]
-        for k, t in enumerate(tasks):
-            fig.add_trace(go.Scatter(*_thin(xs, [c[..., k].mean() for _, c in steps]), name=t))
+        labels = tasks if steps[0][1].shape[-1] == len(tasks) else ["mean gain (spectral)"]
+        for k, t in enumerate(labels):
+            x, y = _thin(xs, [c[..., k].mean() for _, c in steps])
+            fig.add_trace(go.Scatter(x=x, y=y, name=t))
     fig.update_layout(title="Merge coefficients (mean over modules)", xaxis_title="step", yaxis_title="coefficient",
                       height=360, margin={"t": 40, "b": 30})
     return fig

@@ -16,16 +16,19 @@ bench = current_bench()
 if bench is None:
     st.stop()
 reg = current_registry()
+live_area = st.container()  # progress, charts and scores of the current run, above the settings
 
-preset = st.selectbox("Paper preset", ["(none)"] + list(PRESETS), key="learn_preset",
-                      help="loads a paper's hyperparameters into the form")
-base = apply_preset(LearnParams(), None if preset == "(none)" else preset)
-with st.form("learn_form"):
-    params = dataclass_form(LearnParams, f"learn_{preset}", base)
-    name = st.text_input("Run name (optional)", key="learn_name")
-    c1, c2 = st.columns([1, 4])
-    start = c1.form_submit_button("Start", type="primary")
-    pair = c2.form_submit_button("Entropy vs JS", help="same settings, entropy then JS, then Compare opens on the pair")
+with st.expander("Settings", expanded=True):
+    preset = st.selectbox("Paper preset", ["(none)"] + list(PRESETS), key="learn_preset",
+                          help="loads a paper's hyperparameters into the form")
+    base = apply_preset(LearnParams(), None if preset == "(none)" else preset)
+    with st.form("learn_form"):
+        params = dataclass_form(LearnParams, f"learn_{preset}", base)
+        name = st.text_input("Run name (optional)", key="learn_name")
+        c1, c2 = st.columns([1, 4])
+        start = c1.form_submit_button("Start", type="primary")
+        pair = c2.form_submit_button("Entropy vs JS",
+                                     help="same settings, entropy then JS, then Compare opens on the pair")
 
 if start or pair:
     try:
@@ -80,14 +83,14 @@ def live() -> None:
         st.rerun()
 
 
-live()
-
-if job is not None and job.done:
-    snap = job.snapshot()
-    if snap["status"] == "failed" or snap["message"]:
-        (st.error if snap["status"] == "failed" else st.warning)(snap["message"])
-    if snap["result"]:
-        st.subheader("Per-task scores")
-        st.dataframe(charts.score_frame(snap["result"]), key="final_scores")
-elif job is None and run_id:
-    st.info(f"Run {run_id} is not running in this server; open it on the Compare page.")
+with live_area:
+    live()
+    if job is not None and job.done:
+        snap = job.snapshot()
+        if snap["status"] == "failed" or snap["message"]:
+            (st.error if snap["status"] == "failed" else st.warning)(snap["message"])
+        if snap["result"]:
+            st.subheader("Per-task scores")
+            st.dataframe(charts.score_frame(snap["result"]), key="final_scores")
+    elif job is None and run_id:
+        st.info(f"Run {run_id} is not running in this server; open it on the Compare page.")

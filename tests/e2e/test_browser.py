@@ -12,21 +12,21 @@ def _coef_points(page) -> int:
     return page.evaluate("""() => {
         const plots = [...document.querySelectorAll('.js-plotly-plot')];
         const p = plots.find(el => (el.layout && el.layout.title && JSON.stringify(el.layout.title).includes('Merge coefficients')));
-        if (!p || !p.data || !p.data.length || !p.data[0].x) return 0;
-        return p.data[0].x.length;
+        if (!p || !p.calcdata || !p.calcdata.length) return 0;
+        return p.calcdata[0].length || 0;  // points Plotly actually drew for the first trace
     }""")
 
 
 def test_learn_page_chart_grows(server, page):
     page.goto(server + "/learn")
     page.get_by_text("Learn merge coefficients").wait_for()
-    steps = page.get_by_label("steps")
+    steps = page.get_by_role("spinbutton", name="steps")
     steps.fill("40")
     steps.press("Enter")
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     deadline, counts = time.time() + 120, []
     while time.time() < deadline:
-        counts.append(_coef_points(page))
+        counts.append(_coef_points(page) or 0)
         if len(set(c for c in counts if c > 0)) >= 2:
             break
         time.sleep(0.5)
