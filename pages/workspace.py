@@ -23,8 +23,21 @@ def _demo_dirs() -> tuple[str, ...]:
 GLUE_DEFAULT = str((Path.cwd().parent / "shared" / "data" / "glue").resolve())
 
 with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapter_dirs")):
-    text = st.text_area("Adapter folders or hub ids, one per line (empty: the embedded demo kit)",
-                        value="\n".join(st.session_state.get("adapter_dirs") or []), key="adapter_text")
+    upload = st.file_uploader("Or upload a .zip of adapter folders (unpacked into the workspace)", type=["zip"],
+                              key="adapter_zip")
+    if upload is not None and st.session_state.get("unpacked") != upload.file_id:
+        try:
+            from mergecore.safezip import extract_zip
+
+            dest = Path(st.session_state.get("workspace") or ".") / "uploads" / upload.file_id
+            found = extract_zip(upload.getvalue(), dest)
+            st.session_state["unpacked"] = upload.file_id
+            st.session_state["adapter_text"] = "\n".join(str(p) for p in found)
+            st.success(f"unpacked {len(found)} adapter folders into {dest}; press Load")
+        except MergecoreError as exc:
+            st.error(str(exc))
+    st.session_state.setdefault("adapter_text", "\n".join(st.session_state.get("adapter_dirs") or []))
+    text = st.text_area("Adapter folders or hub ids, one per line (empty: the embedded demo kit)", key="adapter_text")
     base = st.text_input("Base model override (path or hub id; empty: from the adapters' configs)", key="base_text")
     source = st.radio("Tasks", ["demo tasks (by adapter name)", "GLUE", "CSV / JSONL files"], horizontal=True,
                       key="task_kind")
