@@ -111,7 +111,6 @@ def emit_json(obj: dict) -> None:
 def cmd_learn(args) -> int:
     from .learn import LearnParams, apply_preset
     from .runner import run_learning
-    from .runs import tensor_bytes
 
     params = dataclass_from_args(LearnParams, args, apply_preset(LearnParams(), args.preset)).validate()
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -73,11 +73,6 @@ class LearnParams:
 
     def start_value(self, num_tasks: int) -> float:
         return 1.0 / num_tasks if self.init < 0 else self.init
-
-
-def param_fields(cls) -> list:
-    """The dataclass fields the CLI and the app's forms are generated from."""
-    return [f for f in fields(cls)]
 
 
 @dataclass
@@ -266,10 +261,6 @@ class Learner:
                 sink("eval", step, periodic_eval(bench, self.source, ctx["expert_eval"], p.eval_limit))
                 bench.model.set_source(self.source)
         return "done", message, step
-
-
-def params_dict(params) -> dict:
-    return asdict(params)
 
 
 # Paper presets: hyperparameters as each paper reports them (see ../shared/papers).
