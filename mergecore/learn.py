@@ -43,7 +43,7 @@ class LearnParams:
     l2: float = field(default=2e-4, metadata=_help("lambda of the L2 pull toward the start point (SourceJS Eq. 7)"))
     init: float = field(default=-1.0, metadata=_help("start value of every coefficient; -1 means 1/K (SourceJS)"))
     samples: int = field(default=128, metadata=_help("unlabeled calibration examples per task"))
-    batch_size: int = field(default=8, metadata=_help("examples per task in each step"))
+    batch_size: int = field(default=4, metadata=_help("examples per task in each step (DivMerge: 4 x tasks)"))
     labeled: int = field(default=64, metadata=_help("labeled examples per task for the supervised (ce) objective"))
     clamp: bool = field(default=False, metadata=_help("clamp coefficients to [0, 1]"))
     softmax: bool = field(default=False, metadata=_help("softmax-normalise coefficients over tasks"))
