@@ -73,28 +73,8 @@ def unreadable_weights(name: str, exc: BaseException) -> MergecoreError:
 
 
 def load_classifier_base(name: str, trust_remote_code: bool = False, num_labels: int = 2):
-    """(AutoModelForSequenceClassification, tokenizer) for an encoder base; the head is replaced later."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(AutoModelForSequenceClassification, tokenizer) for an encoder base (demo training, full-weight export)."""
+    from .families import load_base
 
-    _quiet_transformers()
-    path = resolve_base(name)
-    if not trust_remote_code:
-        refuse_custom_code(path, name)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                                   num_labels=num_labels, ignore_mismatched_sizes=True)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except UNREADABLE_WEIGHTS as exc:
-        raise unreadable_weights(name, exc) from None
-    except OSError as exc:
-        raise MergecoreError(
-            f"could not load base model {name!r} ({str(exc).splitlines()[0][:120]}); "
-            "pass a local folder with --base-model or go online"
-        ) from None
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise MergecoreError(
-                f"base model {name!r} needs custom code; only if you trust it, opt in with --trust-remote-code"
-            ) from None
-        raise
-    return model, tok
+    model, tokenizer, _ = load_base(name, "classifier", trust_remote_code, num_labels=num_labels)
+    return model, tokenizer
