@@ -303,7 +303,8 @@ def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor
     with torch.no_grad():
         for name, m in merge.items():
             layer = model.get_submodule(name)
-            layer.weight += m.delta().to(layer.weight.dtype).to(layer.weight.device)
+            delta = m.delta() if isinstance(layer, torch.nn.Linear) else m.delta().T  # GPT-2 Conv1D: (in, out)
+            layer.weight += delta.to(layer.weight.dtype).to(layer.weight.device)
     model.config.id2label = dict(enumerate(task.label_names))
     model.config.label2id = {n: i for i, n in enumerate(task.label_names)}
     return model, tokenizer

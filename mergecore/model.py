@@ -113,6 +113,17 @@ def _freeze(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
+def linear_shape(base: nn.Module, name: str) -> tuple[int, int]:
+    """(out, in) of a Linear, or of a GPT-2 style Conv1D (weight stored (in, out), y = x W + b).
+
+    LoRA factors act the same on both (x A^T B^T); only the base weight layout differs."""
+    if isinstance(base, nn.Linear):
+        return tuple(base.weight.shape)
+    if type(base).__name__ == "Conv1D" and getattr(base, "weight", None) is not None and base.weight.ndim == 2:
+        return tuple(base.weight.shape[::-1])
+    raise MergecoreError(f"module {name} is a {type(base).__name__}; only Linear (or GPT-2 Conv1D) layers can carry LoRA")
+
+
 def wrap_linears(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[MultiLoraLinear]:
     """Replace every targeted Linear by a MultiLoraLinear; returns them in model order."""
     layers = []
@@ -125,13 +136,12 @@ def wrap_linears(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[Mul
             ) from None
         if isinstance(base, MultiLoraLinear):
             base = base.base
-        if not isinstance(base, nn.Linear):
-            raise MergecoreError(f"module {name} is a {type(base).__name__}; only Linear layers can carry LoRA here")
         out_f, in_f = adapters.shape(name)
-        if tuple(base.weight.shape) != (out_f, in_f):
+        base_shape = linear_shape(base, name)
+        if base_shape != (out_f, in_f):
             raise MergecoreError(
                 f"module {name}: adapter delta is {out_f}x{in_f} but the base layer is "
-                f"{tuple(base.weight.shape)[0]}x{tuple(base.weight.shape)[1]}; wrong base model"
+                f"{base_shape[0]}x{base_shape[1]}; wrong base model"
             )
         B_cat, A_cat, owner = stack_factors(adapters.factors(name), dtype=torch.float32)
         layer = MultiLoraLinear(base, index, name, A_cat, B_cat, owner, slot, len(adapters))
