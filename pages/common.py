@@ -96,6 +96,24 @@ def current_bench():
         return None
 
 
+def analysis_inputs(title: str, need_runs: bool = True):
+    """Title, workbench, run store and {run id: label} of the finished runs the analysis pages offer.
+
+    Stops the page (after an error or a hint) when there is nothing to analyse."""
+    from mergecore.analysis import lenses
+
+    st.title(title)
+    bench = current_bench()
+    if bench is None:
+        st.stop()
+    store = current_registry().store
+    runs = {r.id: f"{r.name}:{r.id[-6:]}" for r in lenses.analysable_runs(store)}
+    if need_runs and not runs:
+        st.info("No finished run yet: learn or merge on the Learn page (or `python -m mergecore learn`), then come back.")
+        st.stop()
+    return bench, store, runs
+
+
 def dataclass_form(cls, prefix: str, values=None, skip=()):
     """Widgets for a frozen params dataclass (choices -> selectbox, bool -> checkbox); returns an instance."""
     values = values or cls()

@@ -8,19 +8,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mergecore.analysis import forward_lenses as fl
-from mergecore.analysis import lenses
 from mergecore.errors import MergecoreError
-from pages.common import current_bench, current_registry
+from pages.common import analysis_inputs
 
-st.title("Diagnose a merge")
-bench = current_bench()
-if bench is None:
-    st.stop()
-store = current_registry().store
-runs = {r.id: f"{r.name}:{r.id[-6:]}" for r in lenses.analysable_runs(store)}
-if not runs:
-    st.info("No finished run yet: learn or merge on the Learn page (or `python -m mergecore learn`), then come back.")
-    st.stop()
+bench, store, runs = analysis_inputs("Diagnose a merge")
 ids = list(runs)
 left, right = st.columns(2)
 first = left.selectbox("Run", ids, format_func=runs.get, key="diag_run")

@@ -7,19 +7,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mergecore.analysis import forward_lenses as fl
-from mergecore.analysis import lenses
 from mergecore.errors import MergecoreError
-from pages.common import current_bench, current_registry
+from pages.common import analysis_inputs
 
-st.title("Representation bias")
-bench = current_bench()
-if bench is None:
-    st.stop()
-store = current_registry().store
-runs = {r.id: f"{r.name}:{r.id[-6:]}" for r in lenses.analysable_runs(store)}
-if not runs:
-    st.info("No finished run yet: learn or merge on the Learn page (or `python -m mergecore learn`), then come back.")
-    st.stop()
+bench, store, runs = analysis_inputs("Representation bias")
 chosen = st.multiselect("Runs", list(runs), default=list(runs)[:2], format_func=runs.get, key="rep_runs")
 try:
     with st.spinner("Running each merge and each expert on the experts' tasks..."):

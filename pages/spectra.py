@@ -10,14 +10,9 @@ import streamlit as st
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis import lenses
 from mergecore.errors import MergecoreError
-from pages.common import current_bench, current_registry
+from pages.common import analysis_inputs
 
-st.title("Spectra and subspaces")
-bench = current_bench()
-if bench is None:
-    st.stop()
-store = current_registry().store
-runs = {r.id: f"{r.name}:{r.id[-6:]}" for r in lenses.analysable_runs(store)}
+bench, store, runs = analysis_inputs("Spectra and subspaces", need_runs=False)
 chosen = st.multiselect("Runs", list(runs), default=list(runs)[:2], format_func=runs.get, key="spectra_runs",
                         help="finished learned / static runs in this workspace")
 section = st.radio("Section", ["Spectra", "Subspaces", "Divergence"], horizontal=True, key="spectra_section")
