@@ -44,6 +44,9 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow base models with custom code")
     p.add_argument("--glue", nargs="*", metavar="TASK", help="GLUE tasks (default: matched from adapter names)")
     p.add_argument("--glue-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv); default: datasets when online")
+    p.add_argument("--task-files", type=Path, metavar="JSON", help=(
+        "tasks from CSV/TSV/JSONL files: a JSON list, one object per adapter, {train, eval, text, label, labels} "
+        "for a label task or {train, eval, text, reference} for a generative task (ROUGE-1)"))
     p.add_argument("--calibration", type=int, default=128, help="GLUE: calibration examples per task")
     p.add_argument("--eval-size", type=int, default=0, help="GLUE: evaluation examples per task (0: all)")
     p.add_argument("--family", choices=["classifier", "seq2seq", "causal"], help="model family (default: detected)")
@@ -65,10 +68,27 @@ def open_bench(args):
 
         params = GlueParams(calibration=args.calibration, evaluation=args.eval_size)
         tasks = load_glue(args.glue or match_tasks(adapters.names), source=args.glue_dir or "auto", params=params)
+    elif args.task_files is not None:
+        tasks = _file_tasks(adapters.names, args.task_files)
     else:
         tasks = tasks_for(adapters.names)
     return open_workbench(adapters, tasks, device=args.device, trust_remote_code=args.trust_remote_code,
                           family=args.family, base_path=args.base_path)
+
+
+def _file_tasks(names: list[str], path: Path):
+    import json
+
+    from .errors import MergecoreError
+    from .taskfiles import tasks_from_specs
+
+    try:
+        specs = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MergecoreError(f"cannot read the task mapping {path} ({type(exc).__name__}); check the path") from None
+    except json.JSONDecodeError as exc:
+        raise MergecoreError(f"{path} is not valid JSON ({exc.msg}); give a list with one object per adapter") from None
+    return tasks_from_specs(names, specs)
 
 
 def open_store(args):

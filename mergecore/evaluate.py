@@ -22,18 +22,36 @@ def task_scores(tasks, probs: list[torch.Tensor]) -> dict[str, float]:
 
 
 def average(scores: dict[str, float]) -> float:
-    return float(np.mean(list(scores.values()))) if scores else 0.0
+    values = [v for v in scores.values() if np.isfinite(v)]  # generative tasks without references score NaN
+    return float(np.mean(values)) if values else 0.0
 
 
 def anp(scores: dict[str, float], expert_scores: dict[str, float]) -> float:
     """Average Normalized Performance: mean over tasks of merged / expert score (DivMerge Eq. 5)."""
-    ratios = [scores[t] / expert_scores[t] for t in scores if abs(expert_scores.get(t, 0.0)) > 1e-12]
+    ratios = [scores[t] / expert_scores[t] for t in scores
+              if abs(expert_scores.get(t, 0.0)) > 1e-12 and np.isfinite(scores[t] / expert_scores[t])]
     return float(np.mean(ratios)) if ratios else 0.0
 
 
 def evaluate(bench, source) -> dict[str, float]:
-    """Scores of one coefficient source on every task's evaluation split."""
-    return task_scores(bench.tasks, bench.predict(source, "evaluation"))
+    """Scores of one coefficient source on every task's evaluation split (ROUGE-1 for generative tasks)."""
+    probs = bench.predict(source, "evaluation")
+    label = task_scores([bench.tasks[k] for k in bench.label_tasks], [probs[k] for k in bench.label_tasks])
+    return {t.name: label[t.name] if t.name in label else generative_score(bench, source, k)
+            for k, t in enumerate(bench.tasks)}
+
+
+def generative_score(bench, source, k: int) -> float:
+    """ROUGE-1 F1 (percent) of greedy outputs against the task's references (NaN without references)."""
+    from .generative import generate_texts, rouge1
+
+    task = bench.tasks[k]
+    if not task.references:
+        return float("nan")
+    bench.model.set_source(source)
+    texts = generate_texts(bench.generator, k, [task.render(f) for f in task.evaluation.inputs],
+                           bench.gen_params.max_new_tokens)
+    return rouge1(texts, list(task.references))
 
 
 def baselines(bench) -> dict[str, dict[str, float]]:

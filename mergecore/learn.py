@@ -1,7 +1,9 @@
 """Learner: merge coefficients from unlabeled data (SourceJS / DivMerge / AdaMerging).
 
 Stage 1 caches each expert's label distribution on its own task's calibration inputs, in one
-routed pass (row i of task k goes through expert k only). Stage 2 runs Adam with a cosine
+routed pass (row i of task k goes through expert k only); for a generative task it caches the
+expert's greedy outputs and their top-k token distributions (DivMerge App. B.1, generative.py),
+and that task's loss is the token-level JS/KL of the merged model teacher-forced on them. Stage 2 runs Adam with a cosine
 schedule on the coefficients only: every step is one forward + backward of the MergeModel on a
 batch holding all tasks' rows; the loss is the sum over tasks of the mean per-example objective,
 plus the L2 pull toward the start point (SourceJS Eq. 7).
@@ -24,6 +26,7 @@ from .errors import MergecoreError
 from .objectives import OBJECTIVES, get_objective, l2_pull
 
 GRANULARITIES = ("task", "layer", "block", "spectral")
+GENERATIVE_OBJECTIVES = ("js", "kl")  # token-level divergences on the expert's outputs (generative tasks)
 
 
 def _help(text: str, **extra) -> dict:
@@ -113,19 +116,28 @@ def make_source(bench, granularity: str, init: torch.Tensor) -> MatrixCoefs:
     raise MergecoreError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
 
 
-def references(bench, params: LearnParams) -> list[torch.Tensor | None]:
-    """What each task's loss compares against: expert probabilities (Stage 1), labels, or nothing."""
+def references(bench, params: LearnParams) -> list:
+    """What each task's loss compares against: expert probabilities (Stage 1), labels, nothing, or
+    (generative tasks) the expert's cached greedy outputs and top-k token distributions."""
     kind = get_objective(params.objective).reference
+    generative = [k for k, t in enumerate(bench.tasks) if t.generative]
+    if generative and params.objective not in GENERATIVE_OBJECTIVES:
+        raise MergecoreError(f"task {bench.tasks[generative[0]].name} is generative; it learns with "
+                             f"{' or '.join(GENERATIVE_OBJECTIVES)} on the expert's outputs (got {params.objective})")
+    refs: list = [None] * bench.num_tasks
     if kind == "expert":
-        return [p.to(bench.device) for p in bench.predict(bench.routing(), "calibration", limit=params.samples)]
-    if kind == "labels":
-        refs = []
-        for t in bench.tasks:
+        refs = [None if p is None else p.to(bench.device)
+                for p in bench.predict(bench.routing(), "calibration", limit=params.samples)]
+    elif kind == "labels":
+        for k, t in enumerate(bench.tasks):
             if t.calibration.labels is None:
                 raise MergecoreError(f"the ce objective needs labels; task {t.name} has an unlabeled calibration split")
-            refs.append(torch.tensor(t.calibration.labels[: params.labeled], device=bench.device).long())
-        return refs
-    return [None] * bench.num_tasks
+            refs[k] = torch.tensor(t.calibration.labels[: params.labeled], device=bench.device).long()
+    gen = replace(bench.gen_params, divergence=params.objective)
+    for k in generative:  # DivMerge App. B.1: expert k decodes its own task's prompts once
+        prompts = [bench.tasks[k].render(f) for f in bench.tasks[k].calibration.inputs[: params.samples]]
+        refs[k] = bench.generator.expert_outputs(k, prompts, gen)
+    return refs
 
 
 def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -> dict:
@@ -133,9 +145,11 @@ def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -
     from .evaluate import task_scores
 
     probs = bench.predict(source, "evaluation", limit=limit)
-    limited = [replace(t, evaluation=t.evaluation.head(limit)) for t in bench.tasks]
-    out = {"score": task_scores(limited, probs), "confidence": {}, "agreement": {}, "confidently_wrong": {}}
-    for t, p, pe in zip(bench.tasks, probs, expert_probs):
+    ks = bench.label_tasks  # generative tasks have no label confidence; they are scored at the end (ROUGE-1)
+    limited = [replace(bench.tasks[k], evaluation=bench.tasks[k].evaluation.head(limit)) for k in ks]
+    out = {"score": task_scores(limited, [probs[k] for k in ks]), "confidence": {}, "agreement": {},
+           "confidently_wrong": {}}
+    for t, p, pe in zip(limited, [probs[k] for k in ks], [expert_probs[k] for k in ks]):
         gold = torch.tensor(t.evaluation.labels[:limit])
         conf, pred = p.max(-1)
         wrong = pred != gold.long() if t.metric != "pearson_spearman" else torch.zeros_like(pred, dtype=torch.bool)
@@ -187,25 +201,34 @@ class Learner:
         self.source = SpectralCoefs(merge, self.bench.adapters.modules, self.bench.device)
         self.gamma0 = self.source.gamma.detach().clone()  # the L2 pull is toward Lambda = 1
 
-    def _encoded(self) -> list:
+    def _encoded(self, refs: list) -> list:
+        """Rows each task samples from: encoded calibration inputs, or a generative task's cached expert outputs."""
         n = self.params.labeled if self.objective.reference == "labels" else self.params.samples
-        return [self.bench.encoded(k, "calibration", limit=n) for k in range(self.bench.num_tasks)]
+        return [refs[k] if t.generative else self.bench.encoded(k, "calibration", limit=n)
+                for k, t in enumerate(self.bench.tasks)]
 
     def _step_loss(self, parts, refs) -> tuple[torch.Tensor, torch.Tensor]:
-        segments, inputs = self.bench.reader.batch(parts, self.bench.device)
-        with precision_context(self.params.precision, self.bench.device):
-            logits = self.bench.reader.label_logits(self.bench.model, segments, inputs)
-        per_task = []
-        for (k, _, idx), lg in zip(parts, logits):
-            ref = None if refs[k] is None else refs[k][idx.to(self.bench.device)]
-            per_task.append(self.objective.fn(ref, torch.log_softmax(lg, -1)).mean())
-        per_task = torch.stack(per_task)  # (K,)
+        """Sum over tasks of the mean per-example objective (+ L2 pull); label tasks share one forward."""
+        bench, losses = self.bench, {}
+        label_parts = [part for part in parts if not bench.tasks[part[0]].generative]
+        with precision_context(self.params.precision, bench.device):
+            if label_parts:
+                segments, inputs = bench.reader.batch(label_parts, bench.device)
+                for (k, _, idx), lg in zip(label_parts, bench.reader.label_logits(bench.model, segments, inputs)):
+                    ref = None if refs[k] is None else refs[k][idx.to(bench.device)]
+                    losses[k] = self.objective.fn(ref, torch.log_softmax(lg, -1)).mean()
+            gen = replace(bench.gen_params, divergence=self.params.objective)
+            for k, cache, idx in parts:
+                if bench.tasks[k].generative:  # teacher-forced on the expert's output, token JS/KL per sequence
+                    losses[k] = bench.generator.divergence(k, cache, idx, gen).mean()
+        per_task = torch.stack([losses[k] for k, _, _ in parts])  # (K,)
         return per_task.sum() + l2_pull(self.source.gamma, self.gamma0, self.params.l2), per_task
 
     def run(self, sink: Callable[[str, int, dict], None] | None = None, stop=None) -> LearnResult:
         p, bench, t0 = self.params, self.bench, time.perf_counter()
         ctx = {"sink": sink or (lambda kind, step, payload: None), "stop": stop, "t0": t0,
-               "encoded": self._encoded(), "refs": references(bench, p)}
+               "refs": references(bench, p)}
+        ctx["encoded"] = self._encoded(ctx["refs"])
         ctx["expert_eval"] = bench.predict(bench.routing(), "evaluation", limit=p.eval_limit) if p.eval_every else []
         ctx["sampler"] = BatchSampler([len(e) for e in ctx["encoded"]], p.seed)
         phases = p.iterations if p.granularity == "spectral" else 1

@@ -139,3 +139,43 @@ def file_task(name: str, train: str | Path, evaluation: str | Path, cols: Column
                                  "fix the labels or the label names")
     return Task(name, tuple(label_names), calib, ev, metric=metric, prompt=prompt,
                 verbalizers=tuple(verbalizers or label_names), field_names=tuple(cols.text))
+
+
+def generative_task(name: str, train: str | Path, evaluation: str | Path, text: tuple[str, ...],
+                    reference: str | None = None, prompt: str = "{0}", calibration: int = 128, eval_size: int = 0,
+                    seed: int = 0, header: bool = True) -> Task:
+    """A generative Task (DivMerge App. B.1): prompts from ``text`` columns, references (for ROUGE-1) from
+    ``reference`` when given; calibration prompts from ``train``, evaluation from ``evaluation``."""
+    calib = sample(load_split(train, Columns(text=text, label=None, header=header), labeled=False), calibration, seed)
+    cols = Columns(text=tuple(text) + ((reference,) if reference else ()), label=None, header=header)
+    ev = sample(load_split(evaluation, cols, labeled=False), eval_size, seed + 1)
+    n = len(text)
+    refs = tuple(row[n] for row in ev.inputs) if reference else ()
+    return Task(name, (), calib, Split(tuple(row[:n] for row in ev.inputs)), metric="rouge1", prompt=prompt,
+                field_names=tuple(text), references=refs)
+
+
+SPEC_KEYS = {"train", "eval", "text"}
+
+
+def tasks_from_specs(names: list[str], specs) -> "TaskSet":
+    """Tasks from one file spec per adapter (parsed JSON): {"train", "eval", "text", "label", "labels"} for a
+    label task, {"train", "eval", "text", "reference"} (reference may be null) for a generative task;
+    optional "prompt", "verbalizers", "metric"."""
+    from .tasks import TaskSet
+
+    if not isinstance(specs, list) or len(specs) != len(names) or not all(
+            isinstance(s, dict) and SPEC_KEYS <= set(s) and ({"label", "labels"} <= set(s) or "reference" in s)
+            for s in specs):
+        raise MergecoreError(f"the column mapping needs one object per adapter ({len(names)}), each with keys "
+                             f"{sorted(SPEC_KEYS)} plus 'label' and 'labels' (label task) or 'reference' (generative)")
+    tasks = []
+    for name, s in zip(names, specs):
+        if "reference" in s:
+            tasks.append(generative_task(name, s["train"], s["eval"], tuple(s["text"]), s["reference"],
+                                         prompt=s.get("prompt", "{0}")))
+        else:
+            tasks.append(file_task(name, s["train"], s["eval"], Columns(text=tuple(s["text"]), label=s["label"]),
+                                   tuple(s["labels"]), prompt=s.get("prompt", "{0}"), verbalizers=s.get("verbalizers"),
+                                   metric=s.get("metric", "accuracy")))
+    return TaskSet(tuple(tasks))

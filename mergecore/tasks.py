@@ -41,15 +41,26 @@ class Task:
     field_names: tuple[str, ...] = ("text",)
     description: str = ""
     label_values: tuple[float, ...] = ()  # regression tasks: numeric value of each (binned) label
+    references: tuple[str, ...] = ()  # generative tasks: reference text of each evaluation input (may be empty)
+
+    @property
+    def generative(self) -> bool:
+        """A generation task (DivMerge App. B.1): learned on the expert's outputs, scored by ROUGE-1."""
+        return self.metric == "rouge1"
 
     def __post_init__(self):
-        if len(self.label_names) < 2:
-            raise MergecoreError(f"task {self.name!r} has fewer than 2 labels; give at least two label names")
         for split_name, split in (("calibration", self.calibration), ("evaluation", self.evaluation)):
             if len(split) == 0:
                 raise MergecoreError(
                     f"task {self.name!r} has an empty {split_name} split; provide at least one example"
                 )
+        if self.generative:
+            if self.references and len(self.references) != len(self.evaluation):
+                raise MergecoreError(f"task {self.name!r}: {len(self.references)} references for "
+                                     f"{len(self.evaluation)} evaluation inputs; give one reference per input or none")
+            return
+        if len(self.label_names) < 2:
+            raise MergecoreError(f"task {self.name!r} has fewer than 2 labels; give at least two label names")
         if self.evaluation.labels is None:
             raise MergecoreError(f"task {self.name!r}: the evaluation split needs labels")
 
@@ -65,7 +76,7 @@ class Task:
         """Content hash of the task's data (goes into run configs and merge cards)."""
         h = hashlib.sha256()
         payload = [self.name, self.label_names, self.calibration.inputs, self.evaluation.inputs,
-                   self.evaluation.labels, self.prompt, self.verbalizers]
+                   self.evaluation.labels, self.prompt, self.verbalizers] + ([self.references] if self.references else [])
         h.update(json.dumps(payload, sort_keys=True, default=list).encode())
         return h.hexdigest()[:16]
 

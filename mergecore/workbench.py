@@ -13,6 +13,7 @@ import torch
 from .adapters import AdapterSet
 from .coefs import FixedCoefs, RowRouting
 from .errors import MergecoreError
+from .generative import GenParams
 from .heads import Encoded
 from .model import MergeModel
 from .tasks import TaskSet
@@ -25,6 +26,7 @@ class Workbench:
     model: MergeModel
     reader: object  # ClassifierReader, Seq2SeqReader or CausalReader (same interface)
     base_name: str = ""
+    gen_params: GenParams = field(default_factory=GenParams)  # generative tasks: decoding and caching
     _encoded: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -69,12 +71,28 @@ class Workbench:
     def routing(self) -> RowRouting:
         return RowRouting(self.model.slot, self.num_tasks)
 
+    @property
+    def generator(self):
+        """Greedy decoding and teacher forcing on this MergeModel (generative tasks; seq2seq / causal only)."""
+        if getattr(self, "_generator", None) is None:
+            from .generative import Generator
+
+            self._generator = Generator(self.model, self.reader.family, self.reader.tokenizer,
+                                        max_length=getattr(self.reader, "max_length", 256))
+        return self._generator
+
+    @property
+    def label_tasks(self) -> list[int]:
+        """Indices of the tasks read as label distributions (all but generative tasks)."""
+        return [k for k, t in enumerate(self.tasks) if not t.generative]
+
     @torch.no_grad()
     def predict(self, source, split: str = "evaluation", limit: int | None = None,
-                max_rows: int = 256) -> list[torch.Tensor]:
-        """Label probabilities (n_k, C_k) of every task under ``source``, all tasks mixed in chunks."""
+                max_rows: int = 256) -> list[torch.Tensor | None]:
+        """Label probabilities (n_k, C_k) of every label task under ``source``, all tasks mixed in
+        chunks; None in a generative task's place."""
         parts = []
-        for k in range(self.num_tasks):
+        for k in self.label_tasks:
             enc = self.encoded(k, split, limit)
             for start in range(0, len(enc), max_rows):
                 parts.append((k, enc, torch.arange(start, min(start + max_rows, len(enc)))))
@@ -84,7 +102,7 @@ class Workbench:
             segments, inputs = self.reader.batch(chunk, self.device)
             for (k, _, _), logits in zip(chunk, self.reader.label_logits(self.model, segments, inputs)):
                 outs[k].append(torch.softmax(logits, -1).cpu())
-        return [torch.cat(o) for o in outs]
+        return [torch.cat(o) if o else None for o in outs]
 
 
 def _chunk(parts, max_rows: int):

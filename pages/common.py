@@ -51,17 +51,13 @@ def load_tasks(adapter_names: list[str], task_source: tuple):
                          params=GlueParams(calibration=n_cal, evaluation=n_eval))
     import json
 
-    from mergecore.taskfiles import Columns, file_task
-    from mergecore.tasks import TaskSet
+    from mergecore.taskfiles import tasks_from_specs
 
-    specs = json.loads(task_source[1])
-    keys = {"train", "eval", "text", "label", "labels"}
-    if not isinstance(specs, list) or len(specs) != len(adapter_names) or \
-            not all(isinstance(s, dict) and keys <= set(s) for s in specs):
-        raise MergecoreError(f"the column mapping needs one object per adapter ({len(adapter_names)}), "
-                             f"each with keys {sorted(keys)}")
-    return TaskSet(tuple(file_task(n, s["train"], s["eval"], Columns(text=tuple(s["text"]), label=s["label"]),
-                                   tuple(s["labels"])) for n, s in zip(adapter_names, specs)))
+    try:
+        specs = json.loads(task_source[1])
+    except json.JSONDecodeError as exc:
+        raise MergecoreError(f"the column mapping is not valid JSON ({exc.msg}); give a JSON list") from None
+    return tasks_from_specs(adapter_names, specs)
 
 
 def sidebar() -> None:

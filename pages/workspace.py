@@ -51,7 +51,9 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
         spec = ("glue", folder, int(n_cal), int(n_eval))
     elif source == "CSV / JSONL files":
         st.caption('One JSON object per adapter, in order: {"train": path, "eval": path, "text": [column(s)], '
-                   '"label": column, "labels": [label names]}')
+                   '"label": column, "labels": [label names]} for a label task, or {"train": path, "eval": path, '
+                   '"text": [column(s)], "reference": column or null} for a generative task (ROUGE-1 against '
+                   'the reference); optional "prompt" ("{0}" fills the first text column), "verbalizers".')
         files = st.text_area("Column mapping", value="[]", key="file_spec")
         spec = ("files", files)
     if st.button("Load", key="load_adapters", type="primary"):
@@ -96,8 +98,13 @@ st.dataframe(pd.DataFrame([{
 task = st.selectbox("Preview a task", bench.tasks.names, key="preview_task")
 t = bench.tasks.by_name(task)
 preview = []
-for x, y in zip(t.evaluation.inputs[:6], t.evaluation.labels[:6]):
+for i, x in enumerate(t.evaluation.inputs[:6]):
     row = dict(zip(t.field_names, x))
+    if t.generative:  # learned on the expert's own outputs; scored by ROUGE-1 against the reference
+        row["prompt"], row["reference"] = t.render(x), (t.references[i] if t.references else "")
+        preview.append(row)
+        continue
+    y = t.evaluation.labels[i]
     row["label"] = t.label_names[int(y)] if t.metric != "pearson_spearman" else y
     if family != "classifier":
         row["prompt"], row["verbalizers"] = t.render(x), " | ".join(t.verbalizers)

@@ -118,3 +118,110 @@ def test_rouge1():
     assert rouge1_f1("the the the", "the cat") == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
     assert rouge1_f1("", "x") == 0.0
     assert rouge1(["a b", "c"], ["a b", "d"]) == pytest.approx(50.0)
+
+
+# ----------------------------------------------------------------------------- the learner on generative tasks
+
+def gen_tasks(references: list[list[str]] | None = None):
+    from mergecore.tasks import Split, Task, TaskSet
+
+    refs = references or [[], []]
+    return TaskSet(tuple(Task(f"gen{k}", (), Split(tuple((p,) for p in PROMPTS)), Split(tuple((p,) for p in PROMPTS)),
+                              metric="rouge1", prompt="{0}", references=tuple(refs[k])) for k in range(2)))
+
+
+def gen_bench(s, tasks):
+    from mergecore.verbalizer import make_reader
+    from mergecore.workbench import Workbench
+
+    reader = make_reader(SPECS[s.name][0], tasks, s.tok, s.mm.model.config)
+    return Workbench(load_adapters(s.dirs), tasks, s.mm, reader, gen_params=GenParams(max_new_tokens=4, top_k=5))
+
+
+def test_learner_step_loss_is_the_generative_divergence(gen):
+    """Step 1's per-task loss = Generator.divergence of the start coefficients on the rows the sampler drew."""
+    from mergecore.learn import BatchSampler, LearnParams, Learner
+
+    s = gen
+    bench = gen_bench(s, gen_tasks())
+    events = []
+    params = LearnParams(steps=2, samples=3, batch_size=2, eval_every=0, objective="kl", seed=4)
+    res = Learner(bench, params).run(lambda kind, step, payload: events.append((kind, step, payload)))
+    assert res.status == "done" and torch.isfinite(res.coefs).all()
+    sampler, gp = BatchSampler([3, 3], seed=4), GenParams(max_new_tokens=4, top_k=5, divergence="kl")
+    with torch.no_grad():
+        for k in range(2):
+            cache = bench.generator.expert_outputs(k, PROMPTS, gp)  # routes to expert k
+            s.mm.set_source(task_coefs(torch.full((2,), 0.5), len(s.mm.layers)))
+            want = float(bench.generator.divergence(k, cache, sampler.take(k, 2), gp).mean())
+            assert events[0][2]["task_loss"][f"gen{k}"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert res.coefs[0].tolist() != [0.5, 0.5]  # the coefficients moved
+
+
+def test_experts_score_full_rouge_on_their_own_outputs(gen):
+    """With each expert's greedy output as the reference, the experts baseline scores ROUGE-1 = 100."""
+    from mergecore.evaluate import baselines
+    from mergecore.generative import generate_texts
+
+    s = gen
+    bench = gen_bench(s, gen_tasks())
+    refs = []
+    for k in range(2):
+        bench.model.set_source(bench.routing())
+        refs.append(generate_texts(bench.generator, k, PROMPTS, 4))
+    bench = gen_bench(s, gen_tasks(refs))
+    base = baselines(bench)
+    assert all(r.strip() for ref in refs for r in ref), refs  # the check below needs non-empty outputs
+    assert base["experts"] == {"gen0": pytest.approx(100.0), "gen1": pytest.approx(100.0)}
+    assert all(0.0 <= v <= 100.0 for v in base["uniform"].values())
+
+
+def test_generative_task_refuses_label_objectives(gen):
+    from mergecore.errors import MergecoreError
+    from mergecore.learn import LearnParams, Learner
+
+    bench = gen_bench(gen, gen_tasks())
+    with pytest.raises(MergecoreError, match="generative; it learns with js or kl"):
+        Learner(bench, LearnParams(steps=1, objective="entropy", eval_every=0)).run()
+
+
+def test_label_and_generative_tasks_learn_together(gen):
+    """A label task (verbalizers) and a generative task in one bench: one learner, one evaluation."""
+    from mergecore.evaluate import evaluate
+    from mergecore.learn import LearnParams, Learner
+    from mergecore.tasks import TaskSet
+
+    from test_verbalizer import tasks as label_tasks
+
+    tasks = TaskSet((label_tasks()[0], gen_tasks([[], ["the cat"] * len(PROMPTS)])[1]))
+    bench = gen_bench(gen, tasks)
+    res = Learner(bench, LearnParams(steps=2, samples=3, batch_size=2, eval_every=2)).run()
+    assert res.status == "done" and torch.isfinite(res.coefs).all()
+    probs = bench.predict(bench.uniform())
+    assert probs[1] is None and probs[0].shape == (len(tasks[0].evaluation), 2)
+    scores = evaluate(bench, bench.uniform())
+    assert set(scores) == {"sentiment", "gen1"} and 0 <= scores["gen1"] <= 100
+
+
+def test_cli_learns_generative_tasks_from_files(gen, tmp_path, capsys):
+    """`learn --task-files` with generative specs runs end to end and reports ROUGE-1 per task."""
+    import json
+
+    from mergecore.cli import main
+
+    tr, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    tr.write_text("".join(json.dumps({"doc": p}) + "\n" for p in PROMPTS))
+    ev.write_text("".join(json.dumps({"doc": p, "summary": "the cat sat"}) + "\n" for p in PROMPTS[:2]))
+    spec = tmp_path / "tasks.json"
+    spec.write_text(json.dumps([{"train": str(tr), "eval": str(ev), "text": ["doc"], "reference": "summary"}] * 2))
+    args = ["learn", "--adapters", *map(str, gen.dirs), "--task-files", str(spec), "--steps", "2", "--samples", "2",
+            "--eval-every", "0", "--device", "cpu", "--workspace", str(tmp_path / "ws"), "--json"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(data["run"]) == {gen.dirs[0].name, gen.dirs[1].name} and data["status"] == "done"
+    assert all(0.0 <= v <= 100.0 for v in data["run"].values())
+    with pytest.raises(SystemExit) as exit_:
+        main([*args[:-1], "--objective", "entropy"])
+    assert exit_.value.code == 2 and "generative" in capsys.readouterr().err

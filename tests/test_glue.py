@@ -167,3 +167,21 @@ def test_match_tasks_from_adapter_names():
     assert match_tasks(["SST-2", "my_STS-B_adapter"]) == ["sst2", "stsb"]
     with pytest.raises(MergecoreError, match="cannot tell"):
         match_tasks(["sentiment"])
+
+
+def test_generative_task_from_jsonl_and_specs(tmp_path):
+    """A generative task from JSONL: prompts from the text column, references kept for ROUGE-1, none when null."""
+    from mergecore.taskfiles import generative_task, tasks_from_specs
+
+    tr, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    tr.write_text("\n".join(json.dumps({"doc": f"text {i}"}) for i in range(5)) + "\n")
+    ev.write_text("\n".join(json.dumps({"doc": f"doc {i}", "summary": f"sum {i}"}) for i in range(3)) + "\n")
+    t = generative_task("summ", tr, ev, ("doc",), "summary", prompt="Summarize: {0}")
+    assert t.generative and t.evaluation.inputs == (("doc 0",), ("doc 1",), ("doc 2",))
+    assert t.references == ("sum 0", "sum 1", "sum 2") and len(t.calibration) == 5
+    assert t.render(t.evaluation.inputs[1]) == "Summarize: doc 1"
+    ts = tasks_from_specs(["a", "b"], [{"train": str(tr), "eval": str(ev), "text": ["doc"], "reference": None},
+                                       {"train": str(tr), "eval": str(ev), "text": ["doc"], "reference": "summary"}])
+    assert ts[0].references == () and ts[1].references == t.references
+    with pytest.raises(MergecoreError, match="one object per adapter"):
+        tasks_from_specs(["a"], [{"train": str(tr), "eval": str(ev), "text": ["doc"]}])
