@@ -22,6 +22,21 @@ def _demo_dirs() -> tuple[str, ...]:
 
 GLUE_DEFAULT = str((Path.cwd().parent / "shared" / "data" / "glue").resolve())
 
+
+def _presets() -> dict[str, tuple[list[str], str]]:
+    """Committed adapter sets: (folders, task source). GLUE presets read GLUE from a folder or datasets."""
+    from mergecore.study.kit import ADAPTER_DIR, SMOLLM_DIR, committed
+
+    out = {"Demo kit (MiniLM, 5 generated tasks)": ([], "demo tasks (by adapter name)")}
+    for label, folder in (("GLUE experts (MiniLM, heads)", ADAPTER_DIR), ("GLUE experts (SmolLM2, verbalizers)", SMOLLM_DIR)):
+        if committed(folder):
+            out[label] = ([str(d) for d in committed(folder)], "GLUE")
+    return out
+
+
+def _use_preset(dirs: list[str], kind: str) -> None:
+    st.session_state.update(adapter_text="\n".join(dirs), task_kind=kind)
+
 with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapter_dirs")):
     upload = st.file_uploader("Or upload a .zip of adapter folders (unpacked into the workspace)", type=["zip"],
                               key="adapter_zip")
@@ -36,6 +51,10 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
             st.success(f"unpacked {len(found)} adapter folders into {dest}; press Load")
         except MergecoreError as exc:
             st.error(str(exc))
+    presets = _presets()
+    for col, (label, (dirs, kind)) in zip(st.columns(len(presets)), presets.items()):
+        col.button(label, key=f"preset_{label}", on_click=_use_preset, args=(dirs, kind), width="stretch",
+                   help="fill in the committed adapters of this preset, then press Load")
     st.session_state.setdefault("adapter_text", "\n".join(st.session_state.get("adapter_dirs") or []))
     text = st.text_area("Adapter folders or hub ids, one per line (empty: the embedded demo kit)", key="adapter_text")
     base = st.text_input("Base model override (path or hub id; empty: from the adapters' configs)", key="base_text")

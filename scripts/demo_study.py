@@ -29,19 +29,10 @@ from mergecore.learn import LearnParams
 from mergecore.merges import METHODS
 from mergecore.runner import cached_baselines, run_learning, run_static
 from mergecore.runs import RunStore
+from mergecore.study.run import collapse
 
 LEARNED = [("entropy-task", "entropy", "task"), ("entropy-layer", "entropy", "layer"), ("js-task", "js", "task"),
            ("js-layer", "js", "layer"), ("kl-task", "kl", "task"), ("ce-task", "ce", "task")]
-
-
-def collapse(store: RunStore, run_id: str, tasks: list[str]) -> dict:
-    evals = store.events(run_id, "eval")
-    if not evals:
-        return {}
-    first, last = evals[0], evals[-1]
-    mean = lambda e, key: sum(e[key][t] for t in tasks) / len(tasks)  # noqa: E731
-    return {f"{key}_{when}": mean(e, key) for key in ("confidence", "confidently_wrong", "score")
-            for when, e in (("first", first), ("last", last))}
 
 
 def main() -> None:

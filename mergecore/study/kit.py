@@ -1,0 +1,41 @@
+"""The GLUE preset: the committed MiniLM GLUE experts + GLUE tasks from a local folder or ``datasets``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..glue import GLUE_TASKS, GlueParams, load_glue
+
+ADAPTER_DIR = Path(__file__).parent / "adapters"  # MiniLM + heads, all 8 tasks (study/train.py)
+SMOLLM_DIR = Path(__file__).parent / "adapters-smollm2"  # SmolLM2 verbalizers, some tasks (study/train_causal.py)
+
+
+def committed(folder: Path) -> list[Path]:
+    """The adapter folders present under ``folder``, in GLUE order."""
+    return [folder / n for n in GLUE_TASKS if (folder / n / "adapter_model.safetensors").is_file()]
+
+
+def glue_adapter_dirs(names: list[str] | None = None) -> list[Path]:
+    return [ADAPTER_DIR / n for n in (names or GLUE_TASKS)]
+
+
+def glue_taskset(source, params: GlueParams = GlueParams(), names: list[str] | None = None, eval_seed: int = 0):
+    """GLUE tasks with calibration drawn with ``params.seed`` and the evaluation sample fixed by ``eval_seed``
+    (so runs with different seeds are scored on the same rows)."""
+    from ..tasks import TaskSet
+
+    tasks = load_glue(names or list(GLUE_TASKS), source, params)
+    if params.seed == eval_seed:
+        return tasks
+    fixed = load_glue(names or list(GLUE_TASKS), source, replace(params, seed=eval_seed))
+    return TaskSet(tuple(replace(t, evaluation=f.evaluation) for t, f in zip(tasks, fixed)))
+
+
+def glue_workbench(source, params: GlueParams = GlueParams(), names: list[str] | None = None, device: str | None = None):
+    """Workbench over the committed GLUE experts (all 8 tasks, or a subset)."""
+    from ..adapters import load_adapters
+    from ..workbench import open_workbench
+
+    names = names or list(GLUE_TASKS)
+    return open_workbench(load_adapters(glue_adapter_dirs(names)), glue_taskset(source, params, names), device=device)

@@ -1,0 +1,137 @@
+"""The GLUE study: SourceJS Table 1 on the offline MiniLM experts, three seeds, one report.
+
+    python -m mergecore.study.run --glue-dir ../shared/data/glue [--seeds 0 1 2] [--steps 150]
+
+Rows: pre-trained, experts, uniform and every static merge at its paper defaults; learned
+coefficients (entropy task/layer, supervised CE, KL, JS task/layer); LoRA-DV (JS) on top of the
+best static merge. A seed draws the 128 unlabeled calibration inputs per task from the training
+file and seeds the learner and the random masks (DARE); the evaluation rows are the same for
+every seed, so data-independent static merges are run once (their spread is 0 by construction).
+Plus SourceJS Fig. 2 (coefficient stability), the collapse signature (confidence and
+confidently-wrong share, first vs last periodic evaluation) and DivMerge Table 2 (divergence
+between experts vs cross-task score drop). Every run lands in the workspace's run store, so the
+app's Compare / Diagnose pages show them; results are written after every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..analysis.stability import stability
+from ..evaluate import anp, average
+from ..glue import GlueParams
+from ..learn import LearnParams
+from ..merges import METHODS
+from ..runner import cached_baselines, run_learning, run_static
+from ..runs import RunStore
+from .kit import glue_workbench
+from .report import write_report
+
+SEEDED_STATIC = ("dare_linear", "dare_ties", "osrm")  # depend on the seed (masks) or on calibration inputs
+STATIC = tuple(m for m in METHODS if m not in ("concat", "uniform") and m not in SEEDED_STATIC)
+LEARNED = (("entropy, task", "entropy", "task"), ("entropy, layer", "entropy", "layer"),
+           ("supervised CE, task", "ce", "task"), ("KL, task", "kl", "task"),
+           ("JS, task", "js", "task"), ("JS, layer", "js", "layer"))
+
+
+def collapse(store: RunStore, run_id: str, tasks: list[str]) -> dict:
+    """Task-averaged score, confidence and confidently-wrong share at the first and last periodic evaluation."""
+    evals = store.events(run_id, "eval")
+    if not evals:
+        return {}
+    first, last = evals[0], evals[-1]
+    mean = lambda e, key: sum(e[key][t] for t in tasks) / len(tasks)  # noqa: E731
+    return {f"{key}_{when}": mean(e, key) for key in ("confidence", "confidently_wrong", "score")
+            for when, e in (("first", first), ("last", last))}
+
+
+def _static(bench, store, method: str, seed: int, results: dict) -> None:
+    from ..merges import get_method
+
+    params = get_method(method).params_cls()
+    if any(f == "seed" for f in params.__dataclass_fields__):
+        params = replace(params, seed=seed)
+    t = time.perf_counter()
+    _, res = run_static(bench, method, params, store=store, name=f"{method} s{seed}")
+    results["rows"].setdefault(method, {})[str(seed)] = res["scores"]
+    results["seconds"].setdefault(method, []).append(time.perf_counter() - t)
+    print(f"  {method:16s} avg {average(res['scores']):6.2f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+def _learned(bench, store, label: str, params: LearnParams, seed: int, results: dict) -> None:
+    t = time.perf_counter()
+    run_id, res = run_learning(bench, params, store, name=f"{label} s{seed}")
+    results["rows"].setdefault(label, {})[str(seed)] = res["scores"]
+    results["seconds"].setdefault(label, []).append(time.perf_counter() - t)
+    if "coefs" in res:
+        coefs = torch.tensor(res["coefs"])
+        results["stability"].setdefault(label, {})[str(seed)] = stability(coefs[:1] if params.granularity == "task" else coefs)
+    results["collapse"].setdefault(label, {})[str(seed)] = collapse(store, run_id, bench.tasks.names)
+    print(f"  {label:16s} avg {average(res['scores']):6.2f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+def best_static(results: dict) -> str:
+    seed0 = {m: runs[min(runs)] for m, runs in results["rows"].items() if m in METHODS}
+    return max(seed0, key=lambda m: average(seed0[m])) if seed0 else "uniform"
+
+
+def run_seed(args, seed: int, store: RunStore, results: dict, base: dict | None) -> dict:
+    bench = glue_workbench(args.glue_dir, GlueParams(calibration=args.calibration, evaluation=args.eval_size, seed=seed),
+                           names=args.tasks, device="cpu")
+    if base is not None:
+        bench._baselines = base  # same adapters, same evaluation rows: identical by construction
+    base = cached_baselines(bench, store)
+    if seed == args.seeds[0]:
+        for method in STATIC:
+            _static(bench, store, method, seed, results)
+        if not args.skip_divergence:
+            from ..analysis.forward_lenses import divergence_of
+
+            t = time.perf_counter()
+            results["divergence"] = divergence_of(bench, "evaluation", limit=args.divergence_rows)
+            print(f"  divergence matrix ({time.perf_counter() - t:.0f} s)", flush=True)
+    for method in SEEDED_STATIC:
+        _static(bench, store, method, seed, results)
+    params = LearnParams(steps=args.steps, seed=seed, eval_every=max(1, args.steps // 3), eval_limit=100)
+    for label, objective, granularity in LEARNED:
+        _learned(bench, store, label, replace(params, objective=objective, granularity=granularity), seed, results)
+    start = best_static(results)
+    loradv = replace(params, objective="js", granularity="spectral", lr=0.005, start=start, l2=0.0)
+    _learned(bench, store, f"LoRA-DV (JS) on {start}", loradv, seed, results)
+    return base
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--glue-dir", type=Path, default=Path("../shared/data/glue"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--tasks", nargs="+", help="GLUE tasks (default: all 8 committed experts)")
+    ap.add_argument("--steps", type=int, default=150, help="learning steps per learned run")
+    ap.add_argument("--calibration", type=int, default=128, help="unlabeled calibration inputs per task")
+    ap.add_argument("--eval-size", type=int, default=400, help="dev rows per task (the same rows for every seed)")
+    ap.add_argument("--divergence-rows", type=int, default=200, help="dev rows per task for the divergence matrix")
+    ap.add_argument("--skip-divergence", action="store_true")
+    ap.add_argument("--workspace", type=Path, default=Path("workspace-glue"))
+    ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    args = ap.parse_args(argv)
+    t0, store, base = time.perf_counter(), RunStore(args.workspace), None
+    results = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": {}, "seconds": {}, "stability": {},
+               "collapse": {}, "seeds_done": []}
+    for seed in args.seeds:
+        print(f"seed {seed}", flush=True)
+        base = run_seed(args, seed, store, results, base)
+        results.update(baselines=base, seeds_done=results["seeds_done"] + [seed], total_seconds=time.perf_counter() - t0)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        write_report(results, args.out)
+    print(f"study done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
