@@ -2,11 +2,12 @@
 
 Stage 1 caches each expert's label distribution on its own task's calibration inputs, in one
 routed pass (row i of task k goes through expert k only); for a generative task it caches the
-expert's greedy outputs and their top-k token distributions (DivMerge App. B.1, generative.py),
-and that task's loss is the token-level JS/KL of the merged model teacher-forced on them. Stage 2 runs Adam with a cosine
-schedule on the coefficients only: every step is one forward + backward of the MergeModel on a
-batch holding all tasks' rows; the loss is the sum over tasks of the mean per-example objective,
-plus the L2 pull toward the start point (SourceJS Eq. 7).
+expert's greedy outputs and their top-k token distributions (DivMerge App. B.1, generative.py).
+Stage 2 runs Adam with a cosine schedule on the coefficients only: every step is one forward +
+backward of the MergeModel on a batch holding all label tasks' rows (plus one teacher-forced
+forward per generative task); the loss is the sum over tasks of the mean per-example objective
+(token-level JS/KL per sequence for generative tasks), plus the L2 pull toward the start point
+(SourceJS Eq. 7).
 
 Events (step, loss, per-task loss, lr, coefficients, grad norm, seconds, periodic eval) go to a
 sink callback; ``stop`` (a threading.Event) is checked between steps.

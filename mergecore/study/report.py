@@ -28,7 +28,7 @@ def table1(results: dict) -> list[str]:
         cells = " | ".join(f"{np.mean([r[t] for r in runs]):.1f}" for t in names)
         secs = results["seconds"].get(label)
         lines.append(f"| {label} | {len(runs)} | {cells} | {_mean_std([average(r) for r in runs])} | "
-                     f"{_mean_std([anp(r, base['experts']) for r in runs])} | {f'{np.mean(secs):.0f}' if secs else '-'} |")
+                     f"{_mean_std([anp(r, base['experts']) for r in runs])} | {f'{secs[0]:.0f}' if secs else '-'} |")
     return lines
 
 
@@ -54,11 +54,12 @@ def collapse_table(results: dict) -> list[str]:
 
 def table2(div: dict) -> list[str]:
     names = div["tasks"]
-    lines = ["| task (rows) | Spearman(JS, score of expert j) | Spearman(KL, ...) |", "|---|---|---|"]
+    lines = ["| task i | Spearman over experts j: JS(expert i, expert j) vs score drop of j on i | same, KL |",
+             "|---|---|---|"]
     for i, t in enumerate(names):
         lines.append(f"| {t} | {div['spearman_js_rows'][i]:.2f} | {div['spearman_kl_rows'][i]:.2f} |")
-    lines += ["", f"Over all off-diagonal pairs, divergence vs score drop: Spearman {div['spearman_js']:.2f} (JS), "
-              f"{div['spearman_kl']:.2f} (KL)."]
+    lines += ["", f"Over all off-diagonal pairs (i, j), divergence vs score drop: Spearman {div['spearman_js']:.2f} (JS), "
+              f"{div['spearman_kl']:.2f} (KL). Per-task rows include j = i (divergence 0, no drop)."]
     return lines
 
 

@@ -87,7 +87,7 @@ def run_seed(args, seed: int, store: RunStore, results: dict, base: dict | None)
     if base is not None:
         bench._baselines = base  # same adapters, same evaluation rows: identical by construction
     base = cached_baselines(bench, store)
-    if seed == args.seeds[0]:
+    if seed == args.first_seed:  # data-independent merges and the divergence matrix: once
         for method in STATIC:
             _static(bench, store, method, seed, results)
         if not args.skip_divergence:
@@ -96,14 +96,18 @@ def run_seed(args, seed: int, store: RunStore, results: dict, base: dict | None)
             t = time.perf_counter()
             results["divergence"] = divergence_of(bench, "evaluation", limit=args.divergence_rows)
             print(f"  divergence matrix ({time.perf_counter() - t:.0f} s)", flush=True)
+    wanted = lambda label: seed == args.first_seed or not args.only or label in args.only  # noqa: E731
     for method in SEEDED_STATIC:
-        _static(bench, store, method, seed, results)
+        if wanted(method):
+            _static(bench, store, method, seed, results)
     params = LearnParams(steps=args.steps, seed=seed, eval_every=max(1, args.steps // 3), eval_limit=100)
     for label, objective, granularity in LEARNED:
-        _learned(bench, store, label, replace(params, objective=objective, granularity=granularity), seed, results)
+        if wanted(label):
+            _learned(bench, store, label, replace(params, objective=objective, granularity=granularity), seed, results)
     start = best_static(results)
-    loradv = replace(params, objective="js", granularity="spectral", lr=0.005, start=start, l2=0.0)
-    _learned(bench, store, f"LoRA-DV (JS) on {start}", loradv, seed, results)
+    if wanted("LoRA-DV"):
+        loradv = replace(params, objective="js", granularity="spectral", lr=0.005, start=start, l2=0.0)
+        _learned(bench, store, f"LoRA-DV (JS) on {start}", loradv, seed, results)
     return base
 
 
@@ -117,13 +121,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-size", type=int, default=400, help="dev rows per task (the same rows for every seed)")
     ap.add_argument("--divergence-rows", type=int, default=200, help="dev rows per task for the divergence matrix")
     ap.add_argument("--skip-divergence", action="store_true")
+    ap.add_argument("--only", nargs="+", metavar="ROW", help=(
+        "after the first seed, run only these rows (e.g. 'JS, layer' dare_ties LoRA-DV); the first seed runs all"))
+    ap.add_argument("--resume", action="store_true", help="add seeds to the results already in --out's .json")
+    ap.add_argument("--report-only", action="store_true", help="rewrite --out from its .json; run nothing")
     ap.add_argument("--workspace", type=Path, default=Path("workspace-glue"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
     args = ap.parse_args(argv)
+    if args.report_only:
+        write_report(json.loads(args.out.with_suffix(".json").read_text()), args.out)
+        return
     t0, store, base = time.perf_counter(), RunStore(args.workspace), None
     results = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": {}, "seconds": {}, "stability": {},
                "collapse": {}, "seeds_done": []}
+    if args.resume:  # same adapters and evaluation rows: keep the first seeds' rows and baselines
+        if not args.out.with_suffix(".json").is_file():
+            raise SystemExit(f"error: {args.out.with_suffix('.json')} does not exist; run without --resume first")
+        results = json.loads(args.out.with_suffix(".json").read_text())
+        results.setdefault("runs", []).append({k: str(v) for k, v in vars(args).items()})
+        base, t0 = results["baselines"], t0 - results.get("total_seconds", 0.0)
+    args.first_seed = results["seeds_done"][0] if results["seeds_done"] else args.seeds[0]
     for seed in args.seeds:
+        if seed in results["seeds_done"]:
+            continue
         print(f"seed {seed}", flush=True)
         base = run_seed(args, seed, store, results, base)
         results.update(baselines=base, seeds_done=results["seeds_done"] + [seed], total_seconds=time.perf_counter() - t0)
