@@ -57,3 +57,18 @@ def test_learn_page_runs_a_job_and_shows_scores(app):
     assert any("Merge coefficients" in s for s in specs) and any("Loss" in s for s in specs)
     table = app.dataframe[-1].value
     assert {"uniform", "this run"} <= set(table.columns) and "average" in table.index
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "glue").is_dir(), reason="../shared/data/glue not present")
+def test_glue_preset_loads_the_committed_glue_experts(app):
+    """The preset button fills in the 8 committed MiniLM GLUE experts and the GLUE task source; Load pairs them."""
+    label = next(b.label for b in app.button if b.label.startswith("GLUE experts (MiniLM"))
+    app.button(key=f"preset_{label}").click().run()
+    assert app.radio(key="task_kind").value == "GLUE"
+    assert len(app.text_area(key="adapter_text").value.splitlines()) == 8
+    app.number_input(key="glue_eval").set_value(20)
+    app.button(key="load_adapters").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert list(app.dataframe[0].value["adapter"]) == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
+    tasks = app.dataframe[2].value
+    assert list(tasks["metric"])[:1] == ["matthews"] and set(tasks["evaluation"]) == {20}
