@@ -22,7 +22,7 @@ def table1(results: dict) -> list[str]:
     names = list(base["experts"])
     rows = {"pre-trained": {"0": base["pre-trained"]}, "uniform": {"0": base["uniform"]}, **results["rows"],
             "experts": {"0": base["experts"]}}
-    lines = ["| method | seeds | " + " | ".join(names) + " | avg | ANP | s / run |", "|---" * (len(names) + 5) + "|"]
+    lines = ["| method | seeds | " + " | ".join(names) + " | avg | ANP | s (seed 0) |", "|---" * (len(names) + 5) + "|"]
     for label, per_seed in rows.items():
         runs = list(per_seed.values())
         cells = " | ".join(f"{np.mean([r[t] for r in runs]):.1f}" for t in names)
