@@ -184,6 +184,7 @@ class Learner:
                  start_merge: dict | None = None):
         self.bench, self.params = bench, params.validate()
         self.objective = get_objective(params.objective)
+        self.gen_params = replace(bench.gen_params, divergence=params.objective)  # generative tasks' token divergence
         K = bench.num_tasks
         if params.granularity == "spectral":
             from .merged import coefs_to_merge
@@ -218,10 +219,9 @@ class Learner:
                 for (k, _, idx), lg in zip(label_parts, bench.reader.label_logits(bench.model, segments, inputs)):
                     ref = None if refs[k] is None else refs[k][idx.to(bench.device)]
                     losses[k] = self.objective.fn(ref, torch.log_softmax(lg, -1)).mean()
-            gen = replace(bench.gen_params, divergence=self.params.objective)
             for k, cache, idx in parts:
                 if bench.tasks[k].generative:  # teacher-forced on the expert's output, token JS/KL per sequence
-                    losses[k] = bench.generator.divergence(k, cache, idx, gen).mean()
+                    losses[k] = bench.generator.divergence(k, cache, idx, self.gen_params).mean()
         per_task = torch.stack([losses[k] for k, _, _ in parts])  # (K,)
         return per_task.sum() + l2_pull(self.source.gamma, self.gamma0, self.params.l2), per_task
 

@@ -54,12 +54,17 @@ def make_adapter(base_dir: Path, out: Path, num_labels: int, r: int, targets: li
     cfg = LoraConfig(r=r, lora_alpha=alpha or 2 * r, target_modules=targets, task_type="SEQ_CLS",
                      use_rslora=rslora)
     pm = get_peft_model(model, cfg)
+    randomize_lora(pm, 0.3)
+    pm.save_pretrained(out)
+    return out
+
+
+def randomize_lora(pm, std: float) -> None:
+    """Nonzero random LoRA factors (PEFT initialises B to zero), from the global seed."""
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_" in n:
-                p.copy_(torch.randn_like(p) * 0.3)
-    pm.save_pretrained(out)
-    return out
+                p.copy_(torch.randn_like(p) * std)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ from mergecore.adapters import load_adapters
 from mergecore.coefs import FixedCoefs, RowRouting
 from mergecore.model import MergeModel, Segments
 
+from conftest import randomize_lora
+
 
 def _adapter(base_dir, out, seed):
     from peft import LoraConfig, get_peft_model
@@ -16,10 +18,7 @@ def _adapter(base_dir, out, seed):
     torch.manual_seed(seed)
     model = GPT2LMHeadModel.from_pretrained(base_dir)
     pm = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True))
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.copy_(torch.randn_like(p) * 0.3)
+    randomize_lora(pm, 0.3)
     pm.save_pretrained(out)
     return out
 

@@ -19,6 +19,8 @@ from mergecore.model import MergeModel, Segments
 from mergecore.tasks import Split, Task, TaskSet
 from mergecore.verbalizer import CausalReader, Seq2SeqReader
 
+from conftest import randomize_lora
+
 TINY = Path("/work/shared/data/tiny-random")
 pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
 
@@ -70,10 +72,7 @@ def make_adapters(name: str, root: Path, k: int = 2) -> list[Path]:
     for i in range(k):
         torch.manual_seed(10 + i)
         pm = get_peft_model(load(name)[0], LoraConfig(r=2, lora_alpha=4, target_modules=targets, task_type=task_type))
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_" in n:
-                    p.copy_(torch.randn_like(p) * 0.5)
+        randomize_lora(pm, 0.5)
         pm.save_pretrained(root / f"{name}_{i}")
         out.append(root / f"{name}_{i}")
     return out

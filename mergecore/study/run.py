@@ -55,7 +55,7 @@ def _static(bench, store, method: str, seed: int, results: dict) -> None:
     from ..merges import get_method
 
     params = get_method(method).params_cls()
-    if any(f == "seed" for f in params.__dataclass_fields__):
+    if "seed" in params.__dataclass_fields__:
         params = replace(params, seed=seed)
     t = time.perf_counter()
     _, res = run_static(bench, method, params, store=store, name=f"{method} s{seed}")
