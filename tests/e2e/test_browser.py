@@ -34,6 +34,8 @@ def test_learn_page_chart_grows(server, page):
     grown = sorted(set(c for c in counts if c > 0))
     assert len(grown) >= 2, f"coefficient chart did not grow: {counts[-10:]}"
     # the page stays usable while the job runs: switch to Workspace and back
-    page.goto(server + "/workspace")
+    page.goto(server + "/")  # Workspace is the default page: it lives at the root URL
     page.get_by_text("Compatibility report").wait_for()
+    page.get_by_role("button", name="Load", exact=True).wait_for()  # widgets rendered, not skeletons
+    page.wait_for_timeout(1500)
     shot(page, "workspace")
