@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import MergecoreError
+from .peft_config import head_module, module_rank_alpha, refusal, scaling, stray_tensor
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -66,7 +66,9 @@ class Adapter:
 
     @property
     def head_modules(self) -> list[str]:
-        return sorted({k.rsplit(".", 1)[0] for k in self.extra})
+        """The ``modules_to_save`` modules (heads) whose trained copies the adapter saved."""
+        mts = self.config.get("modules_to_save")
+        return sorted({head_module(k, mts) or k.rsplit(".", 1)[0] for k in self.extra})
 
 
 def natural_key(name: str) -> list:
@@ -226,8 +228,9 @@ def _read_config(folder: Path) -> dict:
     if ptype != "LORA":
         raise MergecoreError(f"{f}: peft_type is {ptype or 'missing'}; only LORA adapters can be merged, "
                              "pass a LoRA adapter")
-    if config.get("use_dora"):
-        raise MergecoreError(f"{f}: DoRA adapters are not supported; merge plain LoRA adapters")
+    why = refusal(config)
+    if why:
+        raise MergecoreError(f"{f}: {why}")
     return config
 
 
@@ -262,46 +265,31 @@ def _read_weights(folder: Path, allow_bin: bool) -> tuple[dict[str, torch.Tensor
     raise MergecoreError(f"{st} is missing; a PEFT adapter folder needs {WEIGHTS_FILE}")
 
 
-def _alpha(value, where: str) -> float:
-    """A finite number (not a bool, string or null), else one line naming the config field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MergecoreError(f"{where} is {value!r}, not a finite number; fix it or re-save the adapter with PEFT")
-    return float(value)
-
-
-def _scale(config: dict, module: str, rank: int, where: str = CONFIG_FILE) -> float:
-    alpha = _alpha(config.get("lora_alpha", rank), f"{where}: lora_alpha")
-    patterns = config.get("alpha_pattern") or {}
-    if not isinstance(patterns, dict):
-        raise MergecoreError(f"{where}: alpha_pattern must be a JSON object; fix it or re-save the adapter with PEFT")
-    for pattern, value in patterns.items():
-        try:
-            hit = re.fullmatch(rf"(.*\.)?{pattern}", module)
-        except re.error:
-            raise MergecoreError(f"{where}: alpha_pattern key {pattern!r} is not a valid regex; fix it") from None
-        if hit:
-            alpha = _alpha(value, f"{where}: alpha_pattern[{pattern!r}]")
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-
-
 def _split_tensors(tensors: dict[str, torch.Tensor], config: dict, folder: Path):
     parts: dict[str, dict[str, torch.Tensor]] = {}
     extra: dict[str, torch.Tensor] = {}
-    for key, t in tensors.items():
-        rel = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+    rels = {key: key[len(_PREFIX):] if key.startswith(_PREFIX) else key for key in tensors}
+    stray = [rel for rel in rels.values() if not _LORA_KEY.match(rel)
+             and (".lora_" in rel or head_module(rel, config.get("modules_to_save")) is None)]
+    if stray:  # the most specific reason first (a LoRA-side tensor before a plain stray one)
+        rel = min(stray, key=lambda r: (".lora_" not in r, "trainable_tokens" not in r, r))
+        raise MergecoreError(f"{folder / WEIGHTS_FILE}: {stray_tensor(rel, config)}")
+    for key, rel in rels.items():
         m = _LORA_KEY.match(rel)
         if m:
-            parts.setdefault(m["module"], {})[m["which"]] = t
-        elif ".lora_" in rel:
-            raise MergecoreError(f"{folder / WEIGHTS_FILE}: unsupported LoRA tensor {key}; "
-                                  "re-export a plain LoRA adapter (lora_A/lora_B weights only)")
+            parts.setdefault(m["module"], {})[m["which"]] = tensors[key]
         else:
-            extra[rel] = t.float()
+            extra[rel] = tensors[key].float()
     if not parts:
         raise MergecoreError(f"{folder / WEIGHTS_FILE} holds no lora_A/lora_B weights; pass a PEFT LoRA adapter folder")
     factors = {}
     for module, ab in parts.items():
         factors[module] = _factors(ab, module, config, folder)
+    lm_task = str(config.get("task_type") or "").upper() in ("CAUSAL_LM", "SEQ_2_SEQ_LM")
+    if extra and lm_task:
+        raise MergecoreError(f"{folder / WEIGHTS_FILE}: modules_to_save {config.get('modules_to_save')} saved whole "
+                             f"modules of a {config.get('task_type')} model; mergecore merges their LoRA factors only, "
+                             "retrain without modules_to_save")
     for k, t in extra.items():
         if not torch.isfinite(t).all():
             raise MergecoreError(f"{folder / WEIGHTS_FILE}: {k} holds NaN or Inf; retrain or re-export the adapter")
@@ -314,8 +302,8 @@ def _factors(ab: dict[str, torch.Tensor], module: str, config: dict, folder: Pat
         raise MergecoreError(f"{where} has lora_{'A' if 'A' in ab else 'B'} only; re-export the adapter")
     A, B = ab["A"].float(), ab["B"].float()
     if A.ndim != 2 or B.ndim != 2:
-        raise MergecoreError(f"{where} has factors that are not 2-D; only Linear LoRA layers are supported, "
-                             "target Linear modules only")
+        raise MergecoreError(f"{where} has {A.ndim}-D factors (a convolution in target_modules); only Linear "
+                             "layers can be merged, retrain targeting Linear modules only")
     if A.shape[0] == 0 or B.shape[1] == 0:
         raise MergecoreError(f"{where} has rank 0; drop this module or retrain with r >= 1")
     if A.shape[0] != B.shape[1]:
@@ -323,5 +311,8 @@ def _factors(ab: dict[str, torch.Tensor], module: str, config: dict, folder: Pat
                              "the file is inconsistent, re-export the adapter")
     if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
         raise MergecoreError(f"{where} holds NaN or Inf weights; retrain or re-export the adapter")
-    scale = _scale(config, module, A.shape[0], str(folder / CONFIG_FILE))
-    return LoraFactors(A=A.contiguous(), B=B.contiguous(), scale=scale)
+    r, alpha = module_rank_alpha(config, module, str(folder / CONFIG_FILE))
+    if r != A.shape[0]:
+        raise MergecoreError(f"{where} has rank {A.shape[0]} but adapter_config.json gives r={r} (r / rank_pattern), "
+                             "so PEFT would not load it either; re-save the adapter with PEFT")
+    return LoraFactors(A=A.contiguous(), B=B.contiguous(), scale=scaling(config, alpha, A.shape[0]))

@@ -264,31 +264,70 @@ def num_labels(bench) -> dict[str, int]:
 # ----------------------------------------------------------------------------- PEFT adapter
 
 
+STRUCTURAL = ("encoder", "decoder", "layers", "layer", "h", "block", "blocks")  # never a model-class prefix
+
+
+def class_prefix(modules: list[str], heads: list[str]) -> str:
+    """The prefix the task model class puts before the bare model (``bert.``, ``model.``, ``transformer.``).
+
+    It is the first name every LoRA module shares, when it is not a layer container and no head lives
+    under it; '' when there is none (T5, or adapters trained on the bare model)."""
+    firsts = {m.split(".", 1)[0] for m in modules}
+    if len(firsts) != 1 or any("." not in m for m in modules):
+        return ""
+    first = firsts.pop()
+    if first in STRUCTURAL or first.isdigit() or any(h.split(".", 1)[0] == first for h in heads):
+        return ""
+    return first + "."
+
+
 def adapter_config(base_model: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                   heads: list[str], task_type: str | None) -> dict:
-    """adapter_config.json: full module names as targets, scale 1 everywhere (lora_alpha == r)."""
-    ranks = {name: int(A.shape[0]) for name, (_, A) in factors.items()}
+                   heads: list[str], task_type: str | None, fan_in_fan_out: bool = False) -> dict:
+    """adapter_config.json, scale 1 everywhere (lora_alpha == r per module through the patterns).
+
+    Targets are named without the task class's prefix (``encoder.layer.0.attention.self.query``), which
+    PEFT matches as a suffix on the task class and exactly on the bare model."""
+    prefix = class_prefix(list(factors), heads)
+    ranks = {name[len(prefix):]: int(A.shape[0]) for name, (_, A) in factors.items()}
     r = max(set(ranks.values()), key=lambda v: (list(ranks.values()).count(v), v))
     pattern = {re.escape(name): rk for name, rk in ranks.items() if rk != r}
     return {
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model,
         "r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
-        "target_modules": sorted(factors), "modules_to_save": heads or None, "lora_dropout": 0.0,
-        "bias": "none", "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,
+        "target_modules": sorted(ranks), "modules_to_save": heads or None, "lora_dropout": 0.0,
+        "bias": "none", "use_rslora": False, "use_dora": False, "fan_in_fan_out": fan_in_fan_out,
         "init_lora_weights": True, "inference_mode": True,
     }
 
 
 def adapter_tensors(factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                    head: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """PEFT's saved key layout: ``base_model.model.<module>.lora_{A,B}.weight`` + head tensors."""
+                    head: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """PEFT's saved key layout: ``base_model.model.<module>.lora_{A,B}.weight`` + head tensors.
+
+    With a class prefix the factors are written twice, under the task class's names and the bare
+    model's, so the adapter loads with its weights on both (PEFT ignores the keys a model lacks)."""
     out = {}
     for name, (B, A) in factors.items():
-        out[f"{PREFIX}{name}.lora_A.weight"] = A.float().contiguous()
-        out[f"{PREFIX}{name}.lora_B.weight"] = B.float().contiguous()
+        names = [name] + ([name[len(prefix):]] if prefix and name.startswith(prefix) else [])
+        for n in names:
+            out[f"{PREFIX}{n}.lora_A.weight"] = A.float().clone().contiguous()
+            out[f"{PREFIX}{n}.lora_B.weight"] = B.float().clone().contiguous()
     for key, t in head.items():
         out[PREFIX + key] = t.float().contiguous()
     return out
+
+
+def write_adapter(folder: Path, adapters: AdapterSet, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  head: dict[str, torch.Tensor], base_model: str) -> dict:
+    """Write a plain PEFT adapter (config + safetensors) carrying ``factors`` and one task's ``head``."""
+    heads = sorted({h for a in adapters.adapters for h in a.head_modules})
+    task_type = adapters.adapters[0].config.get("task_type")
+    fan_in = any(bool(a.config.get("fan_in_fan_out")) for a in adapters.adapters)  # GPT-2 Conv1D targets
+    config = adapter_config(base_model, factors, heads, task_type, fan_in_fan_out=fan_in)
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    save_tensors(folder / "adapter_model.safetensors",
+                 adapter_tensors(factors, head, class_prefix(list(factors), heads)))
+    return config
 
 
 def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor]):
@@ -500,10 +539,7 @@ def export_run(bench, run: RunSource, out: str | Path, params: ExportParams = Ex
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         else:
-            task_type = bench.adapters.adapters[0].config.get("task_type")
-            config = adapter_config(base_name(bench), factors, head_modules(bench), task_type)
-            (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-            save_tensors(tmp / "adapter_model.safetensors", adapter_tensors(factors, heads[head]))
+            write_adapter(tmp, bench.adapters, factors, heads[head], base_name(bench))
         _write_heads(tmp, heads, files, bench)
         card["snippet"] = loading_snippet(card, Path(out).name)
         card["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}

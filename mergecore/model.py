@@ -71,6 +71,23 @@ class MultiLoraLinear(nn.Module):
         # (K, R) one-hot: c (K,) -> c_r = c @ expand (R,); a matmul, cheaper to differentiate than a gather
         self.register_buffer("expand", F.one_hot(owner, num_adapters).T.float(), persistent=False)
 
+    # The model code around a wrapped layer reads it like the layer it wraps (T5 reads ``wo.weight.dtype``).
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.A_cat.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.B_cat.shape[0]
+
     def factored(self, x: torch.Tensor, c_r: torch.Tensor) -> torch.Tensor:
         """B_cat diag(c_r) A_cat x; c_r is (R,) or per-row (N, R)."""
         h = F.linear(x, self.A_cat)  # (N, ..., R)
@@ -191,6 +208,15 @@ def _out_dim(head: nn.Module) -> int:
     return last.weight.shape[0]
 
 
+def _refuse_heads(adapters: AdapterSet) -> None:
+    """A language model reads no per-task head: saved modules_to_save copies would be silently dropped."""
+    for a in adapters.adapters:
+        if a.head_modules:
+            raise MergecoreError(f"adapter {a.name} saved modules_to_save {a.head_modules} (whole trained modules) "
+                                 "on a seq2seq/causal model; mergecore merges LoRA factors only there, retrain "
+                                 "without modules_to_save")
+
+
 class MergeModel(nn.Module):
     """Base model + K adapters in factored form; the coefficient source decides the merge."""
 
@@ -202,6 +228,8 @@ class MergeModel(nn.Module):
         self.adapters = adapters
         self.model = base
         self.layers = wrap_linears(base, adapters, self.slot)
+        if not with_heads:
+            _refuse_heads(adapters)
         self.num_labels = route_heads(base, adapters, self.slot) if with_heads else []
 
     @property
