@@ -101,18 +101,19 @@ def open_store(args):
 
 
 def score_table(columns: dict[str, dict[str, float]], experts: dict[str, float] | None = None) -> str:
-    """Tasks as rows, one column per merge, plus average (and ANP vs the experts)."""
+    """Tasks as rows, one column per merge, plus average (and ANP vs the experts); undefined numbers print '-'."""
     from .evaluate import anp, average
+    from .numbers import fmt
 
     tasks = list(next(iter(columns.values())))
     names = list(columns)
     width = max(14, *(len(t) for t in tasks))
     lines = [f"{'task':{width}s}" + "".join(f"{n[:14]:>15s}" for n in names)]
     for t in tasks:
-        lines.append(f"{t:{width}s}" + "".join(f"{columns[n].get(t, float('nan')):15.2f}" for n in names))
-    lines.append(f"{'average':{width}s}" + "".join(f"{average(columns[n]):15.2f}" for n in names))
+        lines.append(f"{t:{width}s}" + "".join(f"{fmt(columns[n].get(t)):>15s}" for n in names))
+    lines.append(f"{'average':{width}s}" + "".join(f"{fmt(average(columns[n])):>15s}" for n in names))
     if experts:
-        lines.append(f"{'ANP':{width}s}" + "".join(f"{anp(columns[n], experts):15.3f}" for n in names))
+        lines.append(f"{'ANP':{width}s}" + "".join(f"{fmt(anp(columns[n], experts), 3):>15s}" for n in names))
     return "\n".join(lines)
 
 
@@ -122,7 +123,10 @@ def compact(coefs: list) -> list:
 
 
 def emit_json(obj: dict) -> None:
-    print(json.dumps(obj, default=float))
+    """One JSON object on stdout; undefined numbers (NaN, inf) are null, never a bare NaN."""
+    from .numbers import dumps
+
+    print(dumps(obj, default=float))
 
 
 # ----------------------------------------------------------------------------- commands
@@ -176,10 +180,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    from .numbers import fmt
+
     store = open_store(args)
     for r in store.list():
-        avg = r.result.get("average")
-        print(f"{r.id}  {r.kind:9s} {r.status:11s} {r.name:24s} " + (f"avg {avg:6.2f}" if avg is not None else ""))
+        avg = f"avg {fmt(r.result['average']):>6s}" if "average" in r.result else ""
+        print(f"{r.id}  {r.kind:9s} {r.status:11s} {r.name:24s} " + avg)
     return 0
 
 
@@ -187,16 +193,18 @@ def write_run_folder(out: Path, store, run_id: str) -> None:
     """run.json (config + result), events.jsonl and coefs.safetensors, written atomically."""
     import shutil
 
+    from .numbers import dumps
+
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rec = store.get(run_id)
-    (tmp / "run.json").write_text(json.dumps({"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.status,
-                                              "config": rec.config, "result": rec.result}, indent=2, default=float))
+    (tmp / "run.json").write_text(dumps({"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.status,
+                                         "config": rec.config, "result": rec.result}, indent=2, default=float))
     with open(tmp / "events.jsonl", "w") as f:
         for e in store.events(run_id):
-            f.write(json.dumps(e) + "\n")
+            f.write(dumps(e) + "\n")
     for artifact in store.artifacts(run_id):  # coefs, merged (static / spectral), spectral gains
         (tmp / f"{artifact}.safetensors").write_bytes(store.get_blob(run_id, artifact))
     if out.exists():

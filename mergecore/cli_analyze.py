@@ -4,11 +4,11 @@ representation|calibration --out DIR`` writes <what>.json (the whole lens) and C
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from .cli import EXTRA_COMMANDS, add_dataclass_args, add_source_args, dataclass_from_args, emit_json, open_bench, open_store
 from .errors import MergecoreError
+from .numbers import dumps
 
 NEEDS_RUN = ("representation", "calibration")
 
@@ -76,7 +76,7 @@ def cmd_analyze(args) -> int:
     tables = lens_tables(args.what, lens)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.what}.json").write_text(json.dumps(lens, indent=1))
+        (args.out / f"{args.what}.json").write_text(dumps(lens, indent=1))  # NaN (undefined) -> null
         for stem, rows in tables.items():
             write_csv(args.out / f"{stem}.csv", rows)
         print(f"{args.what}: wrote {args.what}.json and {', '.join(s + '.csv' for s in tables)} to {args.out}")

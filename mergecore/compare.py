@@ -8,7 +8,6 @@ the ``compare`` command draw / print what these return.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 from .analysis.stability import stability
 from .evaluate import anp, average
+from .numbers import as_float
 from .runs import RunRecord, RunStore
 
 BASELINES = ("pre-trained", "experts", "uniform")
@@ -36,7 +36,7 @@ def run_rows(records: list[RunRecord]) -> list[dict]:
 
     return [{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
              "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)),
-             "average": r.result.get("average", math.nan)} for r in records]
+             "average": as_float(r.result.get("average"))} for r in records]
 
 
 def parse_run_ids(text: str | None, known: list[str]) -> list[str]:
@@ -116,10 +116,10 @@ def score_table(columns: dict[str, dict[str, float]], experts: dict[str, float] 
     vals = np.full((len(tasks) + 1 + bool(experts), len(names)), np.nan)
     for j, n in enumerate(names):
         for i, t in enumerate(tasks):
-            vals[i, j] = columns[n].get(t, np.nan)
-        vals[len(tasks), j] = average(columns[n]) if columns[n] else np.nan
+            vals[i, j] = as_float(columns[n].get(t))  # missing or stored null -> NaN
+        vals[len(tasks), j] = average(columns[n])  # NaN when the column has no defined score
         if experts:
-            vals[len(tasks) + 1, j] = anp(columns[n], experts) if columns[n] else np.nan
+            vals[len(tasks) + 1, j] = anp(columns[n], experts)
     index = tasks + ["average"] + (["ANP"] if experts else [])
     return Table(tuple(index), tuple(names), vals)
 
@@ -250,8 +250,8 @@ def collapse(store: RunStore, run_id: str, max_points: int = MAX_POINTS) -> Coll
     idx = thin_index(len(events), max_points)
 
     def avg(key: str, scale: float) -> np.ndarray:
-        return np.asarray([np.mean(list(events[i][key].values())) * scale if events[i].get(key) else np.nan
-                           for i in idx], dtype=np.float64)
+        return np.asarray([np.mean([as_float(v) for v in events[i][key].values()]) * scale if events[i].get(key)
+                           else np.nan for i in idx], dtype=np.float64)
 
     return Collapse(np.asarray([events[i]["step"] for i in idx], dtype=np.int64), avg("score", 1.0),
                     avg("confidence", 100.0), avg("confidently_wrong", 100.0))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from .metrics import score
+from .numbers import as_float
 from .tasks import Task
 
 
@@ -22,15 +25,21 @@ def task_scores(tasks, probs: list[torch.Tensor]) -> dict[str, float]:
 
 
 def average(scores: dict[str, float]) -> float:
-    values = [v for v in scores.values() if np.isfinite(v)]  # generative tasks without references score NaN
-    return float(np.mean(values)) if values else 0.0
+    """Mean of the defined scores; NaN when there is none (generative tasks without references score NaN,
+    a stored run's missing score is null)."""
+    values = [v for v in map(as_float, scores.values()) if math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
 
 
 def anp(scores: dict[str, float], expert_scores: dict[str, float]) -> float:
-    """Average Normalized Performance: mean over tasks of merged / expert score (DivMerge Eq. 5)."""
-    ratios = [scores[t] / expert_scores[t] for t in scores
-              if abs(expert_scores.get(t, 0.0)) > 1e-12 and np.isfinite(scores[t] / expert_scores[t])]
-    return float(np.mean(ratios)) if ratios else 0.0
+    """Average Normalized Performance: mean over tasks of merged / expert score (DivMerge Eq. 5);
+    NaN when no task has a defined ratio (no expert score, or an expert score of 0)."""
+    ratios = []
+    for t, v in scores.items():
+        s, e = as_float(v), as_float(expert_scores.get(t))
+        if math.isfinite(s) and math.isfinite(e) and abs(e) > 1e-12:
+            ratios.append(s / e)
+    return float(np.mean(ratios)) if ratios else math.nan
 
 
 def evaluate(bench, source) -> dict[str, float]:

@@ -6,8 +6,10 @@ expert's greedy outputs and their top-k token distributions (DivMerge App. B.1, 
 Stage 2 runs Adam with a cosine schedule on the coefficients only: every step is one forward +
 backward of the MergeModel on a batch holding all label tasks' rows (plus one teacher-forced
 forward per generative task); the loss is the sum over tasks of the mean per-example objective
-(token-level JS/KL per sequence for generative tasks), plus the L2 pull toward the start point
-(SourceJS Eq. 7).
+(token-level JS/KL per sequence for generative tasks), plus the L2 pull lambda ||Gamma - Gamma_0||^2
+(SourceJS Eq. 7): toward uniform Gamma_0 = 1/K by default (as the paper writes it), toward the
+start point with ``l2_target='start'``, toward gains of 1 (the start merge) for spectral runs.
+A step whose loss or gradient is not finite stops the run ("failed") before the optimizer moves.
 
 Events (step, loss, per-task loss, lr, coefficients, grad norm, seconds, periodic eval) go to a
 sink callback; ``stop`` (a threading.Event) is checked between steps.
@@ -27,6 +29,7 @@ from .errors import MergecoreError
 from .objectives import OBJECTIVES, get_objective, l2_pull
 
 GRANULARITIES = ("task", "layer", "block", "spectral")
+L2_TARGETS = ("uniform", "start")
 GENERATIVE_OBJECTIVES = ("js", "kl")  # token-level divergences on the expert's outputs (generative tasks)
 
 
@@ -44,7 +47,11 @@ class LearnParams:
                                                              choices=GRANULARITIES))
     steps: int = field(default=150, metadata=_help("optimisation steps"))
     lr: float = field(default=0.02, metadata=_help("Adam learning rate (cosine schedule)"))
-    l2: float = field(default=2e-4, metadata=_help("lambda of the L2 pull toward the start point (SourceJS Eq. 7)"))
+    l2: float = field(default=2e-4, metadata=_help("lambda: weight of the L2 pull ||Gamma - Gamma_0||^2 (SourceJS Eq. 7)"))
+    l2_target: str = field(default="uniform", metadata=_help(
+        "Gamma_0 of the L2 pull: 'uniform' = 1/K for every coefficient (SourceJS Eq. 7), 'start' = the start point "
+        "(a stored run's coefficients or init); spectral runs always pull the gains toward 1 (the start merge)",
+        choices=L2_TARGETS))
     init: float = field(default=-1.0, metadata=_help("start value of every coefficient; -1 means 1/K (SourceJS)"))
     samples: int = field(default=128, metadata=_help("unlabeled calibration examples per task"))
     batch_size: int = field(default=4, metadata=_help("examples per task in each step (DivMerge: 4 x tasks)"))
@@ -70,6 +77,8 @@ class LearnParams:
                 raise MergecoreError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MergecoreError(f"lr must be a positive number (got {self.lr})")
+        if self.l2_target not in L2_TARGETS:
+            raise MergecoreError(f"unknown l2_target {self.l2_target!r}; valid: {', '.join(L2_TARGETS)}")
         coefficient_transform(self.clamp, self.softmax)
         if self.iterations < 1:
             raise MergecoreError(f"iterations must be at least 1 (got {self.iterations})")
@@ -77,6 +86,13 @@ class LearnParams:
 
     def start_value(self, num_tasks: int) -> float:
         return 1.0 / num_tasks if self.init < 0 else self.init
+
+
+def l2_anchor(gamma: torch.Tensor, target: str, num_tasks: int) -> torch.Tensor:
+    """Gamma_0 of the L2 pull for a coefficient parameter: 1/K everywhere (SourceJS Eq. 7) or its start value."""
+    if target == "start":
+        return gamma.detach().clone()
+    return torch.full_like(gamma, 1.0 / num_tasks).detach()
 
 
 @dataclass
@@ -195,13 +211,13 @@ class Learner:
             init = start if start is not None else torch.full((K,), params.start_value(K))
             self.source = make_source(bench, params.granularity, init.float()).to(bench.device)
             self.source.transform = coefficient_transform(params.clamp, params.softmax)
-            self.gamma0 = self.source.gamma.detach().clone()
+            self.gamma0 = l2_anchor(self.source.gamma, params.l2_target, K)
 
     def _new_source(self, merge: dict) -> None:
         from .spectral import SpectralCoefs
 
         self.source = SpectralCoefs(merge, self.bench.adapters.modules, self.bench.device)
-        self.gamma0 = self.source.gamma.detach().clone()  # the L2 pull is toward Lambda = 1
+        self.gamma0 = torch.ones_like(self.source.gamma).detach()  # the L2 pull is toward Lambda = 1 (the start merge)
 
     def _encoded(self, refs: list) -> list:
         """Rows each task samples from: encoded calibration inputs, or a generative task's cached expert outputs."""
@@ -272,6 +288,9 @@ class Learner:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(self.source.gamma.grad.norm())
+            if not math.isfinite(grad_norm):  # a NaN / inf gradient would poison Adam's moments: stop before the step
+                return ("failed", f"gradient became {grad_norm} at step {step} (loss {float(loss.detach()):.4g}); "
+                        f"kept the coefficients of step {step - 1}", step - 1)
             opt.step()
             sched.step()
             coefs = self.source.effective().detach().cpu()
@@ -287,12 +306,28 @@ class Learner:
         return "done", message, step
 
 
-# Paper presets: hyperparameters as each paper reports them (see ../shared/papers).
+# Paper presets: hyperparameters as each paper reports them (see ../shared/papers); tests/test_learn_oracle.py
+# checks every field against the values quoted there.
+LORADV_EPOCHS = 10  # LoRA-DV Sec. 5.1 / App. A.1.4: 3 rethinking iterations, each of 10 epochs over 32 samples
 PRESETS: dict[str, dict] = {
-    "sourcejs": {"lr": 0.02, "l2": 2e-4, "samples": 128, "steps": 300, "init": -1.0},
-    "divmerge": {"lr": 1e-2, "batch_size": 4, "init": 0.5, "l2": 0.0},
-    "adamerging": {"objective": "entropy", "lr": 1e-3, "init": 0.3, "l2": 0.0},
-    "loradv": {"granularity": "spectral", "lr": 0.005, "samples": 32, "iterations": 3, "l2": 0.0},
+    # SourceJS Sec. 3.5 (Eq. 7): Adam lr 0.02 cosine, lambda 2e-4 toward uniform Gamma_0 = 1/K, 128 unlabeled
+    # samples per task, ~300 steps, init 1/K; its 83.10 headline (Sec. 4.3, Table 2) is the layer-wise setting.
+    "sourcejs": {"objective": "js", "granularity": "layer", "lr": 0.02, "l2": 2e-4, "l2_target": "uniform",
+                 "samples": 128, "steps": 300, "init": -1.0},
+    # DivMerge Table 9 (App. D), KL/JS classification, task level: batch 4 x #tasks, 4 epochs, dataset size 200
+    # (read as 200 per task: 50 steps of 4 rows per task per epoch, 200 steps), lr 1e-2, init 0.5; JS is its
+    # default criterion (Sec. 5.1); no regularizer in its loss (Eq. 4). Alg. 1 writes init 1/|T|: 0.5 when pairwise.
+    "divmerge": {"objective": "js", "granularity": "task", "lr": 1e-2, "batch_size": 4, "samples": 200,
+                 "steps": 200, "init": 0.5, "l2": 0.0},
+    # AdaMerging as DivMerge reproduces it (Table 9, classification, task level): entropy, batch 4 x #tasks,
+    # 5 epochs over 200 per task (250 steps), lr 1e-3, init 0.5, no regularizer.
+    "adamerging": {"objective": "entropy", "granularity": "task", "lr": 1e-3, "batch_size": 4, "samples": 200,
+                   "steps": 250, "init": 0.5, "l2": 0.0},
+    # LoRA-DV Sec. 4.4 (Eq. 14: the unsupervised loss is Shannon entropy), Sec. 5.1 and App. A.1.4 (Flan-T5):
+    # Adam lr 0.005, 32 calibration samples per task, T = 3 rethinking iterations (Sec. 4.2) of 10 epochs each:
+    # 3 x 10 x ceil(32 / 4) = 240 steps with batches of 4.
+    "loradv": {"objective": "entropy", "granularity": "spectral", "lr": 0.005, "samples": 32, "batch_size": 4,
+               "iterations": 3, "steps": 3 * LORADV_EPOCHS * math.ceil(32 / 4), "l2": 0.0},
 }
 
 

@@ -3,7 +3,9 @@
 Each takes the *reference* ``p`` (n, C) — expert probabilities, or integer labels for CE, or
 nothing for entropy — and the merged model's log-probabilities ``logq`` (n, C), and returns a
 per-example loss (n,). The learner averages over a task's rows and sums over tasks
-(SourceJS Eq. 3), then adds the L2 pull toward the start point (SourceJS Eq. 7).
+(SourceJS Eq. 3), then adds the L2 pull lambda ||Gamma - Gamma_0||^2 (SourceJS Eq. 7) with
+Gamma_0 = 1/K for every coefficient as the paper writes it (``LearnParams.l2_target='uniform'``),
+or the start point (``l2_target='start'``); spectral gains are pulled toward 1 (the start merge).
 
     js       D_JS(p || q) = 1/2 KL(p || m) + 1/2 KL(q || m),  m = (p + q) / 2   (SourceJS Eq. 4)
     kl       KL(p || q)   expert || merged (DivMerge's KL variant)
@@ -62,7 +64,7 @@ def cross_entropy(labels: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 def l2_pull(gamma: torch.Tensor, gamma0: torch.Tensor, weight: float) -> torch.Tensor:
-    """lambda * ||Gamma - Gamma_0||^2 (SourceJS Eq. 7)."""
+    """lambda * ||Gamma - Gamma_0||^2 (SourceJS Eq. 7; Gamma_0 = 1/K there)."""
     return weight * (gamma - gamma0).pow(2).sum()
 
 

@@ -39,11 +39,16 @@ def cached_baselines(bench, store: RunStore | None = None) -> dict[str, dict[str
     """Pre-trained / experts / uniform scores: once per workbench, and once per workspace when a store is given."""
     import json
 
+    from .numbers import as_float, dumps
+
     if getattr(bench, "_baselines", None) is None:
         cached = store.cache_get(bench_key(bench)) if store else None
-        bench._baselines = json.loads(cached) if cached else baselines(bench)
+        if cached:  # undefined scores are stored as null: NaN again in memory
+            bench._baselines = {k: {t: as_float(v) for t, v in col.items()} for k, col in json.loads(cached).items()}
+        else:
+            bench._baselines = baselines(bench)
         if store and not cached:
-            store.cache_put(bench_key(bench), json.dumps(bench._baselines).encode())
+            store.cache_put(bench_key(bench), dumps(bench._baselines).encode())
     return bench._baselines
 
 

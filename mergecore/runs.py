@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import MergecoreError
+from .numbers import dumps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -106,13 +107,13 @@ class RunStore:
         now = time.time()
         with self._conn() as c:
             c.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (run_id, name, kind, "running", "", now, now, os.getpid(), json.dumps(config), "{}"))
+                      (run_id, name, kind, "running", "", now, now, os.getpid(), dumps(config), "{}"))
         return run_id
 
     def finish(self, run_id: str, status: str, result: dict | None = None, message: str = "") -> None:
         with self._conn() as c:
             c.execute("UPDATE runs SET status=?, message=?, result=?, updated=? WHERE id=?",
-                      (status, message, json.dumps(result or {}), time.time(), run_id))
+                      (status, message, dumps(result or {}), time.time(), run_id))
 
     def mark_interrupted(self) -> int:
         """Runs left 'running' by a dead process become 'interrupted'; returns how many."""
@@ -147,7 +148,7 @@ class RunStore:
     def add_event(self, run_id: str, kind: str, step: int, payload: dict) -> None:
         with self._conn() as c:
             seq = c.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
-            c.execute("INSERT INTO events VALUES (?,?,?,?,?)", (run_id, seq, step, kind, json.dumps(payload)))
+            c.execute("INSERT INTO events VALUES (?,?,?,?,?)", (run_id, seq, step, kind, dumps(payload)))
             c.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
 
     def events(self, run_id: str, kind: str | None = None) -> list[dict]:

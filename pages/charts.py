@@ -63,13 +63,22 @@ def collapse_figure(evals: list, tasks: list[str]) -> go.Figure:
 
 
 def score_frame(result: dict) -> pd.DataFrame:
-    """Per-task scores of a run next to its baselines, with average and ANP rows."""
+    """Per-task scores of a run next to its baselines, with average and ANP rows (NaN where undefined)."""
     from mergecore.evaluate import anp, average
+    from mergecore.numbers import as_float
 
     base = result.get("baselines", {})
     cols = {**{k: base[k] for k in ("pre-trained", "experts", "uniform") if k in base}, "this run": result["scores"]}
-    df = pd.DataFrame(cols)
+    df = pd.DataFrame({k: {t: as_float(v) for t, v in c.items()} for k, c in cols.items()}, dtype=float)
     df.loc["average"] = [average(c) for c in cols.values()]
     if "experts" in base:
         df.loc["ANP"] = [anp(c, base["experts"]) for c in cols.values()]
     return df.round(3)
+
+
+def score_style(df: pd.DataFrame):
+    """Scores with 2 decimals, ANP with 3, undefined as '-' (never 'nan' or 'None')."""
+    style = df.style.format("{:.2f}", na_rep="-")
+    if "ANP" in df.index:
+        style = style.format("{:.3f}", na_rep="-", subset=pd.IndexSlice[["ANP"], :])
+    return style

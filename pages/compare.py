@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from mergecore import compare as cmp
 from mergecore.errors import MergecoreError
+from pages import charts
 from pages.common import current_bench, current_registry
 
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
@@ -41,7 +42,8 @@ def stability_bars(t: cmp.Table) -> go.Figure:
     fig = make_subplots(1, 3, subplot_titles=("range (max - min)", "standard deviation", "negative coefficients"))
     for j, name in enumerate(figs):
         y = t.values[:, t.columns.index(name)]
-        fig.add_trace(go.Bar(x=np.asarray(t.index), y=y, text=[f"{v:.0f}" if name == "negatives" else f"{v:.3g}" for v in y],
+        text = ["-" if not np.isfinite(v) else f"{v:.0f}" if name == "negatives" else f"{v:.3g}" for v in y]
+        fig.add_trace(go.Bar(x=np.asarray(t.index), y=y, text=text,
                              textposition="outside", cliponaxis=False,
                              marker_color=[color(i) for i in range(len(t.index))], showlegend=False), 1, j + 1)
         top = float(np.nanmax(y)) if np.isfinite(y).any() else 0.0
@@ -103,7 +105,8 @@ if wanted != st.session_state.get("compare_seen_qp"):  # opened (or re-opened) w
     st.session_state["compare_seen_qp"] = wanted
     st.session_state["compare_runs"] = cmp.parse_run_ids(wanted, list(rows))
 with st.expander(f"Stored runs ({len(rows)})"):
-    st.dataframe(pd.DataFrame(list(rows.values())).set_index("id"), key="compare_run_list", width="stretch")
+    run_list = pd.DataFrame(list(rows.values())).set_index("id")
+    st.dataframe(run_list.style.format({"average": "{:.2f}"}, na_rep="-"), key="compare_run_list", width="stretch")
 chosen = st.multiselect(
     "Runs", list(rows), key="compare_runs",
     format_func=lambda i: f"{rows[i]['name']} · {rows[i]['kind']} · {rows[i]['status']} · {rows[i]['created']}"
@@ -133,11 +136,7 @@ if c.baseline_source is None and show:
             st.rerun()
 elif c.baseline_source and show:
     st.caption(f"Baselines from run {c.baseline_source}; ANP = mean over tasks of score / expert score.")
-scores = table_frame(c.scores)
-style = scores.style.format("{:.2f}", na_rep="-")
-if "ANP" in scores.index:
-    style = style.format("{:.3f}", na_rep="-", subset=pd.IndexSlice[["ANP"], :])
-st.dataframe(style, key="compare_scores", width="stretch")
+st.dataframe(charts.score_style(table_frame(c.scores)), key="compare_scores", width="stretch")
 
 label_ids = {cmp.run_label(store.get(i)): i for i in chosen}
 if c.skipped:
@@ -148,7 +147,8 @@ if not c.coef_runs:
 st.subheader("Coefficients")
 st.plotly_chart(coef_bars(c), key="compare_coef_bars", width="stretch")
 st.caption("Stability over the learned coefficients (task-wise: K, block-wise: blocks x K, layer-wise: L x K)")
-st.dataframe(table_frame(c.stability).style.format("{:.3f}").format("{:.0f}", subset=["negatives", "count"]),
+st.dataframe(table_frame(c.stability).style.format("{:.3f}", na_rep="-").format("{:.0f}", na_rep="-",
+                                                                                subset=["negatives", "count"]),
              key="compare_stability", width="stretch")
 st.plotly_chart(stability_bars(c.stability), key="compare_stability_bars", width="stretch")
 st.plotly_chart(heatmap_figure(c), key="compare_heatmaps", width="stretch")

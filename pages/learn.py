@@ -91,6 +91,6 @@ with live_area:
             (st.error if snap["status"] == "failed" else st.warning)(snap["message"])
         if snap["result"]:
             st.subheader("Per-task scores")
-            st.dataframe(charts.score_frame(snap["result"]), key="final_scores")
+            st.dataframe(charts.score_style(charts.score_frame(snap["result"])), key="final_scores")
     elif job is None and run_id:
         st.info(f"Run {run_id} is not running in this server; open it on the Compare page.")

@@ -12,7 +12,6 @@ evaluation). Numbers are as measured; nothing is tuned to produce a result.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -27,6 +26,7 @@ from mergecore.demo.kit import demo_workbench
 from mergecore.evaluate import anp, average
 from mergecore.learn import LearnParams
 from mergecore.merges import METHODS
+from mergecore.numbers import dumps, fmt, rank_key
 from mergecore.runner import cached_baselines, run_learning, run_static
 from mergecore.runs import RunStore
 from mergecore.study.run import collapse
@@ -54,7 +54,7 @@ def main() -> None:
             t = time.perf_counter()
             _, res = run_static(bench, method, store=store)
             rows[method], times[method] = res["scores"], time.perf_counter() - t
-            print(f"{method:16s} avg {average(res['scores']):6.2f}  ({times[method]:.0f} s)", flush=True)
+            print(f"{method:16s} avg {fmt(average(res['scores'])):>6s}  ({times[method]:.0f} s)", flush=True)
     params = LearnParams(steps=args.steps, eval_every=max(1, args.steps // 6))
     for label, objective, granularity in LEARNED:
         t = time.perf_counter()
@@ -63,15 +63,15 @@ def main() -> None:
         coefs = torch.tensor(res["coefs"])
         stab[label] = stability(coefs[:1] if granularity == "task" else coefs)
         coll[label] = collapse(store, run_id, names)
-        print(f"{label:16s} avg {average(res['scores']):6.2f}  ({times[label]:.0f} s)", flush=True)
-    best_static = max((m for m in rows if m in METHODS), key=lambda m: average(rows[m]), default="uniform")
+        print(f"{label:16s} avg {fmt(average(res['scores'])):>6s}  ({times[label]:.0f} s)", flush=True)
+    best_static = max((m for m in rows if m in METHODS), key=lambda m: rank_key(average(rows[m])), default="uniform")
     start = best_static if best_static in METHODS else "uniform"
     t = time.perf_counter()
     run_id, res = run_learning(bench, replace(params, objective="js", granularity="spectral", lr=0.005, start=start, l2=0.0),
                                store, name=f"loradv-js-on-{start}")
     label = f"loradv(js) on {start}"
     rows[label], times[label], coll[label] = res["scores"], time.perf_counter() - t, collapse(store, run_id, names)
-    print(f"{label:16s} avg {average(res['scores']):6.2f}  ({times[label]:.0f} s)", flush=True)
+    print(f"{label:16s} avg {fmt(average(res['scores'])):>6s}  ({times[label]:.0f} s)", flush=True)
     write_report(args, rows, base, stab, coll, times, time.perf_counter() - t0)
 
 
@@ -81,9 +81,9 @@ def write_report(args, rows, base, stab, coll, times, total: float) -> None:
              f"Total wall time {total:.0f} s on this machine (CPU). Scores in percent (acceptability: Matthews corr.).", "",
              "| method | " + " | ".join(names) + " | avg | ANP | seconds |", "|---" * (len(names) + 4) + "|"]
     for label, scores in rows.items():
-        cells = " | ".join(f"{scores[t]:.1f}" for t in names)
-        lines.append(f"| {label} | {cells} | {average(scores):.2f} | {anp(scores, base['experts']):.3f} | "
-                     f"{times.get(label, float('nan')):.0f} |")
+        cells = " | ".join(fmt(scores.get(t), 1) for t in names)
+        lines.append(f"| {label} | {cells} | {fmt(average(scores))} | {fmt(anp(scores, base['experts']), 3)} | "
+                     f"{fmt(times.get(label), 0)} |")
     lines += ["", "## Coefficient stability (SourceJS Fig. 2)", "", "| run | range | std | negatives | min | max |",
               "|---|---|---|---|---|---|"]
     for label, s in stab.items():
@@ -97,8 +97,8 @@ def write_report(args, rows, base, stab, coll, times, total: float) -> None:
                          f"{c['confidently_wrong_first']:.3f} -> {c['confidently_wrong_last']:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"scores": rows, "stability": stab, "collapse": coll,
-                                                         "seconds": times, "total_seconds": total}, indent=1))
+    args.out.with_suffix(".json").write_text(dumps({"scores": rows, "stability": stab, "collapse": coll,
+                                                    "seconds": times, "total_seconds": total}, indent=1))
     print("\n".join(lines))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -11,7 +12,8 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 from mergecore.adapters import load_adapters
 from mergecore.coefs import block_index
 from mergecore.heads import ClassifierReader
-from mergecore.learn import GRANULARITIES, Learner, LearnParams
+from mergecore.errors import MergecoreError
+from mergecore.learn import GRANULARITIES, PRESETS, Learner, LearnParams, apply_preset
 from mergecore.model import MergeModel
 from mergecore.objectives import OBJECTIVES
 from mergecore.runner import run_learning
@@ -87,6 +89,75 @@ def test_cancel_stops_between_steps_and_nan_loss_fails(tiny_setup, monkeypatch):
     monkeypatch.setattr(learner, "_step_loss", lambda parts, refs: (torch.tensor(float("nan")), torch.zeros(3)))
     res = learner.run()
     assert res.status == "failed" and "nan" in res.message.lower() and torch.equal(res.coefs, good)
+
+
+@pytest.mark.parametrize("bad_step", [1, 3])
+def test_nan_gradient_fails_the_run_before_the_optimizer_moves(tiny_setup, bad_step):
+    """A finite loss with a NaN gradient stops like a NaN loss: 'failed', the step named, the
+    coefficients of the previous step kept (the start for step 1); no event for the bad step."""
+    bench = tiny_bench(tiny_setup)
+    learner = Learner(bench, LearnParams(steps=5, lr=0.05, batch_size=4, eval_every=0))
+    start = learner.source.to_matrix().detach().clone()
+    calls = []
+
+    def poison(grad):  # called once per backward, on the coefficient parameter's gradient
+        calls.append(1)
+        return grad * float("nan") if len(calls) == bad_step else grad
+
+    learner.source.gamma.register_hook(poison)
+    seen = []
+    res = learner.run(lambda kind, step, payload: seen.append((step, payload)))
+    assert res.status == "failed" and res.steps_done == bad_step - 1, res
+    assert f"gradient became nan at step {bad_step}" in res.message and f"of step {bad_step - 1}" in res.message
+    assert [s for s, _ in seen] == list(range(1, bad_step)) and all(math.isfinite(p["loss"]) for _, p in seen)
+    kept = start if bad_step == 1 else torch.tensor(seen[-1][1]["coefs"]).expand_as(start)
+    assert torch.equal(res.coefs, kept) and torch.isfinite(res.coefs).all()
+    if bad_step > 1:
+        assert not torch.equal(res.coefs, start)  # the steps before the bad one did move
+
+
+# The papers' numbers, quoted (../shared/papers): every preset field is checked against them.
+PAPER_PRESETS = {
+    # SourceJS Sec. 3.5: "converges in approximately 300 steps with learning rate 0.02 and L2 regularization
+    # weight lambda = 0.0002"; "128 unlabeled examples per task"; Eq. 7 "Gamma_0 = {1/K, ..., 1/K}";
+    # Sec. 4.3: "layer-wise coefficients achieve 83.10%" (the headline).
+    "sourcejs": dict(objective="js", granularity="layer", lr=0.02, l2=2e-4, l2_target="uniform", samples=128,
+                     steps=300, init=-1.0),
+    # DivMerge Table 9, "KL/JS (Classif) Task 4 x #tasks 4 200 1e-2 0.5"; JS by default (Sec. 5.1); Eq. 4: no L2.
+    "divmerge": dict(objective="js", granularity="task", lr=1e-2, batch_size=4, samples=200, steps=4 * 200 // 4,
+                     init=0.5, l2=0.0),
+    # DivMerge Table 9, "AdaMerging (Classif) Task 4 x #tasks 5 200 1e-3 0.5".
+    "adamerging": dict(objective="entropy", granularity="task", lr=1e-3, batch_size=4, samples=200,
+                       steps=5 * 200 // 4, init=0.5, l2=0.0),
+    # LoRA-DV Sec. 4.4: "For unsupervised training loss ... we use Shannon entropy"; Sec. 5.1: "a tiny
+    # calibration set of 32 samples", "learning rate of 0.005", "3 iterations, each comprising 10 epochs".
+    "loradv": dict(objective="entropy", granularity="spectral", lr=0.005, samples=32, batch_size=4, iterations=3,
+                   steps=3 * 10 * math.ceil(32 / 4), l2=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PRESETS))
+def test_presets_are_the_papers_values(name):
+    assert set(PRESETS) == set(PAPER_PRESETS)
+    params = apply_preset(LearnParams(), name).validate()
+    for field_name, value in PAPER_PRESETS[name].items():
+        assert getattr(params, field_name) == value, (name, field_name)
+    if name == "sourcejs":
+        assert params.start_value(8) == pytest.approx(1 / 8)
+    if name == "loradv":
+        assert params.steps == 240
+
+
+def test_l2_target_is_a_checked_choice_of_the_cli_and_defaults_to_uniform():
+    from mergecore.cli import build_parser, dataclass_from_args
+
+    assert LearnParams().l2_target == "uniform"
+    with pytest.raises(MergecoreError, match="l2_target"):
+        LearnParams(l2_target="origin").validate()
+    args = build_parser().parse_args(["learn", "--l2-target", "start"])
+    assert dataclass_from_args(LearnParams, args).l2_target == "start"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["learn", "--l2-target", "origin"])
 
 
 def test_run_is_stored_with_events_and_scores(tiny_setup, tmp_path):

@@ -8,13 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluate import anp, average
+from ..numbers import as_float, fmt
 
 
 def _mean_std(values: list[float]) -> str:
-    v = np.asarray([x for x in values if math.isfinite(x)], dtype=np.float64)
+    v = np.asarray([x for x in map(as_float, values) if math.isfinite(x)], dtype=np.float64)
     if v.size == 0:
         return "-"
     return f"{v.mean():.2f}" if v.size == 1 else f"{v.mean():.2f} ± {v.std(ddof=0):.2f}"
+
+
+def _mean(values: list) -> str:
+    """Mean over seeds with 1 decimal; '-' when a seed's value is undefined (NaN or a stored null)."""
+    return fmt(np.mean([as_float(x) for x in values]) if values else math.nan, 1)
 
 
 def table1(results: dict) -> list[str]:
@@ -25,7 +31,7 @@ def table1(results: dict) -> list[str]:
     lines = ["| method | seeds | " + " | ".join(names) + " | avg | ANP | s (seed 0) |", "|---" * (len(names) + 5) + "|"]
     for label, per_seed in rows.items():
         runs = list(per_seed.values())
-        cells = " | ".join(f"{np.mean([r[t] for r in runs]):.1f}" for t in names)
+        cells = " | ".join(_mean([r.get(t) for r in runs]) for t in names)
         secs = results["seconds"].get(label)
         lines.append(f"| {label} | {len(runs)} | {cells} | {_mean_std([average(r) for r in runs])} | "
                      f"{_mean_std([anp(r, base['experts']) for r in runs])} | {f'{secs[0]:.0f}' if secs else '-'} |")

@@ -28,6 +28,7 @@ from ..evaluate import anp, average
 from ..glue import GlueParams
 from ..learn import LearnParams
 from ..merges import METHODS
+from ..numbers import as_float, dumps, fmt, rank_key
 from ..runner import cached_baselines, run_learning, run_static
 from ..runs import RunStore
 from .kit import glue_workbench
@@ -46,7 +47,7 @@ def collapse(store: RunStore, run_id: str, tasks: list[str]) -> dict:
     if not evals:
         return {}
     first, last = evals[0], evals[-1]
-    mean = lambda e, key: sum(e[key][t] for t in tasks) / len(tasks)  # noqa: E731
+    mean = lambda e, key: sum(as_float(e[key][t]) for t in tasks) / len(tasks)  # noqa: E731
     return {f"{key}_{when}": mean(e, key) for key in ("confidence", "confidently_wrong", "score")
             for when, e in (("first", first), ("last", last))}
 
@@ -61,7 +62,7 @@ def _static(bench, store, method: str, seed: int, results: dict) -> None:
     _, res = run_static(bench, method, params, store=store, name=f"{method} s{seed}")
     results["rows"].setdefault(method, {})[str(seed)] = res["scores"]
     results["seconds"].setdefault(method, []).append(time.perf_counter() - t)
-    print(f"  {method:16s} avg {average(res['scores']):6.2f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"  {method:16s} avg {fmt(average(res['scores'])):>6s}  ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
 def _learned(bench, store, label: str, params: LearnParams, seed: int, results: dict) -> None:
@@ -73,12 +74,12 @@ def _learned(bench, store, label: str, params: LearnParams, seed: int, results: 
         coefs = torch.tensor(res["coefs"])
         results["stability"].setdefault(label, {})[str(seed)] = stability(coefs[:1] if params.granularity == "task" else coefs)
     results["collapse"].setdefault(label, {})[str(seed)] = collapse(store, run_id, bench.tasks.names)
-    print(f"  {label:16s} avg {average(res['scores']):6.2f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"  {label:16s} avg {fmt(average(res['scores'])):>6s}  ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
 def best_static(results: dict) -> str:
     seed0 = {m: runs[min(runs)] for m, runs in results["rows"].items() if m in METHODS}
-    return max(seed0, key=lambda m: average(seed0[m])) if seed0 else "uniform"
+    return max(seed0, key=lambda m: rank_key(average(seed0[m]))) if seed0 else "uniform"  # NaN never wins
 
 
 def run_seed(args, seed: int, store: RunStore, results: dict, base: dict | None) -> dict:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         base = run_seed(args, seed, store, results, base)
         results.update(baselines=base, seeds_done=results["seeds_done"] + [seed], total_seconds=time.perf_counter() - t0)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        args.out.with_suffix(".json").write_text(dumps(results, indent=1))  # undefined numbers -> null
         write_report(results, args.out)
     print(f"study done in {time.perf_counter() - t0:.0f} s", flush=True)
 
