@@ -88,7 +88,7 @@ def _file_tasks(names: list[str], path: Path):
         raise MergecoreError(f"cannot read the task mapping {path} ({type(exc).__name__}); check the path") from None
     except json.JSONDecodeError as exc:
         raise MergecoreError(f"{path} is not valid JSON ({exc.msg}); give a list with one object per adapter") from None
-    return tasks_from_specs(names, specs)
+    return tasks_from_specs(names, specs, base_dir=path.parent, source=path)  # paths relative to the JSON file
 
 
 def open_store(args):

@@ -61,7 +61,39 @@ def resolve(name: str, base_path: str | None = None) -> str:
         return str(Path(base_path).expanduser())
     if name in smollm.HUB_IDS and smollm.available():
         return str(smollm.smollm_dir(model_cache()))
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise MergecoreError(f"base model folder {name} does not exist; pass the folder holding config.json "
+                             "with --base-model PATH")
     return resolve_base(name)
+
+
+def looks_local(name: str) -> bool:
+    """A path, not a hub id: starts with /, ./, ../ or ~, or has a separator a hub id ('owner/name') cannot have."""
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    starts = ("/", "~") + tuple(d + sep for d in (".", "..") for sep in seps)
+    return (name.startswith(starts) or name in (".", "..") or name.count("/") > 1
+            or any(sep in name for sep in seps - {"/"}))
+
+
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+                 "mpnet", "camembert", "ernie", "modernbert", "nomic_bert")
+
+
+def _mismatch(config, family: str) -> str | None:
+    """The config's own family when ``family`` clearly cannot read it: an encoder-decoder asked as causal or
+    classifier, a decoder-only model asked as seq2seq, a plain encoder asked as seq2seq or causal."""
+    cfg = config if isinstance(config, dict) else config.to_dict()
+    archs = cfg.get("architectures") or []
+    if cfg.get("is_encoder_decoder"):
+        is_cls = any(a.endswith("ForSequenceClassification") for a in archs)
+        return None if family == "seq2seq" or (family == "classifier" and is_cls) else "seq2seq"
+    decoder = cfg.get("model_type") in CAUSAL_TYPES or any(
+        a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
+    if decoder:
+        return "causal" if family == "seq2seq" else None
+    if cfg.get("model_type") in ENCODER_TYPES and not cfg.get("is_decoder") and family != "classifier":
+        return "classifier"
+    return None
 
 
 def _config(path: str, name: str, trust_remote_code: bool):
@@ -111,6 +143,10 @@ def load_base(name: str, family: str | None = None, trust_remote_code: bool = Fa
     _quiet_transformers()
     path = resolve(name, base_path)
     config = _config(path, name, trust_remote_code)
+    actual = family and _mismatch(config, family)
+    if actual:
+        raise MergecoreError(f"base model {name!r} is a {actual} model ({type(config).__name__}), not {family}; "
+                             f"drop --family or pick {actual} (the adapters' PEFT task_type also sets it)")
     family = family or detect_family(config)
     kw = {"trust_remote_code": trust_remote_code}
     try:

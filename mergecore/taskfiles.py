@@ -2,15 +2,20 @@
 
 A ``Columns`` mapping names the text columns (one or two fields) and the label column; for
 header-less files columns are given by position ("0", "3"). Labels map through ``label_map``
-(raw value -> class id) or, for regression (``numeric=True``), parse as floats. Every problem a
-user can fix raises one-line ``MergecoreError`` naming the file (and row): missing columns,
-unknown labels, empty rows, non-UTF-8 bytes, zero examples.
+(raw value -> class id), through ``label_names`` (a class name -> its index; other values must be
+class ids) or, for regression (``numeric=True``), parse as floats. Every problem a user can fix
+raises one-line ``MergecoreError`` naming the file (and row): missing columns, unknown labels,
+empty rows, non-UTF-8 bytes, zero examples. Rows are numbered as a spreadsheet shows them (the
+header is row 1); JSONL rows count the objects from 1.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,7 @@ class Columns:
     text: tuple[str, ...] = field(default=("sentence",), metadata={"help": "text column(s), 1 or 2"})
     label: str | None = field(default="label", metadata={"help": "label column (None: unlabeled)"})
     label_map: dict | None = field(default=None, metadata={"help": "raw label -> class id"})
+    label_names: tuple[str, ...] = field(default=(), metadata={"help": "class names: a text label maps to its index"})
     numeric: bool = field(default=False, metadata={"help": "labels are numbers (regression)"})
     header: bool = field(default=True, metadata={"help": "first row names the columns"})
 
@@ -86,9 +92,14 @@ def _label(raw: str, cols: Columns, where: str) -> float:
             known = ", ".join(map(str, cols.label_map))
             raise MergecoreError(f"{where}: unknown label {raw!r} (known: {known}); fix the row or the label mapping")
         return int(cols.label_map[raw])
+    if raw in cols.label_names:
+        return cols.label_names.index(raw)
     try:
         return int(raw)
     except ValueError:
+        if cols.label_names:
+            raise MergecoreError(f"{where}: label {raw!r} is not one of the labels ({', '.join(cols.label_names)}) "
+                                 "nor a class id; fix the row or add the label to the task's labels") from None
         raise MergecoreError(f"{where}: label {raw!r} is not a class id; give a label mapping") from None
 
 
@@ -102,7 +113,8 @@ def load_split(path: str | Path, cols: Columns, limit: int | None = None, labele
             have = ", ".join(names)
             raise MergecoreError(f"{path}: missing column(s) {', '.join(missing)} (columns: {have}); fix the column mapping")
     inputs, labels = [], []
-    for n, row in enumerate(rows[:limit] if limit else rows, 2 if cols.header else 1):
+    first = 2 if cols.header and Path(path).suffix not in (".jsonl", ".json") else 1
+    for n, row in enumerate(rows[:limit] if limit else rows, first):
         where = f"{path} row {n}"
         fields = tuple((row.get(c) or "").strip() for c in cols.text)
         if any(c not in row for c in need):
@@ -126,10 +138,52 @@ def sample(split: Split, n: int, seed: int) -> Split:
     return Split(tuple(split.inputs[i] for i in idx), labels)
 
 
+def check_prompt(task: str, prompt: str, fields: tuple[str, ...]) -> None:
+    """Refuse a prompt whose placeholders do not all name a column by position ({0}, {1}, ...)."""
+    cols = ", ".join(f"{{{i}}}={c}" for i, c in enumerate(fields))
+    try:
+        parsed = list(string.Formatter().parse(prompt))
+    except ValueError as exc:
+        raise MergecoreError(f"task {task!r}: prompt {prompt!r} is not a valid template ({exc}); use {cols} "
+                             "and write {{ and }} for literal braces") from None
+    auto = 0
+    for _, placeholder, _, _ in parsed:
+        if placeholder is None:
+            continue
+        key = re.split(r"[.\[]", placeholder, maxsplit=1)[0]
+        if key == "":
+            key, auto = str(auto), auto + 1
+        if not key.isdigit() or int(key) >= len(fields):
+            raise MergecoreError(f"task {task!r}: prompt placeholder {{{placeholder}}} has no column "
+                                 f"(columns: {cols}); use only these placeholders")
+    try:
+        prompt.format(*fields)
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
+        raise MergecoreError(f"task {task!r}: prompt {prompt!r} cannot be filled ({exc}); use {cols}") from None
+
+
+def _label_columns(name: str, cols: Columns, label_names: tuple[str, ...], metric: str):
+    """(columns, label values): regression reads numbers and scores bins by the labels' values;
+    classification maps text labels through the label names."""
+    if metric == "pearson_spearman":
+        try:
+            values = tuple(float(v) for v in label_names)
+        except ValueError:
+            raise MergecoreError(f"task {name!r}: a pearson_spearman task's labels are the scores of its bins "
+                                 f"(got {list(label_names)}); give numbers such as [\"0\", \"2.5\", \"5\"]") from None
+        return dataclasses.replace(cols, numeric=True), values
+    if cols.label_map is None and not cols.numeric and not cols.label_names:
+        cols = dataclasses.replace(cols, label_names=tuple(label_names))
+    return cols, ()
+
+
 def file_task(name: str, train: str | Path, evaluation: str | Path, cols: Columns, label_names: tuple[str, ...],
               prompt: str = "{0}", verbalizers: tuple[str, ...] | None = None, metric: str = "accuracy",
               calibration: int = 128, eval_size: int = 0, seed: int = 0) -> Task:
-    """A Task from two files (calibration from ``train``, unlabeled; evaluation labeled)."""
+    """A Task from two files (calibration from ``train``, unlabeled; evaluation labeled). Text labels map
+    through ``label_names``; ``metric="pearson_spearman"`` reads float labels, ``label_names`` being bin values."""
+    check_prompt(name, prompt, tuple(cols.text))
+    cols, values = _label_columns(name, cols, tuple(label_names), metric)
     calib = sample(load_split(train, cols, labeled=False), calibration, seed)
     ev = sample(load_split(evaluation, cols), eval_size, seed + 1)
     if cols.label_map is None and not cols.numeric:
@@ -138,7 +192,7 @@ def file_task(name: str, train: str | Path, evaluation: str | Path, cols: Column
             raise MergecoreError(f"{evaluation}: label ids {bad[:5]} outside 0..{len(label_names) - 1}; "
                                  "fix the labels or the label names")
     return Task(name, tuple(label_names), calib, ev, metric=metric, prompt=prompt,
-                verbalizers=tuple(verbalizers or label_names), field_names=tuple(cols.text))
+                verbalizers=tuple(verbalizers or label_names), field_names=tuple(cols.text), label_values=values)
 
 
 def generative_task(name: str, train: str | Path, evaluation: str | Path, text: tuple[str, ...],
@@ -146,6 +200,7 @@ def generative_task(name: str, train: str | Path, evaluation: str | Path, text: 
                     seed: int = 0, header: bool = True) -> Task:
     """A generative Task (DivMerge App. B.1): prompts from ``text`` columns, references (for ROUGE-1) from
     ``reference`` when given; calibration prompts from ``train``, evaluation from ``evaluation``."""
+    check_prompt(name, prompt, tuple(text))
     calib = sample(load_split(train, Columns(text=text, label=None, header=header), labeled=False), calibration, seed)
     cols = Columns(text=tuple(text) + ((reference,) if reference else ()), label=None, header=header)
     ev = sample(load_split(evaluation, cols, labeled=False), eval_size, seed + 1)
@@ -156,26 +211,89 @@ def generative_task(name: str, train: str | Path, evaluation: str | Path, text: 
 
 
 SPEC_KEYS = {"train", "eval", "text"}
+LABEL_KEYS = SPEC_KEYS | {"label", "labels", "prompt", "verbalizers", "metric"}
+GENERATIVE_KEYS = SPEC_KEYS | {"reference", "prompt"}
+SPEC_HELP = "keys train, eval, text plus label and labels (label task) or reference (generative task)"
 
 
-def tasks_from_specs(names: list[str], specs) -> "TaskSet":
+def _is_names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _spec_keys(s, where: str) -> str:
+    """'label' or 'generative' for a spec object with the right keys, else one line naming the key."""
+    if not isinstance(s, dict):
+        raise MergecoreError(f"{where} is a {type(s).__name__}, not an object; give one object per adapter with {SPEC_HELP}")
+    kind = "generative" if "reference" in s else "label"
+    need = SPEC_KEYS | ({"reference"} if kind == "generative" else {"label", "labels"})
+    missing = sorted(need - set(s))
+    if missing:
+        raise MergecoreError(f"{where} lacks key(s) {', '.join(missing)}; give one object per adapter with {SPEC_HELP}")
+    allowed = GENERATIVE_KEYS if kind == "generative" else LABEL_KEYS
+    unknown = sorted(set(s) - allowed, key=str)
+    if unknown:
+        raise MergecoreError(f"{where}: unknown key {unknown[0]!r} for a {kind} task; valid keys: {', '.join(sorted(allowed))}")
+    return kind
+
+
+def _spec_values(s: dict, where: str) -> None:
+    """One line naming the key whose value has the wrong type (or an unknown metric)."""
+    from .metrics import METRICS
+
+    def bad(key: str, want: str):
+        raise MergecoreError(f"{where}: {key!r} is {json.dumps(s[key])}; give {want}")
+
+    for key in ("train", "eval"):
+        if not isinstance(s[key], str) or not s[key].strip():
+            bad(key, "a file path (string), relative to the task mapping's folder or absolute")
+    if not (isinstance(s["text"], str) and s["text"]) and not (_is_names(s["text"]) and s["text"]):
+        bad("text", 'a column name ("review") or a list of one or two column names (["premise", "hypothesis"])')
+    if "label" in s and not isinstance(s["label"], str):
+        bad("label", 'the label column name (a string, e.g. "label")')
+    if "labels" in s and not (isinstance(s["labels"], list) and all(
+            isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in s["labels"])):
+        bad("labels", 'a list of class names in class-id order, e.g. ["negative", "positive"]')
+    if "reference" in s and s["reference"] is not None and not isinstance(s["reference"], str):
+        bad("reference", "the reference column name (a string) or null")
+    if "prompt" in s and not isinstance(s["prompt"], str):
+        bad("prompt", 'a template string such as "Review: {0}"')
+    if "verbalizers" in s and not (_is_names(s["verbalizers"]) and len(s["verbalizers"]) == len(s["labels"])):
+        bad("verbalizers", f"a list of {len(s['labels'])} strings, one per label")
+    if "metric" in s and s["metric"] not in METRICS:
+        bad("metric", f"one of {', '.join(METRICS)}")
+
+
+def _spec_path(value: str, base_dir: str | Path | None) -> Path:
+    p = Path(value).expanduser()
+    return Path(base_dir).expanduser() / p if base_dir is not None and not p.is_absolute() else p
+
+
+def tasks_from_specs(names: list[str], specs, base_dir: str | Path | None = None,
+                     source: str | Path | None = None) -> "TaskSet":
     """Tasks from one file spec per adapter (parsed JSON): {"train", "eval", "text", "label", "labels"} for a
     label task, {"train", "eval", "text", "reference"} (reference may be null) for a generative task;
-    optional "prompt", "verbalizers", "metric"."""
+    optional "prompt", "verbalizers", "metric" (label tasks). "text" is a column name or a list of them;
+    text labels map through "labels" (numbers stay class ids). Relative paths are read from ``base_dir``
+    (the mapping file's folder) when given, else from the current folder; ``source`` names the mapping in errors."""
     from .tasks import TaskSet
 
-    if not isinstance(specs, list) or len(specs) != len(names) or not all(
-            isinstance(s, dict) and SPEC_KEYS <= set(s) and ({"label", "labels"} <= set(s) or "reference" in s)
-            for s in specs):
-        raise MergecoreError(f"the column mapping needs one object per adapter ({len(names)}), each with keys "
-                             f"{sorted(SPEC_KEYS)} plus 'label' and 'labels' (label task) or 'reference' (generative)")
+    src = str(source) if source is not None else "the task mapping"
+    if not isinstance(specs, list) or len(specs) != len(names):
+        got = f"{len(specs)} entries" if isinstance(specs, list) else f"a {type(specs).__name__}"
+        raise MergecoreError(f"{src} holds {got} for {len(names)} adapter(s) ({', '.join(names)}); give a JSON "
+                             f"list with one object per adapter, in adapter order, with {SPEC_HELP}")
     tasks = []
-    for name, s in zip(names, specs):
-        if "reference" in s:
-            tasks.append(generative_task(name, s["train"], s["eval"], tuple(s["text"]), s["reference"],
-                                         prompt=s.get("prompt", "{0}")))
-        else:
-            tasks.append(file_task(name, s["train"], s["eval"], Columns(text=tuple(s["text"]), label=s["label"]),
-                                   tuple(s["labels"]), prompt=s.get("prompt", "{0}"), verbalizers=s.get("verbalizers"),
-                                   metric=s.get("metric", "accuracy")))
+    for i, (name, s) in enumerate(zip(names, specs), 1):
+        where = f"{src} entry {i} (adapter {name!r})"
+        kind = _spec_keys(s, where)
+        _spec_values(s, where)
+        text = (s["text"],) if isinstance(s["text"], str) else tuple(s["text"])
+        train, ev = _spec_path(s["train"], base_dir), _spec_path(s["eval"], base_dir)
+        if kind == "generative":
+            tasks.append(generative_task(name, train, ev, text, s["reference"], prompt=s.get("prompt", "{0}")))
+            continue
+        labels = tuple(str(x) for x in s["labels"])
+        tasks.append(file_task(name, train, ev, Columns(text=text, label=s["label"]), labels,
+                               prompt=s.get("prompt", "{0}"), verbalizers=s.get("verbalizers"),
+                               metric=s.get("metric", "accuracy")))
     return TaskSet(tuple(tasks))
