@@ -56,3 +56,13 @@ def test_cross_entropy_and_l2():
     np.testing.assert_allclose(cross_entropy(y, logq).numpy(), -logq[torch.arange(4), y].numpy())
     g, g0 = torch.tensor([0.5, -0.5]), torch.tensor([0.25, 0.25])
     assert abs(float(l2_pull(g, g0, 2e-4)) - 2e-4 * (0.25 ** 2 + 0.75 ** 2)) < 1e-10
+
+
+def test_zero_mass_rows_follow_the_0_log_0_convention():
+    """An expert with zero mass where the merged model has zero probability (log q = -inf): KL and JS
+    are 0 (scipy agrees), never NaN."""
+    p = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    logq = torch.log(torch.tensor([[1.0, 0.0], [0.5, 0.5]]))  # -inf where q = 0
+    np.testing.assert_allclose(kl_div(p, logq).numpy(), sp_entropy(p.numpy(), p.numpy(), axis=1), atol=1e-7)
+    assert torch.isfinite(js_div(p, logq)).all() and float(js_div(p, logq).abs().max()) < 1e-7
+    assert torch.isfinite(entropy(None, logq)).all()
