@@ -68,6 +68,17 @@ class Task:
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    def class_ids(self, labels) -> "torch.Tensor":
+        """Class ids (n,) of ``labels``: ids as they are; a regression task's float targets go to the nearest
+        bin of ``label_values`` (ties to the lower bin), never truncated."""
+        import torch
+
+        y = torch.as_tensor(labels, dtype=torch.float64).reshape(-1)
+        if self.label_values:
+            values = torch.as_tensor(self.label_values, dtype=torch.float64)
+            return (y[:, None] - values[None, :]).abs().argmin(-1)
+        return y.round().long()
+
     def render(self, fields: tuple[str, ...]) -> str:
         """The prompt text for one input (seq2seq / causal heads)."""
         return self.prompt.format(*fields)

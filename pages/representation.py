@@ -21,7 +21,9 @@ except MergecoreError as exc:
 if not results:
     st.stop()
 
-tasks = bench.tasks.names
+tasks = next(iter(results.values()))["tasks"]  # label tasks; generative ones are listed as skipped
+for item in next(iter(results.values())).get("skipped", []):
+    st.info(f"{item['task']}: {item['reason']}" if isinstance(item, dict) else str(item))
 bars = go.Figure([go.Bar(x=tasks, y=[r["mean"][t] for t in tasks], name=name) for name, r in results.items()])
 bars.update_layout(title="Representation bias per task (mean over layers)", xaxis_title="task",
                    yaxis_title="mean |h_merged − h_expert|", barmode="group", height=380, margin={"t": 40, "b": 30})

@@ -10,6 +10,7 @@ import streamlit as st
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis import lenses
 from mergecore.errors import MergecoreError
+from mergecore.numbers import fmt
 from pages.common import analysis_inputs
 
 bench, store, runs = analysis_inputs("Spectra and subspaces", need_runs=False)
@@ -86,7 +87,7 @@ try:
         st.caption(f"Shared output directions (contained in ≥ 2 tasks' B spaces, Pico) in the selection: {shared}. "
                    "Interference: row = task whose features are fed, column = adapter; off-diagonal = harm to others.")
     else:
-        with st.spinner("Running every expert on every task (one routed pass per batch)..."):
+        with st.spinner("Running every expert on every task..."):
             div = fl.divergence_lens(bench, store)
         t = div["tasks"]
         kind = st.radio("Divergence", ["js", "kl"], horizontal=True, key="div_kind")
@@ -98,6 +99,6 @@ try:
             heatmap(div["scores"], [f"expert {x}" for x in t], [f"on {x}" for x in t], "Score of expert j on task i",
                     key="score_matrix")
         st.caption(f"DivMerge: divergence predicts the score drop. Spearman(divergence, score drop) = "
-                   f"{div[f'spearman_{kind}']:.3f} over all off-diagonal pairs.")
+                   f"{fmt(div[f'spearman_{kind}'], 3)} over all off-diagonal pairs.")
 except MergecoreError as exc:
     st.error(str(exc))

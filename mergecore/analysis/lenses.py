@@ -38,6 +38,7 @@ from .subspaces import (
 )
 
 LENSES = ("spectra", "subspaces", "divergence", "representation", "calibration")
+LENS_VERSION = 2  # bump when a lens's output changes: cached results of older code are not served
 
 
 def _help(text: str, **extra) -> dict:
@@ -70,7 +71,7 @@ class LensParams:
 def lens_key(bench, lens: str, run_id: str | None, params: LensParams) -> str:
     from ..runner import bench_key
 
-    payload = json.dumps({"bench": bench_key(bench), "params": asdict(params)}, sort_keys=True)
+    payload = json.dumps({"bench": bench_key(bench), "params": asdict(params), "version": LENS_VERSION}, sort_keys=True)
     return f"lens:{lens}:{run_id or '-'}:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -175,13 +176,15 @@ def _matrix(M: torch.Tensor) -> list:
     return [[float(x) for x in row] for row in M.tolist()]
 
 
-def subspaces_of(adapters, features: dict | None = None, threshold: float = 2.0) -> dict:
+def subspaces_of(adapters, features: dict | None = None, threshold: float = 2.0, skipped: list | None = None) -> dict:
     """Per module K x K: B-space and A-space overlap (mean cos^2 of principal angles), task-vector
-    cosine, OSRM interference per token I[i, j] = ||s_j B_j A_j H_i^T||_F / sqrt(n_i) (adapter j
-    on task i's features), and the share counts of Pico's shared output directions."""
+    cosine, OSRM interference per example I[i, j] = ||s_j B_j A_j H_i^T||_F / sqrt(n_i) (adapter j
+    on task i's features H_i, one row per example), and the share counts of Pico's shared output
+    directions. A task without features (generative: ``skipped``) has a NaN interference row.
+    ``summary`` holds each matrix's mean off-diagonal value over the modules where it is defined."""
     out = {"modules": list(adapters.modules), "blocks": block_labels(adapters.modules),
            "tasks": list(adapters.names), "b_overlap": {}, "a_overlap": {}, "cosine": {},
-           "interference": {}, "shared": {}}
+           "interference": {}, "shared": {}, "skipped": list(skipped or [])}
     for module in adapters.modules:
         factors = adapters.factors(module)
         out["b_overlap"][module] = _matrix(b_overlap_matrix(factors))
@@ -194,13 +197,48 @@ def subspaces_of(adapters, features: dict | None = None, threshold: float = 2.0)
             M = osrm_interference_matrix(factors, hidden)
             n = torch.tensor([math.nan if h is None else len(h) for h in hidden], dtype=torch.float64)
             out["interference"][module] = _matrix(M / n.clamp_min(1.0).sqrt()[:, None])
+    out["summary"] = {key: offdiag_summary(out[key], out["modules"])
+                      for key in ("b_overlap", "a_overlap", "cosine", "interference")}
     return out
 
 
 def subspaces_lens(bench, store=None, params: LensParams = LensParams()) -> dict:
-    """Subspace lens of the workbench's adapters (no run needed), OSRM features included."""
+    """Subspace lens of the workbench's adapters (no run needed), OSRM features included
+    (label tasks only: a generative task's interference row is NaN and it is listed in ``skipped``)."""
+    skipped = [{"task": t.name, "reason": "generative task: no OSRM features collected (interference row left out)"}
+               for t in bench.tasks if t.generative]
     return cached(store, lens_key(bench, "subspaces", None, params),
-                  lambda: subspaces_of(bench.adapters, collect_features(bench, params.samples), params.shared_threshold))
+                  lambda: subspaces_of(bench.adapters, collect_features(bench, params.samples, params.max_rows),
+                                       params.shared_threshold, skipped))
+
+
+def offdiag_summary(matrices: dict[str, list], modules: list[str]) -> dict:
+    """Mean off-diagonal value of K x K matrices over ``modules``, skipping what is undefined.
+
+    Per module: the mean of its finite off-diagonal entries (undefined when it has none: absent
+    adapters, no features, K = 1). Returns {"mean": mean over the defined modules (NaN if none),
+    "defined": count, "total": modules looked at, "undefined": total - defined}."""
+    values = []
+    total = 0
+    for m in modules:
+        if m not in matrices:
+            continue
+        total += 1
+        M = torch.tensor(matrices[m], dtype=torch.float64)
+        off = M[~torch.eye(len(M), dtype=torch.bool)] if M.numel() else M.reshape(-1)
+        off = off[torch.isfinite(off)]
+        if off.numel():
+            values.append(float(off.mean()))
+    return {"mean": sum(values) / len(values) if values else math.nan, "defined": len(values),
+            "total": total, "undefined": total - len(values)}
+
+
+def describe_mean(summary: dict, what: str = "modules") -> str:
+    """'0.123 (mean over 10 of 12 modules; 2 undefined)' or 'undefined (0 of 12 modules defined)'."""
+    if not summary["defined"]:
+        return f"undefined (0 of {summary['total']} {what} defined)"
+    tail = f"; {summary['undefined']} undefined" if summary["undefined"] else ""
+    return f"{summary['mean']:.3f} (mean over {summary['defined']} of {summary['total']} {what}{tail})"
 
 
 @torch.no_grad()
