@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -72,8 +71,24 @@ def open_bench(args):
         tasks = _file_tasks(adapters.names, args.task_files)
     else:
         tasks = tasks_for(adapters.names)
-    return open_workbench(adapters, tasks, device=args.device, trust_remote_code=args.trust_remote_code,
-                          family=args.family, base_path=args.base_path)
+    bench = open_workbench(adapters, tasks, device=args.device, trust_remote_code=args.trust_remote_code,
+                           family=args.family, base_path=args.base_path)
+    bench.task_source = task_source(args, bench)  # recorded in run configs: `--run` reuses it
+    return bench
+
+
+def task_source(args, bench) -> dict:
+    """Where a bench's tasks came from (recorded in run configs by ``runner.bench_config``)."""
+    if args.glue is not None:  # a local GLUE folder (absolute), or the source named ('hf', None: automatic)
+        where = args.glue_dir
+        local = bool(where) and Path(where).expanduser().is_dir()
+        return {"kind": "glue", "names": list(bench.tasks.names),
+                "dir": str(Path(where).expanduser().resolve()) if local else None, "source": None if local else where,
+                "calibration": args.calibration, "eval_size": args.eval_size}
+    if args.task_files is not None:
+        return {"kind": "files", "path": str(Path(args.task_files).expanduser().resolve())}
+    return {"kind": "demo"}
+
 
 
 def _file_tasks(names: list[str], path: Path):
@@ -161,7 +176,7 @@ def cmd_learn(args) -> int:
     if result["message"]:
         print(result["message"], file=sys.stderr)
     if args.json:
-        emit_json({"run": result["scores"], "uniform": result["uniform"], "coefficients": compact(result["coefs"]),
+        emit_json({"run": result["scores"], "uniform": result["uniform"], "coefficients": compact(result.get("coefs") or []) or None,  # spectral runs: gains, no (L, K) coefficients
                    "run_id": run_id, "status": result["status"], "seconds": seconds})
     return 0 if result["status"] == "done" else 1
 

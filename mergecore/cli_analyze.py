@@ -68,11 +68,14 @@ def cmd_analyze(args) -> int:
     params = dataclass_from_args(LensParams, args).validate()
     if args.what in NEEDS_RUN and not args.run:
         raise MergecoreError(f"--what {args.what} compares a run with its experts; pass --run ID (see `runs`)")
-    store = open_store(args)
-    if args.run:
-        store.get(args.run)  # unknown id: one-line error before loading the model
+    from .cli_export import run_sources, run_store
+
+    store, run_id = open_store(args), None
+    if args.run:  # an id or a run folder; unknown id: one-line error before loading the model
+        store, run_id = run_store(args.run, store)
+        run_sources(args.run, store, args)  # the run's adapters and tasks unless given
     bench = open_bench(args)
-    lens = compute_lens(args.what, bench, store, args.run, params)
+    lens = compute_lens(args.what, bench, store, run_id, params)
     tables = lens_tables(args.what, lens)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -80,9 +83,12 @@ def cmd_analyze(args) -> int:
         for stem, rows in tables.items():
             write_csv(args.out / f"{stem}.csv", rows)
         print(f"{args.what}: wrote {args.what}.json and {', '.join(s + '.csv' for s in tables)} to {args.out}")
+    for line in skipped_lines(lens):
+        print(line)
     print(headline(args.what, lens))
     if args.json:
-        emit_json({"what": args.what, "run": args.run, "headline": headline(args.what, lens), "out": str(args.out or "")})
+        emit_json({"what": args.what, "run": args.run, "headline": headline(args.what, lens), "out": str(args.out or ""),
+                   "skipped": lens.get("skipped", [])})
     return 0
 
 
@@ -94,20 +100,34 @@ def headline(what: str, lens: dict) -> str:
         mean = sum(r["effective_rank"] for r in runs) / max(len(runs), 1)
         return f"spectra of {len(lens['modules'])} modules; mean effective rank ({runs[0]['kind'] if runs else '-'}) {mean:.2f}"
     if what == "subspaces":
-        from .analysis.lenses import aggregate
+        from .analysis.lenses import describe_mean, offdiag_summary
 
-        def off(M):
-            return sum(M[i][j] for i in range(len(M)) for j in range(len(M)) if i != j) / max(len(M) * (len(M) - 1), 1)
-
-        b, a = aggregate(lens["b_overlap"], lens["modules"]), aggregate(lens["a_overlap"], lens["modules"])
-        return f"mean off-diagonal overlap over modules: B spaces {off(b):.3f}, A spaces {off(a):.3f}"
+        summary = lens.get("summary") or {k: offdiag_summary(lens[k], lens["modules"])
+                                          for k in ("b_overlap", "a_overlap", "interference")}
+        text = (f"mean off-diagonal overlap: B spaces {describe_mean(summary['b_overlap'])}, "
+                f"A spaces {describe_mean(summary['a_overlap'])}")
+        if summary["interference"]["total"]:
+            text += f"; OSRM interference {describe_mean(summary['interference'])}"
+        return text
     if what == "divergence":
-        return f"Spearman(divergence, score drop): JS {lens['spearman_js']:.3f}, KL {lens['spearman_kl']:.3f}"
+        return f"Spearman(divergence, score drop): JS {_num(lens['spearman_js'])}, KL {_num(lens['spearman_kl'])}"
     if what == "representation":
-        return "representation bias (mean over layers): " + ", ".join(f"{t} {lens['mean'][t]:.4f}" for t in tasks)
+        return "representation bias (mean over layers): " + ", ".join(f"{t} {_num(lens['mean'][t], 4)}" for t in tasks)
     o = lens["overall"]
-    return (f"ECE {o['ece']:.3f}, confidently wrong {100 * o['confidently_wrong']:.1f}%, "
-            f"agreement with the experts {100 * o['agreement']:.1f}%, accuracy {100 * o['accuracy']:.1f}%")
+    return (f"ECE {_num(o['ece'])}, confidently wrong {_num(100 * o['confidently_wrong'], 1)}%, "
+            f"agreement with the experts {_num(100 * o['agreement'], 1)}%, accuracy {_num(100 * o['accuracy'], 1)}%")
+
+
+def _num(x, digits: int = 3) -> str:
+    """A figure, or 'undefined' for NaN / None (e.g. a Spearman over fewer than 3 finite pairs)."""
+    import math
+
+    return "undefined" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def skipped_lines(lens: dict) -> list[str]:
+    """One line per task a lens left out (generative tasks), with the reason."""
+    return [f"skipped {s['task']}: {s['reason']}" for s in lens.get("skipped", [])]
 
 
 def register_analyze(sub) -> None:
@@ -115,7 +135,8 @@ def register_analyze(sub) -> None:
 
     p = sub.add_parser("analyze", help="spectra, subspaces, divergence, representation or calibration of a run (CSV/JSON)")
     add_source_args(p)
-    p.add_argument("--run", help="run id (see `runs`); needed for representation and calibration")
+    p.add_argument("--run", help="run id (see `runs`) or a run folder (`merge/learn --out`); needed for representation "
+                                 "and calibration; its adapters and tasks are reused unless given")
     p.add_argument("--what", required=True, choices=LENSES, help="which analysis")
     p.add_argument("--out", type=Path, help="folder for <what>.json and CSV tables")
     add_dataclass_args(p, LensParams)

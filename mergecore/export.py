@@ -10,12 +10,15 @@ Modes:
     compressed  any rank r by a truncated SVD through thin QR of the factors (a small core SVD,
                 never a dense out x in SVD); dense-only runs (TIES, DARE) are SVD'd densely.
                 Reports retained energy per module and the largest change of the merged model's
-                label probabilities on the calibration inputs.
+                label probabilities on the calibration inputs (label tasks only: generative tasks have
+                none and are named in the report's ``left_out``).
     full        base weights + merged delta, ``save_pretrained`` of the whole model (the
-                ``merge_and_unload`` equivalent) with the chosen task's head and the tokenizer.
+                ``merge_and_unload`` equivalent) in the base's own class: a classifier with the
+                chosen task's head, a seq2seq LM or a causal LM (with its lm_head); and the tokenizer.
 
-Every task's classifier head goes to ``heads/<task>.safetensors``; the adapter itself carries the
-chosen task's head as ``modules_to_save`` so plain ``PeftModel.from_pretrained`` loads it.
+Classifier families: every task's head goes to ``heads/<task>.safetensors``; the adapter itself carries
+the chosen task's head as ``modules_to_save`` so plain ``PeftModel.from_pretrained`` loads it. Seq2seq and
+causal LMs have no heads (the card's snippet loads them with their own Auto class).
 Writes are atomic (temporary folder next to the target, then rename) and never overwrite an
 existing target unless ``overwrite=True``.
 """
@@ -39,6 +42,7 @@ import torch
 from .adapters import AdapterSet
 from .errors import MergecoreError
 from .merges.base import ModuleMerge
+from .numbers import dumps, fmt
 
 MODES = ("exact", "compressed", "full")
 PREFIX = "base_model.model."
@@ -200,13 +204,19 @@ def compress(merge: Merge, rank: int) -> tuple[dict[str, tuple[torch.Tensor, tor
 
 
 def probability_change(bench, full: Merge, approx: Merge, samples: int) -> dict:
-    """Largest |p_full - p_approx| over the calibration inputs, per task and overall."""
+    """Largest |p_full - p_approx| over the calibration inputs, per label task and overall.
+
+    Generative tasks have no label probabilities: they are left out and named in ``left_out``."""
     from .merged import MergedSource
 
+    left_out = [t.name for t in bench.tasks if t.generative]
+    if len(left_out) == bench.num_tasks:
+        return {"per_task": {}, "max": None, "samples": samples, "left_out": left_out}
     p_full = bench.predict(MergedSource(full, bench.device), "calibration", limit=samples)
     p_approx = bench.predict(MergedSource(approx, bench.device), "calibration", limit=samples)
-    per_task = {t: float((a - b).abs().max()) for t, a, b in zip(bench.tasks.names, p_full, p_approx)}
-    return {"per_task": per_task, "max": max(per_task.values()), "samples": samples}
+    per_task = {t: float((a - b).abs().max()) for t, a, b in zip(bench.tasks.names, p_full, p_approx)
+                if a is not None and b is not None}
+    return {"per_task": per_task, "max": max(per_task.values()), "samples": samples, "left_out": left_out}
 
 
 def factors_to_merge(factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Merge:
@@ -330,22 +340,40 @@ def write_adapter(folder: Path, adapters: AdapterSet, factors: dict[str, tuple[t
     return config
 
 
-def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor]):
-    """A fresh base model with the merged delta added to its weights and ``head_task``'s head."""
-    from .bases import load_classifier_base
+def bench_family(bench) -> str:
+    """The bench's model family: 'classifier', 'seq2seq' or 'causal' (its reader's)."""
+    family = getattr(bench.reader, "family", None)
+    return family if family in ("classifier", "seq2seq", "causal") else "classifier"
 
+
+def base_folder(bench) -> str | None:
+    """The local folder the bench's base model was read from (``--base-path`` included), when there is one."""
+    config = getattr(getattr(bench.model, "model", None), "config", None)
+    path = str(getattr(config, "_name_or_path", "") or "")
+    return path if path and Path(path).is_dir() else None
+
+
+def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor]):
+    """A fresh base model of the bench's family (the base's own class: classifier with ``head_task``'s
+    head, seq2seq LM or causal LM with its lm_head) with the merged delta added to its weights."""
+    from .families import load_base
+
+    family = bench_family(bench)
     task = bench.tasks.by_name(head_task)
-    model, tokenizer = load_classifier_base(base_name(bench), num_labels=task.num_labels)
-    missing = [k for k in model.load_state_dict(head, strict=False).unexpected_keys]
-    if missing:
-        raise MergecoreError(f"head tensors {missing} do not exist in the base model; check the base model")
+    n = task.num_labels if family == "classifier" else 2
+    model, tokenizer, _ = load_base(base_name(bench), family, base_path=base_folder(bench), num_labels=n)
+    if family == "classifier":
+        missing = [k for k in model.load_state_dict(head, strict=False).unexpected_keys]
+        if missing:
+            raise MergecoreError(f"head tensors {missing} do not exist in the base model; check the base model")
     with torch.no_grad():
         for name, m in merge.items():
             layer = model.get_submodule(name)
             delta = m.delta() if isinstance(layer, torch.nn.Linear) else m.delta().T  # GPT-2 Conv1D: (in, out)
             layer.weight += delta.to(layer.weight.dtype).to(layer.weight.device)
-    model.config.id2label = dict(enumerate(task.label_names))
-    model.config.label2id = {n: i for i, n in enumerate(task.label_names)}
+    if family == "classifier":
+        model.config.id2label = dict(enumerate(task.label_names))
+        model.config.label2id = {n: i for i, n in enumerate(task.label_names)}
     return model, tokenizer
 
 
@@ -382,25 +410,49 @@ def merge_card(bench, run: RunSource, params: ExportParams, head: str, files: di
                  for t in cfg.get("tasks") or []],
         "scores": run.result.get("scores"), "average": run.result.get("average"), "anp": run.result.get("anp"),
         "export": {"mode": params.mode, "rank": params.rank if params.mode == "compressed" else None,
-                   "ranks": ranks, "head": head, "head_modules": head_modules(bench), "heads": files,
-                   "num_labels": num_labels(bench), **report},
+                   "family": bench_family(bench), "ranks": ranks,
+                   "head": head if bench_family(bench) == "classifier" else None,
+                   "head_modules": head_modules(bench), "heads": files, "num_labels": num_labels(bench), **report},
     }
 
 
+LM_CLASSES = {"causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}
+LM_USE = '''with torch.no_grad():
+    out = model.generate(**tok(["an example"], return_tensors="pt"), max_new_tokens=8)
+text = tok.batch_decode(out, skip_special_tokens=True)
+'''
+
+
 def loading_snippet(card: dict, folder_name: str) -> str:
-    """Python that loads the export with transformers + PEFT only (no mergecore)."""
+    """Python that loads the export with transformers + PEFT only (no mergecore), with the base model's
+    own class: a classifier (the chosen task's head), a seq2seq LM or a causal LM (no heads)."""
     ex = card["export"]
-    head, n, base = ex["head"], ex["num_labels"][ex["head"]], card["base_model"]
+    family, base = ex.get("family", "classifier"), card["base_model"]
+    if family in LM_CLASSES:
+        cls = LM_CLASSES[family]
+        if ex["mode"] == "full":
+            return (f"import torch\nfrom transformers import {cls}, AutoTokenizer\n\n"
+                    f"MODEL = {folder_name!r}  # this folder\n"
+                    f"model = {cls}.from_pretrained(MODEL).eval()\ntok = AutoTokenizer.from_pretrained(MODEL)\n"
+                    + LM_USE)
+        return (f"import torch\nfrom peft import PeftModel\nfrom transformers import {cls}, AutoTokenizer\n\n"
+                f"ADAPTER = {folder_name!r}  # this folder\n"
+                f"BASE = {base!r}  # the base model (a hub id or a local copy)\n"
+                f"base = {cls}.from_pretrained(BASE)\n"
+                f"model = PeftModel.from_pretrained(base, ADAPTER).eval()\n"
+                f"tok = AutoTokenizer.from_pretrained(BASE)\n" + LM_USE)
+    head, n = ex["head"], ex["num_labels"][ex["head"]]
     if ex["mode"] == "full":
         return (f"import torch\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
                 f"MODEL = {folder_name!r}  # this folder\n"
                 f"model = AutoModelForSequenceClassification.from_pretrained(MODEL).eval()\n"
                 f"tok = AutoTokenizer.from_pretrained(MODEL)\nwith torch.no_grad():\n"
                 f"    probs = model(**tok([\"an example\"], return_tensors=\"pt\")).logits.softmax(-1)\n")
+    other = next((t for t in ex["heads"] if t != head), None)  # a second head to swap in, if any
+    load_file = "from safetensors.torch import load_file\n" if other is not None else ""
     code = f'''import torch
 from peft import PeftModel
-from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+{load_file}from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 ADAPTER = {folder_name!r}  # this folder
 BASE = {base!r}  # the base model (a hub id or a local copy)
@@ -411,7 +463,6 @@ tok = AutoTokenizer.from_pretrained(BASE)
 with torch.no_grad():
     probs = model(**tok(["an example"], return_tensors="pt")).logits.softmax(-1)
 '''
-    other = next((t for t in ex["heads"] if t != head), None)
     if other is None:
         return code
     return code + f'''
@@ -433,24 +484,35 @@ use_head(model, ADAPTER + "/{ex["heads"][other]}")  # now the model answers task
 
 
 def card_readme(card: dict, folder_name: str) -> str:
+    """README.md: what was merged, how well, the files this folder holds, and how to load it."""
     ex = card["export"]
     scores = card.get("scores") or {}
-    lines = [f"# Merged LoRA adapter: {card['run']['name']}", "",
+    family = ex.get("family", "classifier")
+    what = "model (full weights)" if ex["mode"] == "full" else "LoRA adapter"
+    head = (f", head in the {'model' if ex['mode'] == 'full' else 'adapter'}: `{ex['head']}`"
+            if family == "classifier" and ex.get("head") else "")
+    lines = [f"# Merged {what}: {card['run']['name']}", "",
              f"Made by mergecore {card['mergecore_version']} from run `{card['run']['id']}` "
              f"(method `{card['method']}`" + (f", objective `{card['objective']}`" if card.get("objective") else "")
-             + f") on base model `{card['base_model']}`.", "",
-             f"- export: **{ex['mode']}**" + (f" (rank {ex['rank']})" if ex.get("rank") else "")
-             + f", head in the adapter: `{ex['head']}`",
+             + f") on base model `{card['base_model']}` ({family}).", "",
+             f"- export: **{ex['mode']}**" + (f" (rank {ex['rank']})" if ex.get("rank") else "") + head,
              "- sources: " + ", ".join(f"`{s['name']}` (sha256 {s['sha256'][:12]})" for s in card["sources"])]
     if scores:
-        lines.append("- scores: " + ", ".join(f"{t} {v:.2f}" for t, v in scores.items()))
+        lines.append("- scores: " + ", ".join(f"{t} {fmt(v)}" for t, v in scores.items()))
     if ex.get("energy"):
-        lines.append(f"- retained energy: {ex['energy']['overall']:.4f} overall, {ex['energy']['min']:.4f} "
-                     f"worst module; largest probability change on calibration inputs: "
-                     f"{ex['probability_change']['max']:.4g}")
-    lines += ["", "Every task's head is in `heads/<task>.safetensors`; `merge_card.json` holds the full record.", "",
-              "## Load it (transformers + PEFT only)", "", "```python", loading_snippet(card, folder_name).rstrip(),
-              "```", ""]
+        change = ex.get("probability_change") or {}
+        line = f"- retained energy: {ex['energy']['overall']:.4f} overall, {ex['energy']['min']:.4f} worst module"
+        if change.get("max") is not None:
+            line += f"; largest label-probability change on calibration inputs: {change['max']:.4g}"
+        if change.get("left_out"):
+            line += f" (generative tasks left out of that report: {', '.join(change['left_out'])})"
+        lines.append(line)
+    files = sorted(set(card.get("files") or {}) | {CARD_FILE, README_FILE})
+    lines += ["", "Files: " + ", ".join(f"`{f}`" for f in files) + f"; `{CARD_FILE}` holds the full record."]
+    if ex.get("heads"):
+        lines.append("Each task's classifier head is in `heads/<task>.safetensors`.")
+    lines += ["", "## Load it (transformers" + ("" if ex["mode"] == "full" else " + PEFT") + " only)", "",
+              "```python", loading_snippet(card, folder_name).rstrip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -543,7 +605,7 @@ def export_run(bench, run: RunSource, out: str | Path, params: ExportParams = Ex
         _write_heads(tmp, heads, files, bench)
         card["snippet"] = loading_snippet(card, Path(out).name)
         card["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=float))
+        (tmp / CARD_FILE).write_text(dumps(card, indent=2, default=float))  # NaN scores -> null
         (tmp / README_FILE).write_text(card_readme(card, Path(out).name))
         written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     return ExportResult(check_target(out, True), card, written)

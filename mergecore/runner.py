@@ -19,13 +19,25 @@ from .runs import RunStore
 
 
 def bench_config(bench) -> dict:
-    """What identifies the inputs of a run: adapters (with content hashes), tasks (with data hashes), modules."""
-    return {
+    """What identifies the inputs of a run: adapters (with content hashes; local folders as absolute paths),
+    tasks (with data hashes), modules, and where the tasks came from when the bench knows it
+    (``bench.task_source``: demo / glue with its folder, names and sizes / task-files mapping, absolute),
+    so commands taking ``--run`` can reopen the run's inputs."""
+    from pathlib import Path
+
+    def source(a) -> str:
+        p = Path(a.source).expanduser()
+        return str(p.resolve()) if p.is_dir() else a.source  # a hub id stays as given
+
+    config = {
         "base_model": bench.base_name,
-        "adapters": [{"name": a.name, "source": a.source, "sha256": a.sha256} for a in bench.adapters.adapters],
+        "adapters": [{"name": a.name, "source": source(a), "sha256": a.sha256} for a in bench.adapters.adapters],
         "tasks": [{"name": t.name, "fingerprint": t.fingerprint(), "metric": t.metric} for t in bench.tasks],
         "modules": bench.adapters.modules,
     }
+    if bench.task_source:
+        config["task_source"] = dict(bench.task_source)
+    return config
 
 
 def bench_key(bench) -> str:
@@ -146,33 +158,47 @@ def record_baselines(bench, store: RunStore) -> str:
 
 
 @torch.no_grad()
-def collect_features(bench, samples: int = 64, max_tokens: int = 2048) -> dict[str, dict[int, torch.Tensor]]:
-    """Inputs of every wrapped layer on each task's calibration data under the pre-trained model.
+def collect_features(bench, samples: int = 64, max_rows: int = 256) -> dict[str, dict[int, torch.Tensor]]:
+    """OSRM's H: the input of every wrapped layer on each label task's calibration data under the
+    pre-trained model, ONE row per example: the mean of the layer's input over the example's real
+    tokens (attention mask: no padding) in the reader's example-level forward (the prompt; no repeat
+    per label for verbalizer readers; a seq2seq decoder sees its start token). Layers fed one row per
+    example (a pooler) keep that row. Generative tasks have no features (absent key).
 
-    Returns {module: {task: (n, in)}}: real tokens only (the attention mask drops padding, as OSRM's
-    masked means need); layers fed one row per example (a pooler) keep every row."""
+    Returns {module: {task: (n, in)}} float32 on the CPU, rows in example order."""
+    from .errors import MergecoreError
+    from .verbalizer import accepts
+
     feats: dict[str, dict[int, list]] = {layer.name: {} for layer in bench.model.layers}
     state: dict = {}
 
     def hook(mod, args):
-        x, mask = args[0], state["mask"]
-        rows = x[mask] if x.ndim == 3 and x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])
-        feats[mod.name].setdefault(state["task"], []).append(rows.float().cpu())
+        x, mask = args[0], state["mask"]  # x (n, T, in) or (n, in); mask (n, T) of the example-level inputs
+        if x.shape[0] != mask.shape[0] or x.ndim not in (2, 3):
+            raise MergecoreError(f"module {mod.name}: input {tuple(x.shape)} has no one-row-per-example layout "
+                                 f"({mask.shape[0]} examples); OSRM features cannot be read there")
+        if x.ndim == 2:
+            rows = x.float()
+        else:  # this forward's own tokens: the encoder / prompt (masked), or the decoder's start token
+            m = (mask if x.shape[1] == mask.shape[1] else torch.ones(x.shape[:2], device=x.device)).float()
+            rows = (x.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
+        feats[mod.name].setdefault(state["task"], []).append(rows.cpu())
 
+    extra = {"logits_to_keep": 1} if bench.reader.family == "causal" and accepts(bench.model.model, "logits_to_keep") else {}
     hooks = [layer.register_forward_pre_hook(hook) for layer in bench.model.layers]
     try:
         bench.model.set_source(bench.pretrained())
-        for k in range(bench.num_tasks):
+        for k in bench.label_tasks:
             enc = bench.encoded(k, "calibration", limit=samples)
-            segments, inputs = bench.reader.batch([(k, enc, torch.arange(len(enc)))], bench.device)
-            state["task"], state["mask"] = k, inputs["attention_mask"].bool()
-            bench.reader.label_logits(bench.model, segments, inputs)
+            for start in range(0, len(enc), max(1, max_rows)):
+                idx = torch.arange(start, min(start + max_rows, len(enc)))
+                segments, inputs = bench.reader.batch([(k, enc, idx)], bench.device)
+                state["task"], state["mask"] = k, inputs["attention_mask"].bool()
+                bench.model(segments, **inputs, **extra)  # example-level forward: n rows, never n * C
     finally:
         for h in hooks:
             h.remove()
-    gen = torch.Generator().manual_seed(0)
-    return {name: {k: (x := torch.cat(chunks))[torch.randperm(len(x), generator=gen)[:max_tokens]]
-                   for k, chunks in per_task.items()} for name, per_task in feats.items()}
+    return {name: {k: torch.cat(chunks) for k, chunks in per_task.items()} for name, per_task in feats.items()}
 
 
 def run_static(bench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,

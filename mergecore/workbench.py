@@ -27,6 +27,7 @@ class Workbench:
     reader: object  # ClassifierReader, Seq2SeqReader or CausalReader (same interface)
     base_name: str = ""
     gen_params: GenParams = field(default_factory=GenParams)  # generative tasks: decoding and caching
+    task_source: dict | None = None  # where the tasks came from (demo / glue / task files), recorded in run configs
     _encoded: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -1,0 +1,253 @@
+"""Export per model family (causal LM, seq2seq LM, classifier), compressed export with a generative task,
+and `--run` reusing a run's adapters and task sources (export, analyze) from a run folder."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from mergecore.adapters import load_adapters
+from mergecore.export import ExportParams, RunSource, export_run
+from mergecore.merged import MergedSource
+from mergecore.merges.base import merge_adapters
+from mergecore.model import Segments
+from mergecore.runner import bench_config
+from mergecore.tasks import Split, Task, TaskSet
+
+from test_verbalizer import TINY, SENTS, make_adapters, tasks
+
+pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def lm_bench(name: str, root, with_generative: bool = False):
+    """A Workbench on a tiny-random LM (base read from its folder) with two PEFT adapters, and a
+    task-arithmetic run of them."""
+    from mergecore.families import open_bench
+
+    ts = tasks()
+    if with_generative:
+        gen = Task("gen", (), Split(tuple((s,) for s in SENTS[:4])), Split(tuple((s,) for s in SENTS[2:5])),
+                   metric="rouge1", prompt="Summary of: {0}\n")
+        ts = TaskSet((ts[0], gen))
+    bench = open_bench(load_adapters(make_adapters(name, root)), ts, device="cpu")
+    merge = merge_adapters(bench.adapters, "task_arithmetic")
+    return bench, RunSource("run-1", "ta", "static", bench_config(bench), {}, merge)
+
+
+@torch.no_grad()
+def merged_logits(bench, run, inputs: dict) -> torch.Tensor:
+    """mergecore's merged forward (MergeModel + MergedSource) on one unpadded example."""
+    bench.model.set_source(MergedSource(run.merge, bench.device))
+    return bench.model(Segments([(0, 0, 1)]), **inputs).logits.float()
+
+
+def lm_inputs(bench, text: str) -> dict:
+    enc = bench.reader.tokenizer([text], return_tensors="pt")
+    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if bench.reader.family == "seq2seq":
+        start = bench.model.model.config.decoder_start_token_id
+        inputs["decoder_input_ids"] = torch.tensor([[start] + enc["input_ids"][0, :3].tolist()])
+    return inputs
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def check_card_files(folder) -> dict:
+    """Every file the card and the README name exists."""
+    card = json.loads((folder / "merge_card.json").read_text())
+    readme = (folder / "README.md").read_text()
+    for name in card["files"]:
+        assert (folder / name).is_file(), name
+    for name in re.findall(r"`([\w./-]+\.(?:json|safetensors|md|txt|model))`", readme):
+        assert (folder / name).is_file(), name
+    return card
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return lm_bench("llama", tmp_path_factory.mktemp("llama"), with_generative=True)
+
+
+def test_causal_full_weights_are_a_causal_lm(llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    bench, run = llama
+    res = export_run(bench, run, tmp_path / "full", ExportParams(mode="full"))
+    model = AutoModelForCausalLM.from_pretrained(res.path).eval()
+    assert model.get_output_embeddings() is not None and not (res.path / "heads").exists()
+    for text in SENTS[:3]:
+        inputs = lm_inputs(bench, text)
+        with torch.no_grad():
+            got = model(**inputs).logits.float()
+        assert rel_err(got, merged_logits(bench, run, inputs)) <= RTOL
+    card = check_card_files(res.path)
+    assert card["export"]["family"] == "causal" and card["export"]["head"] is None
+    assert "AutoModelForCausalLM" in card["snippet"] and "SequenceClassification" not in card["snippet"]
+
+
+def test_causal_adapter_snippet_runs_and_matches(llama, tmp_path, monkeypatch):
+    bench, run = llama
+    res = export_run(bench, run, tmp_path / "merged")
+    card = check_card_files(res.path)
+    readme = (res.path / "README.md").read_text()
+    assert "heads/" not in readme and "use_head" not in card["snippet"] and "SequenceClassification" not in readme
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    code = re.sub(r"^BASE = .*$", f"BASE = {str(TINY / 'llama')!r}", code, flags=re.M)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # loads with transformers + PEFT, then generates
+    assert scope["text"] and type(scope["model"].get_base_model()).__name__ == "LlamaForCausalLM"
+    inputs = lm_inputs(bench, SENTS[0])
+    with torch.no_grad():
+        got = scope["model"](**inputs).logits.float()
+    assert rel_err(got, merged_logits(bench, run, inputs)) <= RTOL
+
+
+def test_compressed_with_a_generative_task_reports_label_tasks_only(llama, tmp_path):
+    bench, run = llama
+    res = export_run(bench, run, tmp_path / "c", ExportParams(mode="compressed", rank=1, samples=4))
+    change = res.card["export"]["probability_change"]
+    assert change["left_out"] == ["gen"] and list(change["per_task"]) == ["sentiment"]
+    assert change["max"] == change["per_task"]["sentiment"] >= 0
+    assert "left out" in (res.path / "README.md").read_text()
+    check_card_files(res.path)
+
+
+def test_seq2seq_full_weights_are_a_seq2seq_lm(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    bench, run = lm_bench("t5", tmp_path / "adapters")
+    res = export_run(bench, run, tmp_path / "full", ExportParams(mode="full"))
+    model = AutoModelForSeq2SeqLM.from_pretrained(res.path).eval()
+    for text in SENTS[:2]:
+        inputs = lm_inputs(bench, text)
+        with torch.no_grad():
+            got = model(**inputs).logits.float()
+        assert rel_err(got, merged_logits(bench, run, inputs)) <= RTOL
+    card = check_card_files(res.path)
+    assert card["export"]["family"] == "seq2seq" and "AutoModelForSeq2SeqLM" in card["snippet"]
+
+
+def test_classifier_full_weights_carry_the_chosen_head(tiny_setup, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from test_learn import tiny_bench
+
+    bench = tiny_bench(tiny_setup)
+    run = RunSource("run-2", "ta", "static", bench_config(bench), {}, merge_adapters(bench.adapters, "task_arithmetic"))
+    res = export_run(bench, run, tmp_path / "full", ExportParams(mode="full", head="beta"))
+    model = AutoModelForSequenceClassification.from_pretrained(res.path).eval()
+    k = bench.tasks.names.index("beta")
+    enc = bench.encoded(k, "calibration")
+    bench.model.set_source(MergedSource(run.merge))
+    segments, inputs = bench.reader.batch([(k, enc, torch.arange(len(enc)))], bench.device)
+    with torch.no_grad():
+        want = bench.reader.label_logits(bench.model, segments, inputs)[0]
+        got = model(**enc.tensors).logits.float()
+    assert got.shape == want.shape and rel_err(got, want) <= RTOL
+    card = check_card_files(res.path)
+    assert card["export"]["family"] == "classifier" and "AutoModelForSequenceClassification" in card["snippet"]
+
+
+# ----------------------------------------------------------------------------- --run reuses the run's sources
+
+
+def _main(args, capsys) -> tuple[int, str, str]:
+    from mergecore.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_run_folder_reuses_adapters_and_task_files(tmp_path, capsys):
+    from conftest import make_adapter, texts, tiny_bert_base
+
+    base = tiny_bert_base(tmp_path / "base")
+    dirs = [make_adapter(base, tmp_path / "a0", 2, 2, ["query", "value"], seed=1),
+            make_adapter(base, tmp_path / "a1", 3, 2, ["query", "value"], seed=2)]
+    data = tmp_path / "data"
+    data.mkdir()
+    specs = []
+    for k, n in enumerate((2, 3)):
+        f = data / f"t{k}.csv"
+        f.write_text("text,label\n" + "".join(f"{t},{i % n}\n" for i, t in enumerate(texts(6, seed=k))))
+        specs.append({"train": str(f), "eval": str(f), "text": ["text"], "label": "label",
+                      "labels": [f"l{i}" for i in range(n)]})
+    (data / "tasks.json").write_text(json.dumps(specs))
+    ws, run = tmp_path / "ws", tmp_path / "run"
+    code, _, err = _main(["merge", "--adapters", *dirs, "--task-files", data / "tasks.json", "--workspace", ws,
+                          "--device", "cpu", "--method", "task_arithmetic", "--out", run], capsys)
+    assert code == 0, err
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["task_source"] == {"kind": "files", "path": str((data / "tasks.json").resolve())}
+    assert [a["source"] for a in config["adapters"]] == [str(d.resolve()) for d in dirs]
+
+    common = ["--workspace", ws, "--device", "cpu"]
+    code, out, err = _main(["export", "--run", run, "--out", tmp_path / "exp", *common], capsys)
+    assert code == 0, err
+    card = json.loads((tmp_path / "exp" / "merge_card.json").read_text())
+    assert [d["fingerprint"] for d in card["data"]] == [t["fingerprint"] for t in config["tasks"]]
+    code, out, err = _main(["analyze", "--run", run, "--what", "spectra", *common], capsys)
+    assert code == 0, err
+    assert "spectra of" in out
+
+    shutil.move(data / "t1.csv", tmp_path / "t1.csv")  # a moved task file
+    code, out, err = _main(["export", "--run", run, "--out", tmp_path / "exp2", *common], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--task-files" in err and "t1.csv" in err
+    run_id = json.loads((run / "run.json").read_text())["id"]  # by id: the same recorded sources
+    code, out, err = _main(["analyze", "--run", run_id, "--what", "spectra", *common], capsys)
+    assert code == 2 and "--task-files" in err and not (tmp_path / "exp2").exists()
+
+
+def test_run_sources_fill_only_what_is_missing(tmp_path):
+    from argparse import Namespace
+
+    from mergecore.cli import task_source
+    from mergecore.cli_export import run_sources
+    from mergecore.errors import MergecoreError
+
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    args = Namespace(adapters=None, demo=False, glue=[], glue_dir=str(glue), task_files=None,
+                     calibration=16, eval_size=8)
+    bench = Namespace(tasks=TaskSet(tasks()))
+    src = task_source(args, bench)
+    assert src == {"kind": "glue", "names": ["sentiment", "topic"], "dir": str(glue.resolve()), "source": None,
+                   "calibration": 16, "eval_size": 8}
+    run = tmp_path / "run"
+    run.mkdir()
+    adapters = [{"name": "a", "source": str(tmp_path), "sha256": "0"}]
+    (run / "run.json").write_text(json.dumps({"id": "r1", "config": {"adapters": adapters, "task_source": src}}))
+    fresh = Namespace(adapters=None, demo=False, glue=None, glue_dir=None, task_files=None,
+                      calibration=128, eval_size=0)
+    run_sources(str(run), None, fresh)
+    assert (fresh.adapters, fresh.glue, fresh.glue_dir, fresh.calibration, fresh.eval_size) == (
+        [str(tmp_path)], ["sentiment", "topic"], str(glue.resolve()), 16, 8)
+    given = Namespace(adapters=["x"], demo=False, glue=None, glue_dir=None, task_files=tmp_path / "t.json",
+                      calibration=128, eval_size=0)
+    run_sources(str(run), None, given)  # the user's flags win
+    assert given.adapters == ["x"] and given.glue is None and given.task_files == tmp_path / "t.json"
+    glue.rmdir()
+    with pytest.raises(MergecoreError, match="GLUE folder .* no longer exists; pass --glue-dir"):
+        run_sources(str(run), None, Namespace(**{**vars(fresh), "adapters": None, "glue": None}))
+    adapters[0]["source"] = str(tmp_path / "gone")
+    (run / "run.json").write_text(json.dumps({"id": "r1", "config": {"adapters": adapters}}))
+    with pytest.raises(MergecoreError, match="adapter folder .*gone no longer exists; pass --adapters"):
+        run_sources(str(run), None, Namespace(**{**vars(fresh), "adapters": None}))
