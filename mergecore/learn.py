@@ -149,7 +149,7 @@ def references(bench, params: LearnParams) -> list:
         for k, t in enumerate(bench.tasks):
             if t.calibration.labels is None:
                 raise MergecoreError(f"the ce objective needs labels; task {t.name} has an unlabeled calibration split")
-            refs[k] = torch.tensor(t.calibration.labels[: params.labeled], device=bench.device).long()
+            refs[k] = t.class_ids(t.calibration.labels[: params.labeled]).to(bench.device)  # regression: nearest bin
     gen = replace(bench.gen_params, divergence=params.objective)
     for k in generative:  # DivMerge App. B.1: expert k decodes its own task's prompts once
         prompts = [bench.tasks[k].render(f) for f in bench.tasks[k].calibration.inputs[: params.samples]]

@@ -177,14 +177,23 @@ def _label_columns(name: str, cols: Columns, label_names: tuple[str, ...], metri
     return cols, ()
 
 
+def _calibration(train: str | Path, cols: Columns) -> Split:
+    """The calibration split, with its labels when every row of ``train`` has a valid one (the supervised
+    ce objective reads them); unlabeled otherwise, as the unsupervised objectives need."""
+    try:
+        return load_split(train, cols)
+    except MergecoreError:
+        return load_split(train, cols, labeled=False)
+
+
 def file_task(name: str, train: str | Path, evaluation: str | Path, cols: Columns, label_names: tuple[str, ...],
               prompt: str = "{0}", verbalizers: tuple[str, ...] | None = None, metric: str = "accuracy",
               calibration: int = 128, eval_size: int = 0, seed: int = 0) -> Task:
-    """A Task from two files (calibration from ``train``, unlabeled; evaluation labeled). Text labels map
+    """A Task from two files (calibration from ``train``, labeled when it can be; evaluation labeled). Text labels map
     through ``label_names``; ``metric="pearson_spearman"`` reads float labels, ``label_names`` being bin values."""
     check_prompt(name, prompt, tuple(cols.text))
     cols, values = _label_columns(name, cols, tuple(label_names), metric)
-    calib = sample(load_split(train, cols, labeled=False), calibration, seed)
+    calib = sample(_calibration(train, cols), calibration, seed)
     ev = sample(load_split(evaluation, cols), eval_size, seed + 1)
     if cols.label_map is None and not cols.numeric:
         bad = sorted({y for y in ev.labels if not 0 <= y < len(label_names)})

@@ -132,7 +132,10 @@ def test_csv_and_jsonl_with_column_mapping(tmp_path):
     cols = Columns(text=("review",), label="stars", label_map={"neg": 0, "pos": 1})
     task = file_task("mine", tmp_path / "train.csv", tmp_path / "eval.jsonl", cols, ("negative", "positive"),
                      prompt="Review: {0}\nSentiment:")
-    assert task.calibration.inputs == (("good, really",), ("bad",)) and task.calibration.labels is None
+    assert task.calibration.inputs == (("good, really",), ("bad",)) and task.calibration.labels == (1, 0)
+    (tmp_path / "unlabeled.csv").write_text("review\nok\nmeh\n", encoding="utf-8")  # no label column: unlabeled
+    bare = file_task("mine", tmp_path / "unlabeled.csv", tmp_path / "eval.jsonl", cols, ("negative", "positive"))
+    assert bare.calibration.labels is None and len(bare.calibration) == 2
     assert task.evaluation.labels == (1, 0) and task.verbalizers == ("negative", "positive")
     (tmp_path / "bad.jsonl").write_text("{not json}\n", encoding="utf-8")
     with pytest.raises(MergecoreError, match="line 1"):

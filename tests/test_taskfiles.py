@@ -74,7 +74,8 @@ def test_text_labels_map_through_labels_and_ids_keep_working(tmp_path, ext):
     task = tasks_from_specs(["sent"], [label_spec(tmp_path, ext)])[0]
     assert task.evaluation.labels == (1, 0, 1, 0)  # ROWS' third column, written out
     assert task.evaluation.inputs == (("good movie",), ("bad film",), ("fine plot",), ("dull",))
-    assert task.calibration.labels is None and task.label_names == tuple(LABELS)
+    # the train file is labeled: its labels are kept for the supervised ce objective
+    assert task.calibration.labels == task.evaluation.labels and task.label_names == tuple(LABELS)
 
 
 @pytest.mark.parametrize("ext, row", [("csv", "row 4"), ("jsonl", "row 3")])  # CSV counts the header as row 1
