@@ -66,3 +66,14 @@ def test_zero_mass_rows_follow_the_0_log_0_convention():
     np.testing.assert_allclose(kl_div(p, logq).numpy(), sp_entropy(p.numpy(), p.numpy(), axis=1), atol=1e-7)
     assert torch.isfinite(js_div(p, logq)).all() and float(js_div(p, logq).abs().max()) < 1e-7
     assert torch.isfinite(entropy(None, logq)).all()
+
+
+def test_unknown_objective_names_the_valid_ones():
+    import pytest
+
+    from mergecore.errors import MergecoreError
+    from mergecore.objectives import get_objective
+
+    with pytest.raises(MergecoreError) as info:
+        get_objective("hinge")
+    assert str(info.value) == "unknown objective 'hinge'; valid objectives: js, kl, rkl, entropy, ce"
