@@ -306,3 +306,18 @@ def tasks_from_specs(names: list[str], specs, base_dir: str | Path | None = None
                                prompt=s.get("prompt", "{0}"), verbalizers=s.get("verbalizers"),
                                metric=s.get("metric", "accuracy")))
     return TaskSet(tuple(tasks))
+
+
+def save_mapping(specs, folder: str | Path) -> Path:
+    """Write a task mapping (the parsed JSON list of specs) to ``folder/<content hash>.json`` once, so a run
+    made from it can record the file and ``--run`` can reuse it; returns the path."""
+    import hashlib
+
+    text = json.dumps(specs, indent=1, sort_keys=True)
+    path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return path

@@ -26,13 +26,32 @@ def registry(workspace: str):
 
 
 @st.cache_resource(show_spinner="Loading the base model and adapters...", max_entries=4)
-def bench(adapter_dirs: tuple[str, ...], device: str, task_source: tuple = ("demo",), base_model: str = ""):
+def bench(adapter_dirs: tuple[str, ...], device: str, task_source: tuple = ("demo",), base_model: str = "",
+          workspace: str = ""):
     """One Workbench per adapter selection, task source and device, shared by all sessions (never mutated)."""
     from mergecore.adapters import load_adapters
     from mergecore.workbench import open_workbench
 
     adapters = load_adapters(list(adapter_dirs), base_model=base_model or None)
-    return open_workbench(adapters, load_tasks(adapters.names, task_source), device=device)
+    wb = open_workbench(adapters, load_tasks(adapters.names, task_source), device=device)
+    wb.task_source = recorded_source(wb, task_source, workspace or default_workspace())  # `--run` reuses it
+    return wb
+
+
+def recorded_source(wb, task_source: tuple, workspace: str) -> dict:
+    """The task source a run records (as the CLI does): demo, a GLUE folder, or the mapping saved as a file."""
+    import json
+
+    kind = task_source[0]
+    if kind == "glue":
+        folder = task_source[1] and str(Path(task_source[1]).expanduser().resolve())
+        return {"kind": "glue", "names": list(wb.tasks.names), "dir": folder or None, "source": None if folder else "auto",
+                "calibration": task_source[2], "eval_size": task_source[3]}
+    if kind == "demo":
+        return {"kind": "demo"}
+    from mergecore.taskfiles import save_mapping
+
+    return {"kind": "files", "path": str(save_mapping(json.loads(task_source[1]), Path(workspace) / "task-mappings"))}
 
 
 def load_tasks(adapter_names: list[str], task_source: tuple):
@@ -86,7 +105,8 @@ def current_bench():
     """The workbench for the selected adapters and tasks, or None after showing the error."""
     try:
         return bench(adapter_dirs(), st.session_state.get("device", "cpu"),
-                     st.session_state.get("task_source", ("demo",)), st.session_state.get("base_model", ""))
+                     st.session_state.get("task_source", ("demo",)), st.session_state.get("base_model", ""),
+                     st.session_state.get("workspace") or default_workspace())
     except MergecoreError as exc:
         st.error(str(exc))
         return None

@@ -301,3 +301,23 @@ def test_cli_wrong_family_and_missing_base_exit_2(tiny_setup, tmp_path, capsys):
     code, _, err = run_cli([*args, "--base-model", "./no-such-base"], capsys)
     assert code == 2
     assert_one_line_error(err, "base model folder ./no-such-base does not exist", "--base-model PATH")
+
+
+def test_app_runs_record_their_task_source(tmp_path):
+    """The app's bench records where its tasks came from, as the CLI does: a typed mapping is saved once
+    (by content) in the workspace so `export/analyze --run` can reuse it."""
+    import json as _json
+    from types import SimpleNamespace
+
+    from mergecore.taskfiles import save_mapping
+    from pages.common import recorded_source
+
+    specs = [{"train": "/data/a.csv", "eval": "/data/b.csv", "text": ["t"], "label": "y", "labels": ["n", "p"]}]
+    wb = SimpleNamespace(tasks=SimpleNamespace(names=["sst2"]))
+    src = recorded_source(wb, ("files", _json.dumps(specs)), str(tmp_path))
+    assert src["kind"] == "files" and _json.loads(Path(src["path"]).read_text()) == specs
+    assert save_mapping(specs, tmp_path / "task-mappings") == Path(src["path"])  # same content, same file
+    assert recorded_source(wb, ("demo",), str(tmp_path)) == {"kind": "demo"}
+    glue = recorded_source(wb, ("glue", str(tmp_path), 32, 50), str(tmp_path))
+    assert glue == {"kind": "glue", "names": ["sst2"], "dir": str(tmp_path.resolve()), "source": None,
+                    "calibration": 32, "eval_size": 50}
