@@ -283,3 +283,25 @@ def test_loss_falls_when_experts_disagree(bench, objective, granularity):
     first, last = mean_task_loss(events[0]), np.mean([mean_task_loss(e) for e in events[-5:]])
     assert first > 1e-2  # the experts disagree with the uniform start
     assert last < 0.8 * first, (first, last)
+
+
+def test_periodic_eval_reports_what_the_collapse_panel_shows(bench):
+    """Score, mean confidence, agreement with the expert and confidently-wrong share, recomputed in numpy
+    from the merged and expert probabilities on the first ``limit`` evaluation rows."""
+    from mergecore.learn import periodic_eval
+    from mergecore.metrics import score
+
+    limit = 7
+    source = FixedCoefs(as_matrix(bench, start_coefs(bench, "layer")))
+    experts = bench.predict(bench.routing(), "evaluation", limit=limit)
+    got = periodic_eval(bench, source, experts, limit)
+    merged = bench.predict(source, "evaluation", limit=limit)
+    for k, task in enumerate(bench.tasks):
+        p, pe = merged[k].double().numpy(), experts[k].double().numpy()
+        gold = np.asarray(task.evaluation.labels[:limit])
+        conf, pred = p.max(-1), p.argmax(-1)
+        assert got["confidence"][task.name] == pytest.approx(conf.mean(), rel=1e-6)
+        assert got["agreement"][task.name] == pytest.approx((pred == pe.argmax(-1)).mean())
+        assert got["confidently_wrong"][task.name] == pytest.approx(((conf >= 0.9) & (pred != gold)).mean())
+        assert got["score"][task.name] == pytest.approx(score(task.metric, pred, gold))
+    assert any(0.0 < v < 1.0 for v in got["confidence"].values())  # the fixture is neither flat nor one-hot
