@@ -57,7 +57,7 @@ def summarize(work: Path) -> dict:
     per_module: dict[str, Counter] = defaultdict(Counter)
     not_killed = []
     for line in out.splitlines():
-        hit = re.match(r"\s*(mergecore\.[\w.]+?)\.x_?\w*?__mutmut_\d+: (.+)$", line)
+        hit = re.match(r"\s*(mergecore\.[\w.]+?)\.x[_ǁ]\S*?__mutmut_\d+: (.+)$", line)  # ǁ: a method
         if not hit:
             continue
         module, status = hit.group(1), hit.group(2).strip()

@@ -20,16 +20,10 @@ from mergecore.tasks import Split, Task, TaskSet
 
 from test_verbalizer import TINY, SENTS, make_adapters, tasks
 
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
+pytestmark = [pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data"),
+              pytest.mark.usefixtures("one_thread")]
 RTOL = 1e-5
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def lm_bench(name: str, root, with_generative: bool = False):

@@ -15,16 +15,10 @@ from mergecore.objectives import js_div, kl_div
 
 from test_verbalizer import SPECS, TINY, load, make_adapters
 
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
+pytestmark = [pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data"),
+              pytest.mark.usefixtures("one_thread")]
 PROMPTS = ["summarize: the cat sat on the mat", "translate: good morning", "a b c d e f"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=["t5", "llama"])

@@ -35,13 +35,8 @@ TARGETS = (0.1, 0.6, 0.45, 0.9)  # regression targets; bins centred at 0.25 / 0.
 CENTRES = (0.25, 0.75)
 PROMPTS = ("summarize: the cat sat on the mat", "translate: good morning", "a b c d e f")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def regression_task(cal: tuple, ev: tuple, **kw) -> Task:

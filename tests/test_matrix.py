@@ -146,11 +146,8 @@ def refused(code: int, err: str, *words: str) -> None:
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def fam(request, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield Family(request.param, tmp_path_factory.mktemp(request.param))
-    torch.set_num_threads(threads)
+def fam(request, tmp_path_factory, one_thread):
+    return Family(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def applies(fam: Family, objective: str) -> bool:

@@ -22,7 +22,8 @@ from mergecore.verbalizer import CausalReader, Seq2SeqReader
 from conftest import randomize_lora
 
 TINY = Path("/work/shared/data/tiny-random")
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
+pytestmark = [pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data"),
+              pytest.mark.usefixtures("one_thread")]
 
 SPECS = {  # family, peft task type, LoRA targets
     "t5": ("seq2seq", "SEQ_2_SEQ_LM", ["q", "v"]),
@@ -77,14 +78,6 @@ def make_adapters(name: str, root: Path, k: int = 2) -> list[Path]:
         out.append(root / f"{name}_{i}")
     return out
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=list(SPECS))

@@ -47,7 +47,7 @@ def render(cells: dict[tuple[str, str], tuple[str, str]]) -> str:
              f"Written by `python -m pytest tests/conformance` (PEFT {peft.__version__}). Adapters are saved by real "
              "PEFT (`get_peft_model`, random non-zero factors, `save_pretrained`) on tiny models built from configs "
              "(MiniLM: the packaged all-MiniLM-L6-v2). Each cell is exactly one of:", "",
-             "- **exact** (largest relative error): mergecore's routed expert k equals PEFT's single-adapter model, "
+             "- **exact** (bound on the largest relative error): mergecore's routed expert k equals PEFT's single-adapter model, "
              "and a task arithmetic merge (weights 0.7, -0.4) exported by mergecore and loaded by plain PEFT, on the "
              "task model class and on the bare model class, equals `W0 + sum_k w_k (merge_and_unload(adapter k) - W0)` "
              "computed by PEFT; tolerance 1e-5;",
