@@ -11,9 +11,10 @@ from mergecore.adapters import load_adapters
 from mergecore.errors import MergecoreError
 from mergecore.families import detect_family, family_of_adapters, load_base, open_bench
 
-from test_verbalizer import TINY, make_adapters, one_thread, tasks  # noqa: F401  (one_thread: autouse fixture)
+from test_verbalizer import TINY, make_adapters, tasks
 
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
+pytestmark = [pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def test_detect_family_from_configs():
