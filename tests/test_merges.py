@@ -393,3 +393,19 @@ def test_every_param_is_documented_and_defaults_build():
         assert len(m.default_weights(3, p)) == 3
     assert TiesParams() == TiesParams(density=0.2, majority_sign_method="total", lam=1.0)
     assert get_method("task_arithmetic").default_weights(2, parse_params("task_arithmetic", [])) == [0.3, 0.3]
+
+
+@pytest.mark.parametrize("value,ok", [(0.0, False), (1e-6, True), (1.0, True), (1.000001, False)])
+def test_density_and_fraction_bounds_are_half_open(value, ok):
+    """density (TIES / DARE / KnOTS) and TSV-M's fraction live in (0, 1]: 0 keeps nothing and is refused."""
+    from mergecore.merges.base import check_density
+
+    params = get_method("tsv_m").params_cls
+    if ok:
+        check_density("ties", value)
+        params(fraction=value)
+    else:
+        with pytest.raises(MergecoreError, match=r"must be in \(0, 1\]"):
+            check_density("ties", value)
+        with pytest.raises(MergecoreError, match=r"fraction must be in \(0, 1\]"):
+            params(fraction=value)
