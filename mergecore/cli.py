@@ -79,16 +79,14 @@ def open_bench(args):
 
 def task_source(args, bench) -> dict:
     """Where a bench's tasks came from (recorded in run configs by ``runner.bench_config``)."""
-    if args.glue is not None:  # a local GLUE folder (absolute), or the source named ('hf', None: automatic)
-        where = args.glue_dir
-        local = bool(where) and Path(where).expanduser().is_dir()
-        return {"kind": "glue", "names": list(bench.tasks.names),
-                "dir": str(Path(where).expanduser().resolve()) if local else None, "source": None if local else where,
-                "calibration": args.calibration, "eval_size": args.eval_size}
-    if args.task_files is not None:
-        return {"kind": "files", "path": str(Path(args.task_files).expanduser().resolve())}
-    return {"kind": "demo"}
+    from .glue import glue_source
+    from .taskfiles import files_source
 
+    if args.glue is not None:
+        return glue_source(bench.tasks.names, args.glue_dir, args.calibration, args.eval_size)
+    if args.task_files is not None:
+        return files_source(args.task_files)
+    return {"kind": "demo"}
 
 
 def _file_tasks(names: list[str], path: Path):

@@ -321,3 +321,8 @@ def save_mapping(specs, folder: str | Path) -> Path:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     return path
+
+
+def files_source(mapping: str | Path) -> dict:
+    """What a run records about tasks from files: the task mapping's absolute path."""
+    return {"kind": "files", "path": str(Path(mapping).expanduser().resolve())}

@@ -42,16 +42,15 @@ def recorded_source(wb, task_source: tuple, workspace: str) -> dict:
     """The task source a run records (as the CLI does): demo, a GLUE folder, or the mapping saved as a file."""
     import json
 
+    from mergecore.glue import glue_source
+    from mergecore.taskfiles import files_source, save_mapping
+
     kind = task_source[0]
     if kind == "glue":
-        folder = task_source[1] and str(Path(task_source[1]).expanduser().resolve())
-        return {"kind": "glue", "names": list(wb.tasks.names), "dir": folder or None, "source": None if folder else "auto",
-                "calibration": task_source[2], "eval_size": task_source[3]}
+        return glue_source(wb.tasks.names, task_source[1], task_source[2], task_source[3])
     if kind == "demo":
         return {"kind": "demo"}
-    from mergecore.taskfiles import save_mapping
-
-    return {"kind": "files", "path": str(save_mapping(json.loads(task_source[1]), Path(workspace) / "task-mappings"))}
+    return files_source(save_mapping(json.loads(task_source[1]), Path(workspace) / "task-mappings"))
 
 
 def load_tasks(adapter_names: list[str], task_source: tuple):

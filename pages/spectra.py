@@ -82,7 +82,7 @@ try:
         with right:
             if sub["interference"]:
                 heatmap(lenses.aggregate(sub["interference"], selected), [f"adapter {x}" for x in t],
-                        [f"{x} features" for x in t], "OSRM interference ‖B_j A_j H_iᵀ‖ per token", key="osrm")
+                        [f"{x} features" for x in t], "OSRM interference ‖B_j A_j H_iᵀ‖ per example", key="osrm")
         shared = sum(len(sub["shared"][m]) for m in selected)
         st.caption(f"Shared output directions (contained in ≥ 2 tasks' B spaces, Pico) in the selection: {shared}. "
                    "Interference: row = task whose features are fed, column = adapter; off-diagonal = harm to others.")

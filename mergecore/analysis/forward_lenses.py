@@ -218,18 +218,13 @@ def _text(fields: tuple[str, ...]) -> str:
     return " | ".join(fields)
 
 
-def label_bins(task, labels) -> torch.Tensor:
-    """Integer label ids (n,) of evaluation labels (``Task.class_ids``: regression targets to their nearest bin)."""
-    return task.class_ids(labels)
-
-
 def calibration_of(bench, source, limit: int | None = None, n_bins: int = 10, threshold: float = 0.9) -> dict:
     """Confidence diagnostics of ``source`` against the experts on the evaluation split: per-task
     summary (ECE, confidently-wrong share, agreement with the expert, ...), reliability bins per
     task and pooled ("all"), and one row per example for the table and the histograms.
 
     "Correct" = the predicted label (bin) is the gold one; regression targets are first mapped to
-    their nearest bin (``label_bins``). Generative tasks are left out (``skipped``)."""
+    their nearest bin (``Task.class_ids``). Generative tasks are left out (``skipped``)."""
     label_tasks_or_refuse(bench, "calibration")
     merged, expert = bench.predict(source, "evaluation", limit), bench.predict(bench.routing(), "evaluation", limit)
     out = {"tasks": [], "summary": {}, "expert_summary": {}, "bins": {}, "examples": [],
@@ -239,7 +234,7 @@ def calibration_of(bench, source, limit: int | None = None, n_bins: int = 10, th
         if pm is None:  # generative
             continue
         out["tasks"].append(task.name)
-        labels = label_bins(task, task.evaluation.labels[: len(pm)])
+        labels = task.class_ids(task.evaluation.labels[: len(pm)])
         out["summary"][task.name] = confidence_summary(pm, labels, pe, threshold, n_bins)
         out["expert_summary"][task.name] = confidence_summary(pe, labels, None, threshold, n_bins)
         conf, pred = pm.double().max(-1)
