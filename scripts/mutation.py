@@ -2,6 +2,8 @@
 
     python scripts/mutation.py                 # every core module against the tests that pin them
     python scripts/mutation.py --modules mergecore/objectives.py --tests tests/test_objectives.py
+    python scripts/mutation.py --work /tmp/mut-obj --rerun ...   # reuse a folder: only changed functions,
+                                                                 # unchecked mutants and the not-killed rerun
 
 Copies mergecore/, tests/ and pytest.ini to a temporary folder (the repository's top level stays as it
 is), writes mutmut's setup.cfg there, runs ``mutmut run`` (forkserver isolation and one BLAS thread:
@@ -39,19 +41,30 @@ def setup_cfg(modules: list[str], tests: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(modules: list[str], tests: list[str], children: int) -> Path:
-    work = Path(tempfile.mkdtemp(prefix="mergecore-mutation-"))
+def prepare(work: Path | None, modules: list[str], tests: list[str]) -> Path:
+    """A scratch folder holding the current mergecore/, tests/ and pytest.ini; mutmut's state under
+    ``mutants/`` is kept when ``work`` is reused, so only functions whose source changed are re-mutated."""
+    work = work or Path(tempfile.mkdtemp(prefix="mergecore-mutation-"))
+    work.mkdir(parents=True, exist_ok=True)
     for name in ("mergecore", "tests"):
+        shutil.rmtree(work / name, ignore_errors=True)
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pytest.ini", work / "pytest.ini")
     (work / "setup.cfg").write_text(setup_cfg(modules, tests))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=work, env=env,
-                   stdout=subprocess.DEVNULL, check=False)
     return work
 
 
-def summarize(work: Path) -> dict:
+def mutmut(work: Path, args: list[str], children: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *args], cwd=work,
+                   env=env, stdout=subprocess.DEVNULL, check=False)
+
+
+def dotted(modules: list[str]) -> tuple[str, ...]:
+    return tuple(m.removesuffix(".py").replace("/", ".") for m in modules)
+
+
+def summarize(work: Path, modules: list[str]) -> dict:
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          capture_output=True, text=True, check=False).stdout
     per_module: dict[str, Counter] = defaultdict(Counter)
@@ -61,6 +74,8 @@ def summarize(work: Path) -> dict:
         if not hit:
             continue
         module, status = hit.group(1), hit.group(2).strip()
+        if not module.startswith(dotted(modules)):
+            continue
         per_module[module][status] += 1
         if status != "killed":
             not_killed.append({"mutant": line.split(":")[0].strip(), "status": status})
@@ -75,9 +90,16 @@ def main() -> None:
     ap.add_argument("--tests", nargs="+", default=TESTS)
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--work", type=Path, help="reuse this scratch folder (created if missing)")
+    ap.add_argument("--rerun", action="store_true", help="then rerun every mutant not killed (after new tests)")
     args = ap.parse_args()
-    work = run(args.modules, args.tests, args.children)
-    result = {"work": str(work), **summarize(work)}
+    work = prepare(args.work, args.modules, args.tests)
+    mutmut(work, [], args.children)
+    if args.rerun:
+        names = [m["mutant"] for m in summarize(work, args.modules)["not_killed"]]
+        for i in range(0, len(names), 500):
+            mutmut(work, names[i:i + 500], args.children)
+    result = {"work": str(work), **summarize(work, args.modules)}
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text)
