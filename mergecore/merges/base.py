@@ -14,6 +14,7 @@ method's default from its params). ``features`` is only passed to methods with
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 import zlib
@@ -71,7 +72,7 @@ class MergeMethod:
     needs_features: bool = False  # OSRM: merge_adapters must get ``features``
 
     def param_help(self) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(self.params_cls)}
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(self.params_cls)}
 
 
 def lam_weights(num: int, params: Any) -> list[float]:
@@ -106,7 +107,7 @@ def merge_adapters(adapters: AdapterSet, method: str | MergeMethod, params: Any 
     out = {}
     for module in adapters.modules:
         p = _module_params(params, module)
-        kw = {"features": (features or {}).get(module, {})} if m.needs_features else {}
+        kw = {"features": features.get(module)} if m.needs_features else {}  # None: the method refuses
         out[module] = m.fn(adapters.factors(module), w, p, **kw)
     return out
 
@@ -121,7 +122,7 @@ def check_weights(weights: list[float], num: int) -> list[float]:
     w = [float(x) for x in weights]
     if len(w) != num:
         raise MergecoreError(f"got {len(w)} weights for {num} adapters; give one weight per adapter")
-    if not all(abs(x) < float("inf") for x in w):
+    if not all(math.isfinite(x) for x in w):
         raise MergecoreError(f"weights must be finite numbers, got {w}")
     return w
 
@@ -201,4 +202,4 @@ def _convert(method: str, key: str, raw: str, tp: Any) -> Any:
             raise ValueError(raw)
         return tp(raw)
     except (TypeError, ValueError):
-        raise MergecoreError(f"{method}: parameter {key} expects {getattr(tp, '__name__', tp)}, got {raw!r}") from None
+        raise MergecoreError(f"{method}: parameter {key} expects {tp.__name__}, got {raw!r}") from None

@@ -36,9 +36,9 @@ from .ties_dare import SIGN_METHODS, ties_tensors
 
 def numerical_rank(S: torch.Tensor) -> int:
     """Number of singular values (descending) above RANK_RTOL * S[0]; 0 for an all-zero S."""
-    if S.numel() == 0 or S[0] <= 0:
+    if S.numel() == 0:
         return 0
-    return int((S > RANK_RTOL * S[0]).sum())
+    return int((S > RANK_RTOL * S[0]).sum())  # all-zero S: nothing is above 0
 
 
 def polar(X: torch.Tensor) -> torch.Tensor:

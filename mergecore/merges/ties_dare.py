@@ -50,7 +50,7 @@ def majority_sign_mask(stacked: torch.Tensor, method: str = "total") -> torch.Te
     """stacked (K, ...): True where an entry's sign equals the elected sign (ties -> +)."""
     sign = stacked.sign()
     mass = stacked.sum(dim=0) if method == "total" else sign.sum(dim=0)
-    return sign == torch.where(mass >= 0, 1, -1).to(sign.dtype)
+    return sign == torch.where(mass >= 0, 1, -1)
 
 
 def disjoint_merge(stacked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -138,8 +138,8 @@ class MagnitudeParams:
         check_density("magnitude_prune", self.density)
 
 
-def _dense(merged: torch.Tensor, info: dict | None = None) -> ModuleMerge:
-    return ModuleMerge(space="dense", dense=merged, info=info or {})
+def _dense(merged: torch.Tensor) -> ModuleMerge:
+    return ModuleMerge(space="dense", dense=merged)
 
 
 def ties(factors: list[LoraFactors | None], weights: list[float], params: TiesParams) -> ModuleMerge:
