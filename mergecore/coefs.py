@@ -57,7 +57,7 @@ def task_coefs(init: torch.Tensor, num_modules: int) -> MatrixCoefs:
 
 def layer_coefs(init: torch.Tensor, num_modules: int) -> MatrixCoefs:
     """Layer-wise: one row per LoRA module. ``init`` is (K,) or (L, K)."""
-    init = init if init.ndim == 2 else init.reshape(1, -1).repeat(num_modules, 1)
+    init = init if init.ndim == 2 else init.repeat(num_modules, 1)  # (K,) -> (L, K)
     return MatrixCoefs(init, torch.arange(num_modules), "layer")
 
 
@@ -68,16 +68,19 @@ def block_index(modules: list[str]) -> tuple[torch.Tensor, list[str]]:
     """Group modules by transformer block: ('encoder.layer.3.attention...' -> 'encoder.3')."""
     keys = []
     for m in modules:
-        hit = _BLOCK.search("." + m + ".")
-        prefix = m[: max(hit.start() - 1, 0)] if hit else ""  # the search string has one leading '.'
-        keys.append(f"{prefix}.{hit.group(1)}".lstrip(".") if hit else m)
+        hit = _BLOCK.search("." + m + ".")  # padded: a name may start or end with its block ('h.0.attn')
+        if hit is None:
+            keys.append(m)
+            continue
+        prefix = m[: max(hit.start() - 1, 0)]  # hit.start() counts the one leading '.' of the padding
+        keys.append(f"{prefix}.{hit.group(1)}" if prefix else hit.group(1))
     names = list(dict.fromkeys(keys))
     return torch.tensor([names.index(k) for k in keys], dtype=torch.long), names
 
 
 def block_coefs(init: torch.Tensor, modules: list[str]) -> MatrixCoefs:
     group, names = block_index(modules)
-    return MatrixCoefs(init.reshape(1, -1).repeat(len(names), 1), group, "block")
+    return MatrixCoefs(init.repeat(len(names), 1), group, "block")  # (K,) -> (G, K)
 
 
 class FixedCoefs:

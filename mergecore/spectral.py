@@ -48,7 +48,6 @@ class SpectralCoefs(nn.Module):
             offsets.append(offsets[-1] + len(S))
         self.offsets = offsets
         self.gamma = nn.Parameter(torch.ones(offsets[-1], device=device))  # all Lambda_l, concatenated
-        self.transform = None
 
     def scales(self, l: int) -> torch.Tensor:
         return self.gamma[self.offsets[l]:self.offsets[l + 1]]

@@ -77,3 +77,16 @@ def test_unknown_objective_names_the_valid_ones():
     with pytest.raises(MergecoreError) as info:
         get_objective("hinge")
     assert str(info.value) == "unknown objective 'hinge'; valid objectives: js, kl, rkl, entropy, ce"
+
+
+def test_divergences_reduce_the_last_axis_of_token_level_distributions():
+    """Generative tasks pass (n, tokens, buckets) distributions (generative.bucket_divergence); each divergence
+    is per token over the last axis, as scipy computes it along axis=-1."""
+    g = torch.Generator().manual_seed(2)
+    p = torch.softmax(torch.randn(3, 4, 5, generator=g) * 2, -1)
+    q = torch.softmax(torch.randn(3, 4, 5, generator=g) * 2, -1)
+    pn, qn = p.numpy(), q.numpy()
+    np.testing.assert_allclose(kl_div(p, q.log()).numpy(), sp_entropy(pn, qn, axis=-1), rtol=1e-4)
+    np.testing.assert_allclose(reverse_kl(p, q.log()).numpy(), sp_entropy(qn, pn, axis=-1), rtol=1e-4)
+    np.testing.assert_allclose(entropy(None, q.log()).numpy(), sp_entropy(qn, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(js_div(p, q.log()).numpy(), jensenshannon(pn, qn, axis=-1) ** 2, rtol=1e-4, atol=1e-6)
