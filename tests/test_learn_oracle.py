@@ -38,6 +38,10 @@ HEAD_SCALE = 300.0
 
 @pytest.fixture(scope="module")
 def bench(tiny_setup):
+    return scaled_bench(tiny_setup)
+
+
+def scaled_bench(tiny_setup):
     """The tiny BERT bench with every task head scaled x300: the random heads are near-flat (experts and merges
     all predict ~1/C, JS ~1e-7); scaled, the experts are confident and disagree with the merges (JS ~1e-2..0.5)."""
     b = tiny_bench(tiny_setup)
