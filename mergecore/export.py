@@ -34,7 +34,7 @@ import time
 import uuid
 import zipfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -215,7 +215,7 @@ def probability_change(bench, full: Merge, approx: Merge, samples: int) -> dict:
     p_full = bench.predict(MergedSource(full, bench.device), "calibration", limit=samples)
     p_approx = bench.predict(MergedSource(approx, bench.device), "calibration", limit=samples)
     per_task = {t: float((a - b).abs().max()) for t, a, b in zip(bench.tasks.names, p_full, p_approx)
-                if a is not None and b is not None}
+                if a is not None}  # generative tasks: None in both
     return {"per_task": per_task, "max": max(per_task.values()), "samples": samples, "left_out": left_out}
 
 
@@ -360,8 +360,8 @@ def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor
 
     family = bench_family(bench)
     task = bench.tasks.by_name(head_task)
-    n = task.num_labels if family == "classifier" else 2
-    model, tokenizer, _ = load_base(base_name(bench), family, base_path=base_folder(bench), num_labels=n)
+    model, tokenizer, _ = load_base(base_name(bench), family, base_path=base_folder(bench),
+                                    num_labels=task.num_labels)  # the head's size (LMs ignore it)
     if family == "classifier":
         missing = [k for k in model.load_state_dict(head, strict=False).unexpected_keys]
         if missing:
@@ -483,37 +483,54 @@ use_head(model, ADAPTER + "/{ex["heads"][other]}")  # now the model answers task
 '''
 
 
+README = """\
+# Merged {what}: {name}
+
+Made by mergecore {version} from run `{run_id}` (method `{method}`{objective}) on base model `{base}` ({family}).
+
+- export: **{mode}**{rank}{head}
+- sources: {sources}
+{scores}{energy}
+Files: {files}; `{card_file}` holds the full record.
+{heads}
+## Load it (transformers{peft} only)
+
+```python
+{snippet}
+```
+"""
+
+
 def card_readme(card: dict, folder_name: str) -> str:
-    """README.md: what was merged, how well, the files this folder holds, and how to load it."""
+    """README.md (the ``README`` template): what was merged, how well, the files this folder holds, and
+    how to load it."""
     ex = card["export"]
     scores = card.get("scores") or {}
     family = ex.get("family", "classifier")
-    what = "model (full weights)" if ex["mode"] == "full" else "LoRA adapter"
-    head = (f", head in the {'model' if ex['mode'] == 'full' else 'adapter'}: `{ex['head']}`"
-            if family == "classifier" and ex.get("head") else "")
-    lines = [f"# Merged {what}: {card['run']['name']}", "",
-             f"Made by mergecore {card['mergecore_version']} from run `{card['run']['id']}` "
-             f"(method `{card['method']}`" + (f", objective `{card['objective']}`" if card.get("objective") else "")
-             + f") on base model `{card['base_model']}` ({family}).", "",
-             f"- export: **{ex['mode']}**" + (f" (rank {ex['rank']})" if ex.get("rank") else "") + head,
-             "- sources: " + ", ".join(f"`{s['name']}` (sha256 {s['sha256'][:12]})" for s in card["sources"])]
-    if scores:
-        lines.append("- scores: " + ", ".join(f"{t} {fmt(v)}" for t, v in scores.items()))
+    full = ex["mode"] == "full"
+    energy = ""
     if ex.get("energy"):
         change = ex.get("probability_change") or {}
-        line = f"- retained energy: {ex['energy']['overall']:.4f} overall, {ex['energy']['min']:.4f} worst module"
+        energy = f"- retained energy: {ex['energy']['overall']:.4f} overall, {ex['energy']['min']:.4f} worst module"
         if change.get("max") is not None:
-            line += f"; largest label-probability change on calibration inputs: {change['max']:.4g}"
+            energy += f"; largest label-probability change on calibration inputs: {change['max']:.4g}"
         if change.get("left_out"):
-            line += f" (generative tasks left out of that report: {', '.join(change['left_out'])})"
-        lines.append(line)
+            energy += f" (generative tasks left out of that report: {', '.join(change['left_out'])})"
+        energy += "\n"
     files = sorted(set(card.get("files") or {}) | {CARD_FILE, README_FILE})
-    lines += ["", "Files: " + ", ".join(f"`{f}`" for f in files) + f"; `{CARD_FILE}` holds the full record."]
-    if ex.get("heads"):
-        lines.append("Each task's classifier head is in `heads/<task>.safetensors`.")
-    lines += ["", "## Load it (transformers" + ("" if ex["mode"] == "full" else " + PEFT") + " only)", "",
-              "```python", loading_snippet(card, folder_name).rstrip(), "```", ""]
-    return "\n".join(lines)
+    return README.format(
+        what="model (full weights)" if full else "LoRA adapter", name=card["run"]["name"],
+        version=card["mergecore_version"], run_id=card["run"]["id"], method=card["method"],
+        objective=f", objective `{card['objective']}`" if card.get("objective") else "",
+        base=card["base_model"], family=family, mode=ex["mode"],
+        rank=f" (rank {ex['rank']})" if ex.get("rank") else "",
+        head=(f", head in the {'model' if full else 'adapter'}: `{ex['head']}`"
+              if family == "classifier" and ex.get("head") else ""),
+        sources=", ".join(f"`{s['name']}` (sha256 {s['sha256'][:12]})" for s in card["sources"]),
+        scores="- scores: " + ", ".join(f"{t} {fmt(v)}" for t, v in scores.items()) + "\n" if scores else "",
+        energy=energy, files=", ".join(f"`{f}`" for f in files), card_file=CARD_FILE,
+        heads="Each task's classifier head is in `heads/<task>.safetensors`.\n" if ex.get("heads") else "",
+        peft="" if full else " + PEFT", snippet=loading_snippet(card, folder_name).rstrip())
 
 
 # ----------------------------------------------------------------------------- atomic folder writes
@@ -628,7 +645,3 @@ def zip_folder(folder: str | Path) -> bytes:
             if p.is_file():
                 zf.write(p, f"{folder.name}/{p.relative_to(folder).as_posix()}")
     return buf.getvalue()
-
-
-def export_params_dict(params: ExportParams) -> dict:
-    return asdict(params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -11,8 +12,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
+from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
-from mergecore.export import ExportParams, export_run, inside, load_run, safe_name, zip_folder
+from mergecore.export import ExportParams, export_run, full_model, inside, load_run, safe_name, zip_folder
 from mergecore.learn import LearnParams
 from mergecore.merged import MergedSource
 from mergecore.runner import run_learning, run_static
@@ -103,6 +105,7 @@ def test_card_records_sources_method_and_data(env, tmp_path):
     assert card["method"] == "learned" and card["objective"] == rec.config["params"]["objective"]
     assert card["coefficients"] == rec.result["coefs"] and card["scores"] == rec.result["scores"]
     assert card["mergecore_version"] and card["base_model"] == bench.adapters.base_model
+    assert card["run"] == {"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.result.get("status")}
     for name, digest in card["files"].items():
         import hashlib
 
@@ -157,7 +160,7 @@ def test_compressed_at_full_rank_is_exact(env, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["ties", "layer"])
-def test_full_weights_match_merged_model(env, tmp_path, kind):
+def test_full_weights_match_merged_model(env, tmp_path, kind, monkeypatch):
     bench, store, runs, _ = env
     run = load_run(runs[kind], store, bench.adapters)
     res = export_run(bench, run, tmp_path / "full", ExportParams(mode="full", head="gamma"))
@@ -166,6 +169,46 @@ def test_full_weights_match_merged_model(env, tmp_path, kind):
     expected = bench.predict(MergedSource(run.merge), "calibration")[k]
     torch.testing.assert_close(model_probs(model, bench, k), expected, rtol=1e-4, atol=1e-6)
     assert (res.path / "heads" / "alpha.safetensors").is_file() and not (res.path / "adapter_config.json").exists()
+    assert model.config.id2label == dict(enumerate(bench.tasks[k].label_names))
+    assert model.config.label2id == {n: i for i, n in enumerate(bench.tasks[k].label_names)}
+    code = re.search(r"```python\n(.*?)```", (res.path / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # transformers alone loads the merged model
+    torch.testing.assert_close(model_probs(scope["model"], bench, k), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_full_weights_from_a_local_base_copy(env, tmp_path):
+    """A base known by a hub name that is not on this machine, read from a local folder (--base-path)."""
+    bench, store, runs, _ = env
+    local = dataclasses.replace(bench, base_name="org/not-downloaded-here")
+    run = load_run(runs["ties"], store, bench.adapters)
+    res = export_run(local, run, tmp_path / "full", ExportParams(mode="full", head="beta"))
+    assert res.card["base_model"] == "org/not-downloaded-here"
+    model = AutoModelForSequenceClassification.from_pretrained(res.path).eval()
+    k = bench.tasks.names.index("beta")
+    expected = bench.predict(MergedSource(run.merge), "calibration")[k]
+    torch.testing.assert_close(model_probs(model, bench, k), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_full_weights_from_a_base_path_the_model_does_not_record(env, tmp_path, monkeypatch):
+    bench, store, runs, base_dir = env
+    monkeypatch.setattr(bench.model.model.config, "_name_or_path", "org/not-downloaded-here")
+    run = load_run(runs["ties"], store, bench.adapters)
+    local = dataclasses.replace(bench, base_name=str(base_dir))
+    res = export_run(local, run, tmp_path / "full", ExportParams(mode="full", head="beta"))
+    model = AutoModelForSequenceClassification.from_pretrained(res.path).eval()
+    k = bench.tasks.names.index("beta")
+    expected = bench.predict(MergedSource(run.merge), "calibration")[k]
+    torch.testing.assert_close(model_probs(model, bench, k), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_full_model_refuses_heads_the_base_lacks(env):
+    bench, store, runs, _ = env
+    run = load_run(runs["ties"], store, bench.adapters)
+    with pytest.raises(MergecoreError, match=r"^head tensors \['pooler\.nope'\] do not exist in the base model; "
+                                             r"check the base model$"):
+        full_model(bench, run.merge, "alpha", {"pooler.nope": torch.zeros(2)})
 
 
 def test_dense_run_refuses_exact(env, tmp_path):
@@ -226,9 +269,14 @@ def test_other_adapters_and_unknown_head_are_refused(env, tmp_path):
     with pytest.raises(MergecoreError, match="unknown head task"):
         export_run(bench, run, tmp_path / "a", ExportParams(head="../evil"))
     bad = {**run.config, "adapters": [{**a, "sha256": "0" * 64} for a in run.config["adapters"]]}
-    with pytest.raises(MergecoreError, match="other contents"):
+    with pytest.raises(MergecoreError, match=rf"^run {re.escape(run.id)} was made from adapters \['alpha', 'beta', "
+                                             r"'gamma'\] with other contents than the loaded"):
         export_run(bench, type(run)(run.id, run.name, run.kind, bad, run.result, run.merge), tmp_path / "b")
     assert not any(tmp_path.iterdir())
+    other = AdapterSet(tuple(dataclasses.replace(a, sha256="1" * 64) for a in bench.adapters.adapters))
+    with pytest.raises(MergecoreError, match=rf"^run {re.escape(run.id)} was made from adapters .* load the run's "
+                                             r"adapters \(same folders\) before exporting$"):
+        load_run(runs["task"], store, other)
 
 
 def test_file_names_cannot_escape(tmp_path):

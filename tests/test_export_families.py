@@ -245,3 +245,54 @@ def test_run_sources_fill_only_what_is_missing(tmp_path):
     (run / "run.json").write_text(json.dumps({"id": "r1", "config": {"adapters": adapters}}))
     with pytest.raises(MergecoreError, match="adapter folder .*gone no longer exists; pass --adapters"):
         run_sources(str(run), None, Namespace(**{**vars(fresh), "adapters": None}))
+
+
+def test_gpt2_full_weights_transpose_into_conv1d(tmp_path):
+    """GPT-2 stores Conv1D weights as (in, out): the full-weights model equals PEFT's merge_and_unload."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conftest import randomize_lora
+    from mergecore.export import full_model
+    from mergecore.merges.base import ModuleMerge
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0, embd_pdrop=0,
+                     attn_pdrop=0)
+    base = tmp_path / "base"
+    GPT2LMHeadModel(cfg).save_pretrained(base)
+    for f in (TINY / "llama").glob("tokenizer*"):  # any tokenizer: load_base reads one from the base folder
+        shutil.copy(f, base / f.name)
+    pm = get_peft_model(GPT2LMHeadModel.from_pretrained(base), LoraConfig(r=2, lora_alpha=4, fan_in_fan_out=True,
+                                                                        target_modules=["c_attn", "c_proj"]))
+    randomize_lora(pm, 0.3)
+    pm.save_pretrained(tmp_path / "adapter")
+    adapter = load_adapters([tmp_path / "adapter"]).adapters[0]
+    merge = {m: ModuleMerge("lora-factors", B=f.scale * f.B, A=f.A) for m, f in adapter.factors.items()}
+    bench = SimpleNamespace(reader=SimpleNamespace(family="causal"), tasks=TaskSet(tasks()[:1]), base_name=str(base),
+                            adapters=None, model=None)
+    model, _ = full_model(bench, merge, "sentiment", {})
+    reference = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), tmp_path / "adapter").merge_and_unload()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = reference.eval()(input_ids=ids).logits
+        assert rel_err(model.eval()(input_ids=ids).logits, want) <= RTOL
+
+
+def test_causal_checkpoint_as_a_classifier_exports_a_classifier():
+    """A decoder checkpoint used with classification adapters: the full model is its SequenceClassification class
+    carrying the chosen head, not the causal LM the checkpoint's config names."""
+    from types import SimpleNamespace
+
+    from mergecore.export import full_model
+
+    hidden = json.loads((TINY / "llama" / "config.json").read_text())["hidden_size"]
+    head = {"score.weight": torch.randn(2, hidden, generator=torch.Generator().manual_seed(0))}
+    bench = SimpleNamespace(reader=SimpleNamespace(family="classifier"), tasks=TaskSet(tasks()[:1]),
+                            base_name=str(TINY / "llama"), adapters=None, model=None)
+    model, _ = full_model(bench, {}, "sentiment", head)
+    assert type(model).__name__ == "LlamaForSequenceClassification"
+    assert torch.equal(model.score.weight, head["score.weight"])
+    assert model.config.id2label == {0: "negative", 1: "positive"}
