@@ -173,7 +173,7 @@ def load_adapter(path: str | Path, name: str | None = None, allow_bin: bool = Fa
     tensors, sha = _read_weights(folder, allow_bin)
     factors, extra = _split_tensors(tensors, config, folder)
     is_hub = not Path(path).expanduser().exists()
-    default_name = str(path).rstrip("/").split("/")[-1] if is_hub else folder.name
+    default_name = str(path).split("/")[-1] if is_hub else folder.name  # a hub id is "owner/name"
     return Adapter(name=name or default_name, source=str(path), config=config,
                    factors=factors, extra=extra, sha256=sha)
 

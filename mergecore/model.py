@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import AdapterSet, natural_key
+from .adapters import AdapterSet
 from .core_space import stack_factors
 from .errors import MergecoreError
 
@@ -163,8 +163,7 @@ def wrap_linears(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[Mul
         B_cat, A_cat, owner = stack_factors(adapters.factors(name), dtype=torch.float32)
         layer = MultiLoraLinear(base, index, name, A_cat, B_cat, owner, slot, len(adapters))
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer)
+        setattr(model.get_submodule(parent_name), child, layer)  # "" is the model itself
         layers.append(layer)
     return layers
 
@@ -174,7 +173,7 @@ def build_head(template: nn.Module, params: dict[str, torch.Tensor]) -> nn.Modul
     head = copy.deepcopy(template)
     for pname, value in params.items():
         owner_name, _, leaf = pname.rpartition(".")
-        owner = head.get_submodule(owner_name) if owner_name else head
+        owner = head.get_submodule(owner_name)  # "" is the head itself
         setattr(owner, leaf, nn.Parameter(value.detach().clone().float(), requires_grad=False))
     if isinstance(head, nn.Linear):
         head.out_features, head.in_features = head.weight.shape
@@ -182,8 +181,16 @@ def build_head(template: nn.Module, params: dict[str, torch.Tensor]) -> nn.Modul
 
 
 def route_heads(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[int]:
-    """Replace the base model's head module(s) by RoutedHeads built from each adapter's extra modules."""
-    head_names = sorted({h for a in adapters.adapters for h in a.head_modules}, key=natural_key)
+    """Replace the base model's head module(s) by RoutedHeads built from each adapter's extra modules.
+
+    Returns each task's number of labels: the output width of the head the logits come from, the one
+    registered last in the model (``classifier`` after ``bert.pooler`` when both are modules_to_save)."""
+    wanted = {h for a in adapters.adapters for h in a.head_modules}
+    head_names = [name for name, _ in model.named_modules() if name in wanted]  # model order
+    missing = sorted(wanted - set(head_names))
+    if missing:
+        raise MergecoreError(f"adapter head {missing[0]} (modules_to_save) does not exist in the base model; "
+                             "check the base model")
     num_labels: list[int] = []
     for hname in head_names:
         template = model.get_submodule(hname)
@@ -196,10 +203,9 @@ def route_heads(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[int]
                 )
             heads.append(build_head(template, params))
         out_dims = [_out_dim(h) for h in heads]
-        num_labels = num_labels or out_dims
+        num_labels = out_dims  # the last head in model order gives the logits
         parent_name, _, child = hname.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, RoutedHead(heads, out_dims, slot))
+        setattr(model.get_submodule(parent_name), child, RoutedHead(heads, out_dims, slot))
     return num_labels
 
 
