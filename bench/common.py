@@ -24,7 +24,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from mergecore.adapters import Adapter, AdapterSet, LoraFactors  # noqa: E402
-from mergecore.model import MergeModel, Segments  # noqa: E402
+from mergecore.forward.model import MergeModel, Segments  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 

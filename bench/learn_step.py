@@ -4,7 +4,7 @@ One process, one batch, one machine. Per step (median ms, rounds interleaved):
   floor          the plain base model's forward + backward with the input embeddings requiring grad
                  (backward through the whole network, no weight grads, no adapters)
   ours/<g>       MergeModel forward + backward to the coefficients + Adam, granularity g in
-                 task, layer, spectral (LoRA-DV gains; skipped if mergecore.spectral is missing)
+                 task, layer, spectral (LoRA-DV gains; skipped if mergecore.forward.spectral is missing)
   materialized   W0 + sum_k gamma_k s_k B_k A_k built for every targeted module each step, run with
                  torch.func.functional_call (task-wise gamma); "materialized_dense": the same from
                  stored dense task vectors (AdaMerging layout)
@@ -26,7 +26,7 @@ import torch
 
 from common import (MaterializedLearner, MergeModel, Segments, add_common_args, emit, env_info, hidden_loss,
                     make_adapters, reps, shape_from_args, table, time_interleaved, build_base, unwrapped)
-from mergecore.coefs import layer_coefs, task_coefs
+from mergecore.forward.coefs import layer_coefs, task_coefs
 
 
 def precision_ctx(mode: str, device: torch.device):
@@ -57,12 +57,12 @@ def make_sources(mm, adapters, granularities, device) -> tuple[dict, dict]:
                                          mm.layers).to(device)
             sources[g].expand = {k: v.to(device) for k, v in sources[g].expand.items()}
         elif g == "spectral":
-            if importlib.util.find_spec("mergecore.spectral") is None:
-                notes[g] = "skipped: mergecore.spectral does not exist in this checkout"
+            if importlib.util.find_spec("mergecore.forward.spectral") is None:
+                notes[g] = "skipped: mergecore.forward.spectral does not exist in this checkout"
                 continue
             try:
                 from mergecore.merged import coefs_to_merge
-                from mergecore.spectral import SpectralCoefs
+                from mergecore.forward.spectral import SpectralCoefs
 
                 merge = coefs_to_merge(adapters, torch.full((L, K), 1.0 / K, device=device))
                 sources[g] = SpectralCoefs(merge, adapters.modules, device=device)

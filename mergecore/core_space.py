@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import LoraFactors
-from .errors import MergecoreError
+from mergecore.adapters import LoraFactors
+from mergecore.errors import MergecoreError
 
 
 @dataclass(frozen=True)

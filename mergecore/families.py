@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 
 FAMILIES = ("classifier", "seq2seq", "causal")
 PEFT_TASK_TYPES = {"SEQ_CLS": "classifier", "SEQ_2_SEQ_LM": "seq2seq", "CAUSAL_LM": "causal"}
@@ -52,8 +52,8 @@ def model_cache() -> Path:
 
 def resolve(name: str, base_path: str | None = None) -> str:
     """A local folder for ``name`` when one is known or given, else ``name`` (a hub id)."""
-    from . import smollm
-    from .bases import resolve_base
+    from mergecore import smollm
+    from mergecore.bases import resolve_base
 
     if base_path:
         if not Path(base_path).expanduser().is_dir():
@@ -99,7 +99,7 @@ def _mismatch(config, family: str) -> str | None:
 def _config(path: str, name: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
-    from .bases import refuse_custom_code
+    from mergecore.bases import refuse_custom_code
 
     if not trust_remote_code and Path(path).is_dir():
         refuse_custom_code(path, name)  # config.json and tokenizer_config.json auto_map
@@ -136,7 +136,7 @@ def load_base(name: str, family: str | None = None, trust_remote_code: bool = Fa
     from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
-    from .bases import UNREADABLE_WEIGHTS, _quiet_transformers, unreadable_weights
+    from mergecore.bases import UNREADABLE_WEIGHTS, _quiet_transformers, unreadable_weights
 
     if family is not None and family not in FAMILIES:
         raise MergecoreError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
@@ -171,10 +171,10 @@ def open_bench(adapters, tasks, device: str | None = None, trust_remote_code: bo
                base_model: str | None = None, family: str | None = None, base_path: str | None = None,
                max_length: int = 256):
     """A Workbench for any family: load the base, wrap it, pick the reader."""
-    from .heads import ClassifierReader
-    from .model import MergeModel
-    from .verbalizer import make_reader
-    from .workbench import Workbench, resolve_device
+    from mergecore.forward.classifier import ClassifierReader
+    from mergecore.forward.model import MergeModel
+    from mergecore.forward.verbalizer import make_reader
+    from mergecore.forward.workbench import Workbench, resolve_device
 
     name = base_model or adapters.base_model
     if not name and not base_path:

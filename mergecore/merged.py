@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .adapters import AdapterSet
-from .core_space import stack_factors
-from .errors import MergecoreError
-from .merges.base import ModuleMerge
+from mergecore.adapters import AdapterSet
+from mergecore.core_space import stack_factors
+from mergecore.errors import MergecoreError
+from mergecore.merges.base import ModuleMerge
 
 Merge = dict[str, ModuleMerge]
 

@@ -20,7 +20,7 @@ import math
 import re
 from functools import lru_cache
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 
 # init_lora_weights values that rewrite the base weights (the adapter is relative to a changed base)
 BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")

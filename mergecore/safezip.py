@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 
 MAX_BYTES = 512 * 2**20
 MAX_FILES = 2000

@@ -64,7 +64,7 @@ def collapse_figure(evals: list, tasks: list[str]) -> go.Figure:
 
 def score_frame(result: dict) -> pd.DataFrame:
     """Per-task scores of a run next to its baselines, with average and ANP rows (NaN where undefined)."""
-    from mergecore.evaluate import anp, average
+    from mergecore.forward.evaluate import anp, average
     from mergecore.numbers import as_float
 
     base = result.get("baselines", {})

@@ -19,8 +19,8 @@ def default_workspace() -> str:
 
 @st.cache_resource(show_spinner=False)
 def registry(workspace: str):
-    from mergecore.jobs import JobRegistry
-    from mergecore.runs import RunStore
+    from mergecore.runs.jobs import JobRegistry
+    from mergecore.runs.store import RunStore
 
     return JobRegistry(RunStore(workspace))
 
@@ -30,7 +30,7 @@ def bench(adapter_dirs: tuple[str, ...], device: str, task_source: tuple = ("dem
           workspace: str = ""):
     """One Workbench per adapter selection, task source and device, shared by all sessions (never mutated)."""
     from mergecore.adapters import load_adapters
-    from mergecore.workbench import open_workbench
+    from mergecore.forward.workbench import open_workbench
 
     adapters = load_adapters(list(adapter_dirs), base_model=base_model or None)
     wb = open_workbench(adapters, load_tasks(adapters.names, task_source), device=device)
@@ -42,8 +42,8 @@ def recorded_source(wb, task_source: tuple, workspace: str) -> dict:
     """The task source a run records (as the CLI does): demo, a GLUE folder, or the mapping saved as a file."""
     import json
 
-    from mergecore.glue import glue_source
-    from mergecore.taskfiles import files_source, save_mapping
+    from mergecore.data.glue import glue_source
+    from mergecore.data.taskfiles import files_source, save_mapping
 
     kind = task_source[0]
     if kind == "glue":
@@ -62,14 +62,14 @@ def load_tasks(adapter_names: list[str], task_source: tuple):
 
         return tasks_for(adapter_names)
     if kind == "glue":
-        from mergecore.glue import GlueParams, load_glue, match_tasks
+        from mergecore.data.glue import GlueParams, load_glue, match_tasks
 
         _, folder, n_cal, n_eval = task_source
         return load_glue(match_tasks(adapter_names), source=folder or "auto",
                          params=GlueParams(calibration=n_cal, evaluation=n_eval))
     import json
 
-    from mergecore.taskfiles import tasks_from_specs
+    from mergecore.data.taskfiles import tasks_from_specs
 
     try:
         specs = json.loads(task_source[1])

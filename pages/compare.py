@@ -10,7 +10,7 @@ import streamlit as st
 from plotly.colors import DEFAULT_PLOTLY_COLORS
 from plotly.subplots import make_subplots
 
-from mergecore import compare as cmp
+from mergecore.runs.store import compare as cmp
 from mergecore.errors import MergecoreError
 from pages import charts
 from pages.common import current_bench, current_registry
@@ -130,7 +130,7 @@ if c.baseline_source is None and show:
     if st.button("Compute baselines (loads the model)", key="compare_compute_baselines"):
         bench = current_bench()
         if bench is not None:
-            from mergecore.runner import record_baselines
+            from mergecore.runs.runner import record_baselines
 
             record_baselines(bench, store)
             st.rerun()

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from mergecore.errors import MergecoreError
-from mergecore.export import MODES, ExportParams, export_run, load_run, safe_name, zip_folder
+from mergecore.export.adapter import MODES, ExportParams, export_run, load_run, safe_name, zip_folder
 from mergecore.merged import is_dense
 from pages.common import current_bench, current_registry
 

@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mergecore.analysis.stability import stability
 from mergecore.demo.kit import demo_workbench
-from mergecore.evaluate import anp, average
-from mergecore.learn import LearnParams
+from mergecore.forward.evaluate import anp, average
+from mergecore.learn.learner import LearnParams
 from mergecore.merges import METHODS
 from mergecore.numbers import dumps, fmt, rank_key
-from mergecore.runner import cached_baselines, run_learning, run_static
-from mergecore.runs import RunStore
+from mergecore.runs.runner import cached_baselines, run_learning, run_static
+from mergecore.runs.store import RunStore
 from mergecore.study.run import collapse
 
 LEARNED = [("entropy-task", "entropy", "task"), ("entropy-layer", "entropy", "layer"), ("js-task", "js", "task"),

@@ -1,7 +1,7 @@
 """Mutation testing of mergecore's core modules with mutmut (PyPI), in a scratch copy of the tree.
 
     python scripts/mutation.py                 # every core module against the tests that pin them
-    python scripts/mutation.py --modules mergecore/objectives.py --tests tests/test_objectives.py
+    python scripts/mutation.py --modules mergecore/divergences.py --tests tests/test_objectives.py
     python scripts/mutation.py --work /tmp/mut-obj --rerun ...   # reuse a folder: only changed functions,
                                                                  # unchecked mutants and the not-killed rerun
 
@@ -26,9 +26,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ["mergecore/adapters.py", "mergecore/peft_config.py", "mergecore/model.py", "mergecore/coefs.py",
-        "mergecore/objectives.py", "mergecore/learn.py", "mergecore/merged.py", "mergecore/core_space.py",
-        "mergecore/spectral.py", "mergecore/merges", "mergecore/export.py"]
+CORE = ["mergecore/adapters.py", "mergecore/peft_config.py", "mergecore/forward/model.py", "mergecore/forward/coefs.py",
+        "mergecore/divergences.py", "mergecore/learn/learner.py", "mergecore/merged.py", "mergecore/core_space.py",
+        "mergecore/forward/spectral.py", "mergecore/merges", "mergecore/export/adapter.py"]
 TESTS = ["tests/test_objectives.py", "tests/test_learn_oracle.py", "tests/test_learn.py", "tests/test_model.py",
          "tests/test_gpt2.py", "tests/test_merges.py", "tests/test_export.py", "tests/conformance",
          "tests/reliability/test_bad_input.py"]

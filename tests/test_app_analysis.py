@@ -30,10 +30,10 @@ def workspace(tmp_path_factory):
         pytest.skip("demo adapters are not available")
     from mergecore.adapters import load_adapters
     from mergecore.demo.kit import tasks_for
-    from mergecore.learn import LearnParams
-    from mergecore.runner import run_learning, run_static
-    from mergecore.runs import RunStore
-    from mergecore.workbench import open_workbench
+    from mergecore.learn.learner import LearnParams
+    from mergecore.runs.runner import run_learning, run_static
+    from mergecore.runs.store import RunStore
+    from mergecore.forward.workbench import open_workbench
 
     ws = tmp_path_factory.mktemp("ws")
     store = RunStore(ws)
@@ -115,7 +115,7 @@ def test_pages_without_runs_explain_what_to_do(tmp_path, monkeypatch, workspace)
 
 
 def test_analyze_cli_writes_tables(workspace, tmp_path, capsys):
-    from mergecore.cli import main
+    from mergecore.cli.main import main
 
     ws, dirs, ids = workspace
     with pytest.raises(SystemExit) as exc:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mergecore.compare import run_label
-from mergecore.learn import LearnParams
-from mergecore.runner import run_learning, run_static
-from mergecore.runs import RunStore
+from mergecore.runs.compare import run_label
+from mergecore.learn.learner import LearnParams
+from mergecore.runs.runner import run_learning, run_static
+from mergecore.runs.store import RunStore
 
 from test_learn import tiny_bench
 

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def workspace(tmp_path_factory):
     """A workspace holding one learned run over two demo adapters (few steps)."""
     from mergecore.demo.kit import demo_workbench
-    from mergecore.learn import LearnParams
-    from mergecore.runner import run_learning
-    from mergecore.runs import RunStore
+    from mergecore.learn.learner import LearnParams
+    from mergecore.runs.runner import run_learning
+    from mergecore.runs.store import RunStore
 
     ws = tmp_path_factory.mktemp("ws")
     bench = demo_workbench(device="cpu", names=list(NAMES))
@@ -48,7 +48,7 @@ def app(workspace, monkeypatch):
 
 
 def test_export_page_writes_adapter_download_and_card(app, workspace, monkeypatch):
-    import mergecore.export as ex
+    import mergecore.export.adapter as ex
 
     ws, run_id = workspace
     zipped = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergecore.coefs import block_coefs, block_index, layer_coefs, task_coefs
+from mergecore.forward.coefs import block_coefs, block_index, layer_coefs, task_coefs
 
 # (module name as PEFT lists it, the block it belongs to), written by hand from each family's module tree
 FAMILIES = {
@@ -82,7 +82,7 @@ def test_block_coefs_one_row_per_block_shared_by_its_modules():
 
 
 def test_clamp_and_softmax_switches_change_the_coefficients_the_forward_uses():
-    from mergecore.coefs import coefficient_transform
+    from mergecore.forward.coefs import coefficient_transform
     from mergecore.errors import MergecoreError
 
     gamma = torch.tensor([[-0.5, 0.25, 1.5], [0.0, 2.0, -1.0]])
@@ -102,8 +102,8 @@ def test_clamp_and_softmax_switches_change_the_coefficients_the_forward_uses():
 def test_row_routing_one_hot_per_row_follows_the_batch_segments_and_expert_map():
     from types import SimpleNamespace
 
-    from mergecore.coefs import RowRouting
-    from mergecore.model import Segments
+    from mergecore.forward.coefs import RowRouting
+    from mergecore.forward.model import Segments
 
     slot = SimpleNamespace(segments=Segments([(0, 0, 2), (2, 2, 3)]))  # rows 0-1 task 0, row 2 task 2
     routing = RowRouting(slot, 3)

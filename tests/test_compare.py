@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mergecore.compare import (
+from mergecore.runs.compare import (
     collapse,
     compare_runs,
     find_baselines,
@@ -23,9 +23,9 @@ from mergecore.compare import (
     thin_index,
     trajectory,
 )
-from mergecore.learn import LearnParams
-from mergecore.runner import run_learning, run_static
-from mergecore.runs import RunStore
+from mergecore.learn.learner import LearnParams
+from mergecore.runs.runner import run_learning, run_static
+from mergecore.runs.store import RunStore
 
 from test_learn import tiny_bench
 
@@ -144,7 +144,7 @@ def test_trajectory_collapse_and_heatmap_shapes(stored):
 
 
 def test_compare_cli(stored, capsys):
-    from mergecore.cli import main
+    from mergecore.cli.main import main
 
     _, store, ent, js, st = stored
     with pytest.raises(SystemExit) as exit_:

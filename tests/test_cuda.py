@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergecore.coefs import FixedCoefs, RowRouting
-from mergecore.learn import Learner, LearnParams
+from mergecore.forward.coefs import FixedCoefs, RowRouting
+from mergecore.learn.learner import Learner, LearnParams
 
 from test_learn import tiny_bench
 

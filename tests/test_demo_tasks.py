@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from mergecore.demo.tasks import demo_tasks
-from mergecore.tasks import TaskSet
+from mergecore.data.demo_tasks import demo_tasks
+from mergecore.data.tasks import TaskSet
 
 NAMES = ["sentiment", "topic", "acceptability", "paraphrase", "entailment"]
 PAIRS = {"paraphrase", "entailment"}

@@ -14,11 +14,11 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 
 from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
-from mergecore.export import ExportParams, export_run, full_model, inside, load_run, safe_name, zip_folder
-from mergecore.learn import LearnParams
+from mergecore.export.adapter import ExportParams, export_run, full_model, inside, load_run, safe_name, zip_folder
+from mergecore.learn.learner import LearnParams
 from mergecore.merged import MergedSource
-from mergecore.runner import run_learning, run_static
-from mergecore.runs import RunStore
+from mergecore.runs.runner import run_learning, run_static
+from mergecore.runs.store import RunStore
 
 from test_learn import tiny_bench
 
@@ -227,7 +227,7 @@ def test_existing_target_needs_overwrite_and_failures_leave_nothing(env, tmp_pat
     with pytest.raises(MergecoreError, match="already exists.*--force"):
         export_run(bench, run, out)
     assert [p.name for p in out.iterdir()] == ["junk.txt"]
-    import mergecore.export as ex
+    import mergecore.export.adapter as ex
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -246,7 +246,7 @@ def test_existing_target_needs_overwrite_and_failures_leave_nothing(env, tmp_pat
 
 
 def test_run_folder_round_trip_and_corrupt_folder(env, tmp_path):
-    from mergecore.cli import write_run_folder
+    from mergecore.cli.main import write_run_folder
 
     bench, store, runs, _ = env
     write_run_folder(tmp_path / "run", store, runs["layer"])
@@ -300,8 +300,8 @@ def test_zip_holds_the_folder(env, tmp_path):
 
 
 def test_cli_export_force_and_exit_codes(env, tmp_path, monkeypatch, capsys):
-    import mergecore.cli_export as cx
-    from mergecore.cli import main
+    import mergecore.cli.export as cx
+    from mergecore.cli.main import main
 
     bench, store, runs, _ = env
     monkeypatch.setattr(cx, "open_bench", lambda args: bench)

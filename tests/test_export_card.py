@@ -18,13 +18,13 @@ from safetensors.torch import load, save_file
 import mergecore
 from mergecore.adapters import Adapter, AdapterSet, LoraFactors
 from mergecore.errors import MergecoreError
-from mergecore.export import (ExportParams, RunSource, _swap, _write_heads, adapter_config, atomic_folder, base_folder,
+from mergecore.export.adapter import (ExportParams, RunSource, _swap, _write_heads, adapter_config, atomic_folder, base_folder,
                               bench_family, class_prefix,
                               card_readme, check_target, exact_factors, pick_head,
                               compress, head_files, inside, load_run, loading_snippet, merge_card, probability_change,
                               read_run_folder, retained_energy, run_coefficients, safe_name, zip_folder)
 from mergecore.merges.base import ModuleMerge
-from mergecore.tasks import Split, Task, TaskSet
+from mergecore.data.tasks import Split, Task, TaskSet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODULES = ["enc.0.q", "enc.1.q"]

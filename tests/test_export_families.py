@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from mergecore.adapters import load_adapters
-from mergecore.export import ExportParams, RunSource, export_run
+from mergecore.export.adapter import ExportParams, RunSource, export_run
 from mergecore.merged import MergedSource
 from mergecore.merges.base import merge_adapters
-from mergecore.model import Segments
-from mergecore.runner import bench_config
-from mergecore.tasks import Split, Task, TaskSet
+from mergecore.forward.model import Segments
+from mergecore.runs.runner import bench_config
+from mergecore.data.tasks import Split, Task, TaskSet
 
 from test_verbalizer import TINY, SENTS, make_adapters, tasks
 
@@ -162,7 +162,7 @@ def test_classifier_full_weights_carry_the_chosen_head(tiny_setup, tmp_path):
 
 
 def _main(args, capsys) -> tuple[int, str, str]:
-    from mergecore.cli import main
+    from mergecore.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main([str(a) for a in args])
@@ -213,8 +213,8 @@ def test_run_folder_reuses_adapters_and_task_files(tmp_path, capsys):
 def test_run_sources_fill_only_what_is_missing(tmp_path):
     from argparse import Namespace
 
-    from mergecore.cli import task_source
-    from mergecore.cli_export import run_sources
+    from mergecore.cli.main import task_source
+    from mergecore.cli.export import run_sources
     from mergecore.errors import MergecoreError
 
     glue = tmp_path / "glue"
@@ -255,7 +255,7 @@ def test_gpt2_full_weights_transpose_into_conv1d(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from conftest import randomize_lora
-    from mergecore.export import full_model
+    from mergecore.export.adapter import full_model
     from mergecore.merges.base import ModuleMerge
 
     torch.manual_seed(0)
@@ -286,7 +286,7 @@ def test_causal_checkpoint_as_a_classifier_exports_a_classifier():
     carrying the chosen head, not the causal LM the checkpoint's config names."""
     from types import SimpleNamespace
 
-    from mergecore.export import full_model
+    from mergecore.export.adapter import full_model
 
     hidden = json.loads((TINY / "llama" / "config.json").read_text())["hidden_size"]
     head = {"score.weight": torch.randn(2, hidden, generator=torch.Generator().manual_seed(0))}

@@ -79,9 +79,9 @@ GLUE_DIR = TINY.parent / "glue"
 
 @pytest.mark.skipif(not GLUE_DIR.is_dir(), reason="shared GLUE folder not present")
 def test_glue_tasks_learn_and_evaluate_on_seq2seq(tmp_path):
-    from mergecore.evaluate import task_scores
-    from mergecore.glue import GlueParams, load_glue
-    from mergecore.learn import LearnParams, Learner
+    from mergecore.forward.evaluate import task_scores
+    from mergecore.data.glue import GlueParams, load_glue
+    from mergecore.learn.learner import LearnParams, Learner
 
     ts = load_glue(["rte", "stsb"], source=GLUE_DIR, params=GlueParams(calibration=4, evaluation=6, stsb_step=0.5))
     bench = open_bench(load_adapters(make_adapters("t5", tmp_path)), ts, device="cpu", base_path=str(TINY / "t5"))

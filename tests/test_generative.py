@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mergecore.adapters import load_adapters
-from mergecore.coefs import FixedCoefs, task_coefs
-from mergecore.generative import GenParams, Generator, bucket_divergence, buckets, rouge1, rouge1_f1
-from mergecore.model import MergeModel, Segments
-from mergecore.objectives import js_div, kl_div
+from mergecore.forward.coefs import FixedCoefs, task_coefs
+from mergecore.forward.generative import GenParams, Generator, bucket_divergence, buckets, rouge1, rouge1_f1
+from mergecore.forward.model import MergeModel, Segments
+from mergecore.divergences import js_div, kl_div
 
 from test_verbalizer import SPECS, TINY, load, make_adapters
 
@@ -117,7 +117,7 @@ def test_rouge1():
 # ----------------------------------------------------------------------------- the learner on generative tasks
 
 def gen_tasks(references: list[list[str]] | None = None):
-    from mergecore.tasks import Split, Task, TaskSet
+    from mergecore.data.tasks import Split, Task, TaskSet
 
     refs = references or [[], []]
     return TaskSet(tuple(Task(f"gen{k}", (), Split(tuple((p,) for p in PROMPTS)), Split(tuple((p,) for p in PROMPTS)),
@@ -125,8 +125,8 @@ def gen_tasks(references: list[list[str]] | None = None):
 
 
 def gen_bench(s, tasks):
-    from mergecore.verbalizer import make_reader
-    from mergecore.workbench import Workbench
+    from mergecore.forward.verbalizer import make_reader
+    from mergecore.forward.workbench import Workbench
 
     reader = make_reader(SPECS[s.name][0], tasks, s.tok, s.mm.model.config)
     return Workbench(load_adapters(s.dirs), tasks, s.mm, reader, gen_params=GenParams(max_new_tokens=4, top_k=5))
@@ -134,7 +134,7 @@ def gen_bench(s, tasks):
 
 def test_learner_step_loss_is_the_generative_divergence(gen):
     """Step 1's per-task loss = Generator.divergence of the start coefficients on the rows the sampler drew."""
-    from mergecore.learn import BatchSampler, LearnParams, Learner
+    from mergecore.learn.learner import BatchSampler, LearnParams, Learner
 
     s = gen
     bench = gen_bench(s, gen_tasks())
@@ -154,8 +154,8 @@ def test_learner_step_loss_is_the_generative_divergence(gen):
 
 def test_experts_score_full_rouge_on_their_own_outputs(gen):
     """With each expert's greedy output as the reference, the experts baseline scores ROUGE-1 = 100."""
-    from mergecore.evaluate import baselines
-    from mergecore.generative import generate_texts
+    from mergecore.forward.evaluate import baselines
+    from mergecore.forward.generative import generate_texts
 
     s = gen
     bench = gen_bench(s, gen_tasks())
@@ -172,7 +172,7 @@ def test_experts_score_full_rouge_on_their_own_outputs(gen):
 
 def test_generative_task_refuses_label_objectives(gen):
     from mergecore.errors import MergecoreError
-    from mergecore.learn import LearnParams, Learner
+    from mergecore.learn.learner import LearnParams, Learner
 
     bench = gen_bench(gen, gen_tasks())
     with pytest.raises(MergecoreError, match="generative; it learns with js or kl"):
@@ -181,9 +181,9 @@ def test_generative_task_refuses_label_objectives(gen):
 
 def test_label_and_generative_tasks_learn_together(gen):
     """A label task (verbalizers) and a generative task in one bench: one learner, one evaluation."""
-    from mergecore.evaluate import evaluate
-    from mergecore.learn import LearnParams, Learner
-    from mergecore.tasks import TaskSet
+    from mergecore.forward.evaluate import evaluate
+    from mergecore.learn.learner import LearnParams, Learner
+    from mergecore.data.tasks import TaskSet
 
     from test_verbalizer import tasks as label_tasks
 
@@ -201,7 +201,7 @@ def test_cli_learns_generative_tasks_from_files(gen, tmp_path, capsys):
     """`learn --task-files` with generative specs runs end to end and reports ROUGE-1 per task."""
     import json
 
-    from mergecore.cli import main
+    from mergecore.cli.main import main
 
     tr, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     tr.write_text("".join(json.dumps({"doc": p}) + "\n" for p in PROMPTS))

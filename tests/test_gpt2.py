@@ -6,8 +6,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from mergecore.adapters import load_adapters
-from mergecore.coefs import FixedCoefs, RowRouting
-from mergecore.model import MergeModel, Segments
+from mergecore.forward.coefs import FixedCoefs, RowRouting
+from mergecore.forward.model import MergeModel, Segments
 
 from conftest import randomize_lora
 

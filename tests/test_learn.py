@@ -10,16 +10,16 @@ import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from mergecore.adapters import load_adapters
-from mergecore.coefs import block_index
-from mergecore.heads import ClassifierReader
+from mergecore.forward.coefs import block_index
+from mergecore.forward.classifier import ClassifierReader
 from mergecore.errors import MergecoreError
-from mergecore.learn import GRANULARITIES, PRESETS, Learner, LearnParams, apply_preset
-from mergecore.model import MergeModel
-from mergecore.objectives import OBJECTIVES
-from mergecore.runner import run_learning
-from mergecore.runs import RunStore
-from mergecore.tasks import Split, Task, TaskSet
-from mergecore.workbench import Workbench
+from mergecore.learn.learner import GRANULARITIES, PRESETS, Learner, LearnParams, apply_preset
+from mergecore.forward.model import MergeModel
+from mergecore.divergences import OBJECTIVES
+from mergecore.runs.runner import run_learning
+from mergecore.runs.store import RunStore
+from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.forward.workbench import Workbench
 
 from conftest import texts
 
@@ -149,7 +149,7 @@ def test_presets_are_the_papers_values(name):
 
 
 def test_l2_target_is_a_checked_choice_of_the_cli_and_defaults_to_uniform():
-    from mergecore.cli import build_parser, dataclass_from_args
+    from mergecore.cli.main import build_parser, dataclass_from_args
 
     assert LearnParams().l2_target == "uniform"
     with pytest.raises(MergecoreError, match="l2_target"):
@@ -184,7 +184,7 @@ def test_spectral_source_equals_dense_svd_recomputation(tiny_setup):
     """Gains of one reproduce the start merge; the singular values are those of the dense delta;
     a learned gain vector gives U diag(gain * sigma) V^T of the dense SVD."""
     from mergecore.merged import MergedSource, coefs_to_merge
-    from mergecore.spectral import SpectralCoefs
+    from mergecore.forward.spectral import SpectralCoefs
 
     bench = tiny_bench(tiny_setup)
     g = torch.Generator().manual_seed(3)

@@ -20,12 +20,12 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 from scipy.stats import entropy as sp_entropy
 
-from mergecore.coefs import FixedCoefs, block_index
-from mergecore.learn import GRANULARITIES, BatchSampler, Learner, LearnParams, make_source, references
+from mergecore.forward.coefs import FixedCoefs, block_index
+from mergecore.learn.learner import GRANULARITIES, BatchSampler, Learner, LearnParams, make_source, references
 from mergecore.merged import MergedSource, coefs_to_merge
-from mergecore.model import RoutedHead
-from mergecore.objectives import OBJECTIVES
-from mergecore.spectral import SpectralCoefs
+from mergecore.forward.model import RoutedHead
+from mergecore.divergences import OBJECTIVES
+from mergecore.forward.spectral import SpectralCoefs
 
 from test_learn import tiny_bench
 
@@ -109,7 +109,7 @@ def probs_on(bench, source, rows: list[torch.Tensor]) -> list[np.ndarray]:
 
 
 def oracle(objective: str, p: np.ndarray, q: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-row objective, written independently of mergecore.objectives (scipy, natural log)."""
+    """Per-row objective, written independently of mergecore.divergences (scipy, natural log)."""
     if objective == "js":
         return jensenshannon(p, q, axis=1) ** 2  # scipy returns the distance: its square is the divergence
     if objective == "kl":
@@ -292,8 +292,8 @@ def test_loss_falls_when_experts_disagree(bench, objective, granularity):
 def test_periodic_eval_reports_what_the_collapse_panel_shows(bench):
     """Score, mean confidence, agreement with the expert and confidently-wrong share, recomputed in numpy
     from the merged and expert probabilities on the first ``limit`` evaluation rows."""
-    from mergecore.learn import periodic_eval
-    from mergecore.metrics import score
+    from mergecore.learn.learner import periodic_eval
+    from mergecore.data.metrics import score
 
     limit = 7
     source = FixedCoefs(as_matrix(bench, start_coefs(bench, "layer")))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from mergecore.coefs import FixedCoefs, block_index
-from mergecore.learn import BatchSampler, Learner, LearnParams
+from mergecore.forward.coefs import FixedCoefs, block_index
+from mergecore.learn.learner import BatchSampler, Learner, LearnParams
 
 from test_learn_oracle import (BATCH, ROWS, SEED, learner_and_start, oracle, probs_on, run_steps, scaled_bench,
                                start_coefs)
@@ -226,7 +226,7 @@ def test_spectral_phases_split_the_steps(bench, steps, iterations, lrs):
 @pytest.mark.parametrize("granularity", ["task", "layer", "block"])
 def test_coefficients_live_on_the_bench_device(tiny_setup, granularity):
     from mergecore.adapters import load_adapters
-    from mergecore.generative import GenParams
+    from mergecore.forward.generative import GenParams
 
     adapters = load_adapters(tiny_setup[1])
     K, L = len(adapters.names), len(adapters.modules)

@@ -18,10 +18,10 @@ import torch
 from scipy import stats
 
 from mergecore.errors import MergecoreError
-from mergecore.learn import (GRANULARITIES, L2_TARGETS, PRESETS, Learner, LearnParams, apply_preset,
+from mergecore.learn.learner import (GRANULARITIES, L2_TARGETS, PRESETS, Learner, LearnParams, apply_preset,
                              periodic_eval, precision_context)
-from mergecore.objectives import OBJECTIVES
-from mergecore.tasks import Split, Task, TaskSet
+from mergecore.divergences import OBJECTIVES
+from mergecore.data.tasks import Split, Task, TaskSet
 
 LIMIT = 5
 
@@ -111,7 +111,7 @@ def test_every_parameter_has_help_and_checked_choices():
     assert fields["objective"].metadata["choices"] == tuple(OBJECTIVES)
     assert fields["granularity"].metadata["choices"] == GRANULARITIES
     assert fields["l2_target"].metadata["choices"] == L2_TARGETS
-    from mergecore.cli import build_parser
+    from mergecore.cli.main import build_parser
 
     learn = build_parser()._subparsers._group_actions[0].choices["learn"]
     helps = {a.dest: a.help for a in learn._actions}
@@ -193,7 +193,7 @@ def test_spectral_source_lives_on_the_bench_device(tiny_setup):
     merge is computed on, available without an accelerator); the L2 anchor is gains of one there too."""
     from mergecore.adapters import load_adapters
     from mergecore.merged import coefs_to_merge
-    from mergecore.generative import GenParams
+    from mergecore.forward.generative import GenParams
 
     adapters = load_adapters(tiny_setup[1])
     K, L = len(adapters.names), len(adapters.modules)
@@ -210,7 +210,7 @@ def test_spectral_source_lives_on_the_bench_device(tiny_setup):
 
 
 def test_references_refuse_label_objectives_on_generative_tasks():
-    from mergecore.learn import references
+    from mergecore.learn.learner import references
 
     label = Task("acc", ("a", "b"), _split(2, (0, 1)), _split(2, (0, 1)))
     gens = [Task(f"gen{k}", (), _split(2), _split(2), metric="rouge1") for k in range(2)]
@@ -221,7 +221,7 @@ def test_references_refuse_label_objectives_on_generative_tasks():
 
 
 def test_references_need_labels_for_ce():
-    from mergecore.learn import references
+    from mergecore.learn.learner import references
 
     labeled = Task("acc", ("a", "b"), _split(2, (0, 1)), _split(2, (0, 1)))
     unlabeled = Task("raw", ("a", "b"), _split(2), _split(2, (0, 1)))
@@ -232,7 +232,7 @@ def test_references_need_labels_for_ce():
 
 
 def test_make_source_refuses_spectral_and_unknown_granularities():
-    from mergecore.learn import make_source
+    from mergecore.learn.learner import make_source
 
     bench = SimpleNamespace(num_modules=2, adapters=SimpleNamespace(modules=["a.layer.0.q", "a.layer.1.q"]))
     for name in ("spectral", "row"):
@@ -244,8 +244,8 @@ def test_make_source_refuses_spectral_and_unknown_granularities():
 @pytest.mark.parametrize("objective", ["js", "ce"])
 def test_references_live_on_the_bench_device(objective):
     """Expert probabilities and label ids go to the bench's device ('meta': not the CPU they come from)."""
-    from mergecore.generative import GenParams
-    from mergecore.learn import references
+    from mergecore.forward.generative import GenParams
+    from mergecore.learn.learner import references
 
     tasks = [Task(f"t{k}", ("a", "b"), _split(3, (0, 1, 1)), _split(2, (0, 1))) for k in range(2)]
     expert = [torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]]) for _ in tasks]

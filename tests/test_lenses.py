@@ -13,13 +13,13 @@ import torch
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis import lenses
 from mergecore.analysis.lenses import LensParams, aggregate
-from mergecore.cli_analyze import lens_tables, write_csv
-from mergecore.coefs import FixedCoefs
+from mergecore.cli.analyze import lens_tables, write_csv
+from mergecore.forward.coefs import FixedCoefs
 from mergecore.errors import MergecoreError
-from mergecore.learn import LearnParams
+from mergecore.learn.learner import LearnParams
 from mergecore.merged import run_merge
-from mergecore.runner import run_learning, run_static
-from mergecore.runs import RunStore
+from mergecore.runs.runner import run_learning, run_static
+from mergecore.runs.store import RunStore
 
 from test_learn import tiny_bench
 

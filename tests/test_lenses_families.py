@@ -16,15 +16,15 @@ from mergecore.adapters import load_adapters
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis import lenses
 from mergecore.analysis.lenses import LENSES, LensParams
-from mergecore.cli_analyze import compute_lens, headline, lens_tables, skipped_lines
-from mergecore.coefs import FixedCoefs
+from mergecore.cli.analyze import compute_lens, headline, lens_tables, skipped_lines
+from mergecore.forward.coefs import FixedCoefs
 from mergecore.errors import MergecoreError
-from mergecore.generative import GenParams
-from mergecore.model import MergeModel
-from mergecore.runner import collect_features
-from mergecore.runs import RunStore
-from mergecore.tasks import Split, Task, TaskSet
-from mergecore.workbench import Workbench
+from mergecore.forward.generative import GenParams
+from mergecore.forward.model import MergeModel
+from mergecore.runs.runner import collect_features
+from mergecore.runs.store import RunStore
+from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.forward.workbench import Workbench
 
 from test_learn import tiny_bench
 from test_verbalizer import SENTS, SPECS, TINY, load, make_adapters
@@ -54,7 +54,7 @@ def classifier_bench(tiny_setup) -> Workbench:
 
 def lm_bench(name: str, root) -> Workbench:
     """Sentiment (label), score (regression) and gen (generative) on a tiny T5 / Llama."""
-    from mergecore.verbalizer import make_reader
+    from mergecore.forward.verbalizer import make_reader
 
     dirs = make_adapters(name, root, k=3)
     base, tok = load(name)

@@ -20,9 +20,9 @@ import torch
 
 from conftest import randomize_lora, texts, tiny_bert_base, tiny_tokenizer
 from mergecore.analysis.lenses import LENSES
-from mergecore.learn import GRANULARITIES
+from mergecore.learn.learner import GRANULARITIES
 from mergecore.merges import METHODS
-from mergecore.objectives import OBJECTIVES
+from mergecore.divergences import OBJECTIVES
 
 TINY = Path("/work/shared/data/tiny-random")
 pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
@@ -121,7 +121,7 @@ class Family:
 
 
 def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from mergecore.cli import main
+    from mergecore.cli.main import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

@@ -49,7 +49,7 @@ def _synthetic_adapters():
 
 
 def _store_with_run(tmp_path, artifacts: dict, status: str = "done"):
-    from mergecore.runs import RunStore
+    from mergecore.runs.store import RunStore
 
     store = RunStore(tmp_path)
     run_id = store.create("r", "learned", {})

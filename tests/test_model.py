@@ -6,9 +6,9 @@ import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from mergecore.adapters import load_adapters
-from mergecore.coefs import FixedCoefs, RowRouting
-from mergecore.heads import ClassifierReader
-from mergecore.model import MergeModel
+from mergecore.forward.coefs import FixedCoefs, RowRouting
+from mergecore.forward.classifier import ClassifierReader
+from mergecore.forward.model import MergeModel
 
 from conftest import texts
 
@@ -121,7 +121,7 @@ from torch import nn  # noqa: E402
 
 from mergecore.adapters import Adapter, AdapterSet, LoraFactors  # noqa: E402
 from mergecore.errors import MergecoreError  # noqa: E402
-from mergecore.model import (MultiLoraLinear, RoutedHead, Segments, Slot, build_head, linear_shape,  # noqa: E402
+from mergecore.forward.model import (MultiLoraLinear, RoutedHead, Segments, Slot, build_head, linear_shape,  # noqa: E402
                              route_heads, wrap_linears)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from mergecore.cli import emit_json, score_table as cli_score_table, write_run_folder
-from mergecore.compare import compare_runs, run_rows, score_table
-from mergecore.evaluate import anp, average
+from mergecore.cli.main import emit_json, score_table as cli_score_table, write_run_folder
+from mergecore.runs.compare import compare_runs, run_rows, score_table
+from mergecore.forward.evaluate import anp, average
 from mergecore.numbers import as_float, dumps, fmt, json_safe, rank_key
-from mergecore.runs import RunStore
+from mergecore.runs.store import RunStore
 
 NAN = float("nan")
 

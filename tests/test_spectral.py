@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mergecore.merges.base import ModuleMerge
-from mergecore.spectral import SpectralCoefs, thin_svd
+from mergecore.forward.spectral import SpectralCoefs, thin_svd
 
 
 def _factored(out, r, inp, seed=0, scale=1.0):

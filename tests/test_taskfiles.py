@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergecore.cli import _file_tasks, main
+from mergecore.cli.main import _file_tasks, main
 from mergecore.errors import MergecoreError
-from mergecore.taskfiles import tasks_from_specs
+from mergecore.data.taskfiles import tasks_from_specs
 
 LABELS = ["negative", "positive"]
 # (text, label as written, class id it must parse to): names map through LABELS, numbers stay ids
@@ -93,7 +93,7 @@ def test_regression_keeps_float_labels_and_scores_bins_by_label_values(tmp_path,
     spec = {**label_spec(tmp_path, ext, rows), "labels": ["0", "2.5", "5"], "metric": "pearson_spearman"}
     task = tasks_from_specs(["sts"], [spec])[0]
     assert task.evaluation.labels == (4.85, 1.3, 0.0) and task.label_values == (0.0, 2.5, 5.0)
-    from mergecore.evaluate import predictions
+    from mergecore.forward.evaluate import predictions
 
     probs = torch.tensor([[0.0, 0.0, 1.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
     assert predictions(task, probs).tolist() == [5.0, 1.25, 0.0]  # expected value of the bin values
@@ -309,7 +309,7 @@ def test_app_runs_record_their_task_source(tmp_path):
     import json as _json
     from types import SimpleNamespace
 
-    from mergecore.taskfiles import save_mapping
+    from mergecore.data.taskfiles import save_mapping
     from pages.common import recorded_source
 
     specs = [{"train": "/data/a.csv", "eval": "/data/b.csv", "text": ["t"], "label": "y", "labels": ["n", "p"]}]

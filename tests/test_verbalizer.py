@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from mergecore.adapters import load_adapters
-from mergecore.coefs import FixedCoefs, RowRouting
-from mergecore.model import MergeModel, Segments
-from mergecore.tasks import Split, Task, TaskSet
-from mergecore.verbalizer import CausalReader, Seq2SeqReader
+from mergecore.forward.coefs import FixedCoefs, RowRouting
+from mergecore.forward.model import MergeModel, Segments
+from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.forward.verbalizer import CausalReader, Seq2SeqReader
 
 from conftest import randomize_lora
 
@@ -160,8 +160,8 @@ def test_routed_experts_equal_single_adapter_peft(setup):
 
 
 def test_learning_runs_end_to_end(setup):
-    from mergecore.learn import LearnParams, Learner
-    from mergecore.workbench import Workbench
+    from mergecore.learn.learner import LearnParams, Learner
+    from mergecore.forward.workbench import Workbench
 
     s = setup
     bench = Workbench(load_adapters(s.dirs), s.tasks, s.mm, s.reader)

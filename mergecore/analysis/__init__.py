@@ -9,7 +9,7 @@ calibration     reliability bins, ECE, confidently-wrong share, agreement with t
 stability       coefficient range / std / negatives (SourceJS Fig. 2)
 """
 
-from .calibration import (
+from mergecore.analysis.calibration import (
     ReliabilityBins,
     agreement,
     confidence_summary,
@@ -17,11 +17,11 @@ from .calibration import (
     expected_calibration_error,
     reliability_bins,
 )
-from .divergence import divergence_matrix, mean_divergence, spearman_with_scores
-from .representation import mean_representation_bias, representation_bias
-from .spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values, module_spectra
-from .stability import stability
-from .subspaces import (
+from mergecore.analysis.divergence import divergence_matrix, mean_divergence, spearman_with_scores
+from mergecore.analysis.representation import mean_representation_bias, representation_bias
+from mergecore.analysis.spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values, module_spectra
+from mergecore.analysis.stability import stability
+from mergecore.analysis.subspaces import (
     a_overlap_matrix,
     b_overlap_matrix,
     orthonormal_basis,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from ..objectives import EPS, js_div, kl_div
+from mergecore.divergences import EPS, js_div, kl_div
 
 Kind = Literal["js", "kl"]
 

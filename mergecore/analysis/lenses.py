@@ -24,12 +24,12 @@ from typing import Callable
 
 import torch
 
-from ..coefs import block_index
-from ..errors import MergecoreError
-from ..merges.base import ModuleMerge
-from ..runner import collect_features
-from .spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values
-from .subspaces import (
+from mergecore.forward.coefs import block_index
+from mergecore.errors import MergecoreError
+from mergecore.merges.base import ModuleMerge
+from mergecore.runs.runner import collect_features
+from mergecore.analysis.spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values
+from mergecore.analysis.subspaces import (
     a_overlap_matrix,
     b_overlap_matrix,
     osrm_interference_matrix,
@@ -69,7 +69,7 @@ class LensParams:
 
 
 def lens_key(bench, lens: str, run_id: str | None, params: LensParams) -> str:
-    from ..runner import bench_key
+    from mergecore.runs.runner import bench_key
 
     payload = json.dumps({"bench": bench_key(bench), "params": asdict(params), "version": LENS_VERSION}, sort_keys=True)
     return f"lens:{lens}:{run_id or '-'}:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -156,7 +156,7 @@ def spectra_of(adapters, merge: dict[str, ModuleMerge] | None = None, label: str
 
 def spectra_lens(bench, store=None, run_id: str | None = None, params: LensParams = LensParams()) -> dict:
     """Task spectra, plus run ``run_id``'s merged spectrum (and LoRA-DV scales) when given."""
-    from ..merged import run_merge
+    from mergecore.merged import run_merge
 
     def compute() -> dict:
         if run_id is None:

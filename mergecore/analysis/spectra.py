@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 
-from ..adapters import LoraFactors
-from ..core_space import core_space
+from mergecore.adapters import LoraFactors
+from mergecore.core_space import core_space
 
 
 def lora_singular_values(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..adapters import LoraFactors
+from mergecore.adapters import LoraFactors
 
 
 def orthonormal_basis(X: torch.Tensor) -> torch.Tensor:

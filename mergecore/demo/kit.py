@@ -13,7 +13,7 @@ def demo_adapter_dirs() -> list[Path]:
 
 
 def demo_taskset():
-    from .tasks import demo_tasks
+    from mergecore.data.demo_tasks import demo_tasks
 
     tasks, _ = demo_tasks()
     return tasks
@@ -21,8 +21,8 @@ def demo_taskset():
 
 def tasks_for(adapter_names: list[str]):
     """Demo tasks matching adapter names (adapters named after demo tasks), in adapter order."""
-    from ..errors import MergecoreError
-    from ..tasks import TaskSet
+    from mergecore.errors import MergecoreError
+    from mergecore.data.tasks import TaskSet
 
     tasks = demo_taskset()
     unknown = [n for n in adapter_names if n not in tasks.names]
@@ -36,8 +36,8 @@ def tasks_for(adapter_names: list[str]):
 
 def demo_workbench(device: str | None = None, names: list[str] | None = None):
     """Workbench over the demo kit (optionally a subset of its tasks)."""
-    from ..adapters import load_adapters
-    from ..workbench import open_workbench
+    from mergecore.adapters import load_adapters
+    from mergecore.forward.workbench import open_workbench
 
     names = names or list(TASK_ORDER)
     adapters = load_adapters([ADAPTER_DIR / n for n in names])

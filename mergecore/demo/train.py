@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ..bases import MINILM_IDS, load_classifier_base
-from .kit import ADAPTER_DIR
-from .tasks import demo_tasks
+from mergecore.bases import MINILM_IDS, load_classifier_base
+from mergecore.demo.kit import ADAPTER_DIR
+from mergecore.data.demo_tasks import demo_tasks
 
 # Per-task recipe (training examples, epochs, lr) that produced the committed adapters: the three
 # easier tasks reach >= 90% with the short recipe; acceptability and paraphrase need the long one.
@@ -78,7 +78,7 @@ def _rows(enc: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Te
 @torch.no_grad()
 def _score(model, tok, task, max_length: int, limit: int | None) -> float:
     """The task's own metric (accuracy, Matthews, Pearson/Spearman via expected value) on its evaluation split."""
-    from ..evaluate import task_scores
+    from mergecore.forward.evaluate import task_scores
 
     split = task.evaluation.head(limit) if limit else task.evaluation
     enc = _encode(tok, split.inputs, max_length)

@@ -8,9 +8,9 @@ Each method maps one module's factors to a ``ModuleMerge`` (factored B @ A, or d
 
 from __future__ import annotations
 
-from ..errors import MergecoreError
-from . import core_methods, osrm, pico, task_arithmetic, ties_dare
-from .base import MergeMethod, ModuleMerge, merge_adapters, parse_params
+from mergecore.errors import MergecoreError
+from mergecore.merges import core_methods, osrm, pico, task_arithmetic, ties_dare
+from mergecore.merges.base import MergeMethod, ModuleMerge, merge_adapters, parse_params
 
 _ALL: list[MergeMethod] = [
     *task_arithmetic.METHODS,

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..adapters import AdapterSet, LoraFactors
-from ..errors import MergecoreError
+from mergecore.adapters import AdapterSet, LoraFactors
+from mergecore.errors import MergecoreError
 
 SPACES = ("lora-factors", "core", "dense")
 RANK_RTOL = 1e-10  # singular values below RANK_RTOL * max are numerically zero (float64 cores)
@@ -95,7 +95,7 @@ def merge_adapters(adapters: AdapterSet, method: str | MergeMethod, params: Any 
     A ``seed`` param is mixed with each module's name, so random masks differ between modules
     and do not depend on module order.
     """
-    from . import get_method
+    from mergecore.merges import get_method
 
     m = get_method(method) if isinstance(method, str) else method
     params = m.params_cls() if params is None else params
@@ -169,7 +169,7 @@ def check_choice(name: str, key: str, value: str, choices: tuple[str, ...]) -> N
 
 def parse_params(method: str | MergeMethod, items: list[str] | None) -> Any:
     """Build ``method.params_cls`` from CLI strings ``["key=value", ...]`` (typed conversion)."""
-    from . import get_method
+    from mergecore.merges import get_method
 
     m = get_method(method) if isinstance(method, str) else method
     hints = typing.get_type_hints(m.params_cls)

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import LoraFactors
-from ..core_space import CoreSpace, core_space
-from ..errors import MergecoreError
-from .base import RANK_RTOL, MergeMethod, ModuleMerge, check_choice, check_density, lam_weights, present
-from .ties_dare import SIGN_METHODS, ties_tensors
+from mergecore.adapters import LoraFactors
+from mergecore.core_space import CoreSpace, core_space
+from mergecore.errors import MergecoreError
+from mergecore.merges.base import RANK_RTOL, MergeMethod, ModuleMerge, check_choice, check_density, lam_weights, present
+from mergecore.merges.ties_dare import SIGN_METHODS, ties_tensors
 
 # ----------------------------------------------------------------------------- shared helpers
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import LoraFactors
-from ..errors import MergecoreError
-from .base import MergeMethod, ModuleMerge, lam_weights, module_shape, present
+from mergecore.adapters import LoraFactors
+from mergecore.errors import MergecoreError
+from mergecore.merges.base import MergeMethod, ModuleMerge, lam_weights, module_shape, present
 
 EIG_RTOL = 1e-9  # eigenvalues within EIG_RTOL * max of the r-th smallest are tied
 

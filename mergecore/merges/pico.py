@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import LoraFactors
-from ..core_space import core_space
-from ..errors import MergecoreError
-from .base import MergeMethod, ModuleMerge, check_choice, check_density, dense_deltas, present
-from .core_methods import factored, iso_core, numerical_rank, ta_core, tsv_core, tsv_keep
-from .ties_dare import SIGN_METHODS, ties_tensors
+from mergecore.adapters import LoraFactors
+from mergecore.core_space import core_space
+from mergecore.errors import MergecoreError
+from mergecore.merges.base import MergeMethod, ModuleMerge, check_choice, check_density, dense_deltas, present
+from mergecore.merges.core_methods import factored, iso_core, numerical_rank, ta_core, tsv_core, tsv_keep
+from mergecore.merges.ties_dare import SIGN_METHODS, ties_tensors
 
 BASES = ("ta", "ties", "tsv_m", "iso_c")
 DEFAULT_LAM = {"ta": 0.3, "ties": 1.0, "tsv_m": 1.0, "iso_c": 1.0}

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import LoraFactors
-from .base import MergeMethod, ModuleMerge, lam_weights, present
+from mergecore.adapters import LoraFactors
+from mergecore.merges.base import MergeMethod, ModuleMerge, lam_weights, present
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import LoraFactors
-from .base import MergeMethod, ModuleMerge, check_choice, check_density, dense_deltas, lam_weights
+from mergecore.adapters import LoraFactors
+from mergecore.merges.base import MergeMethod, ModuleMerge, check_choice, check_density, dense_deltas, lam_weights
 
 SIGN_METHODS = ("total", "frequency")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..glue import GLUE_TASKS, GlueParams, load_glue
+from mergecore.data.glue import GLUE_TASKS, GlueParams, load_glue
 
 ADAPTER_DIR = Path(__file__).parent / "adapters"  # MiniLM + heads, all 8 tasks (study/train.py)
 SMOLLM_DIR = Path(__file__).parent / "adapters-smollm2"  # SmolLM2 verbalizers, some tasks (study/train_causal.py)
@@ -23,7 +23,7 @@ def glue_adapter_dirs(names: list[str] | None = None) -> list[Path]:
 def glue_taskset(source, params: GlueParams = GlueParams(), names: list[str] | None = None, eval_seed: int = 0):
     """GLUE tasks with calibration drawn with ``params.seed`` and the evaluation sample fixed by ``eval_seed``
     (so runs with different seeds are scored on the same rows)."""
-    from ..tasks import TaskSet
+    from mergecore.data.tasks import TaskSet
 
     tasks = load_glue(names or list(GLUE_TASKS), source, params)
     if params.seed == eval_seed:
@@ -34,8 +34,8 @@ def glue_taskset(source, params: GlueParams = GlueParams(), names: list[str] | N
 
 def glue_workbench(source, params: GlueParams = GlueParams(), names: list[str] | None = None, device: str | None = None):
     """Workbench over the committed GLUE experts (all 8 tasks, or a subset)."""
-    from ..adapters import load_adapters
-    from ..workbench import open_workbench
+    from mergecore.adapters import load_adapters
+    from mergecore.forward.workbench import open_workbench
 
     names = names or list(GLUE_TASKS)
     return open_workbench(load_adapters(glue_adapter_dirs(names)), glue_taskset(source, params, names), device=device)

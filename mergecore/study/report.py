@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluate import anp, average
-from ..numbers import as_float, fmt
+from mergecore.forward.evaluate import anp, average
+from mergecore.numbers import as_float, fmt
 
 
 def _mean_std(values: list[float]) -> str:

@@ -23,16 +23,16 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.stability import stability
-from ..evaluate import anp, average
-from ..glue import GlueParams
-from ..learn import LearnParams
-from ..merges import METHODS
-from ..numbers import as_float, dumps, fmt, rank_key
-from ..runner import cached_baselines, run_learning, run_static
-from ..runs import RunStore
-from .kit import glue_workbench
-from .report import write_report
+from mergecore.analysis.stability import stability
+from mergecore.forward.evaluate import anp, average
+from mergecore.data.glue import GlueParams
+from mergecore.learn.learner import LearnParams
+from mergecore.merges import METHODS
+from mergecore.numbers import as_float, dumps, fmt, rank_key
+from mergecore.runs.runner import cached_baselines, run_learning, run_static
+from mergecore.runs.store import RunStore
+from mergecore.study.kit import glue_workbench
+from mergecore.study.report import write_report
 
 SEEDED_STATIC = ("dare_linear", "dare_ties", "osrm")  # depend on the seed (masks) or on calibration inputs
 STATIC = tuple(m for m in METHODS if m not in ("concat", "uniform") and m not in SEEDED_STATIC)
@@ -53,7 +53,7 @@ def collapse(store: RunStore, run_id: str, tasks: list[str]) -> dict:
 
 
 def _static(bench, store, method: str, seed: int, results: dict) -> None:
-    from ..merges import get_method
+    from mergecore.merges import get_method
 
     params = get_method(method).params_cls()
     if "seed" in params.__dataclass_fields__:
@@ -92,7 +92,7 @@ def run_seed(args, seed: int, store: RunStore, results: dict, base: dict | None)
         for method in STATIC:
             _static(bench, store, method, seed, results)
         if not args.skip_divergence:
-            from ..analysis.forward_lenses import divergence_of
+            from mergecore.analysis.forward_lenses import divergence_of
 
             t = time.perf_counter()
             results["divergence"] = divergence_of(bench, "evaluation", limit=args.divergence_rows)

@@ -5,7 +5,7 @@ The papers' recipe (LoRA on the attention query/value projections + the task's h
 training file), 2 epochs, inputs truncated to 128 tokens; CoLA's cross-entropy is class-balanced
 (``BALANCED``).
 STS-B is trained as classification over the 0.2-wide score bins GLUE tasks use here
-(``mergecore.glue``) and scored by the expected value. Each expert is scored on its task's
+(``mergecore.data.glue``) and scored by the expected value. Each expert is scored on its task's
 evaluation file with GLUE's metric. The committed adapters in ``mergecore/study/adapters/`` were
 produced by this script with its defaults (~20 minutes on a 2-core CPU).
 """
@@ -17,8 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from ..demo.train import train_expert
-from ..glue import GLUE_TASKS, GlueParams, local_splits, make_task, spec
+from mergecore.demo.train import train_expert
+from mergecore.data.glue import GLUE_TASKS, GlueParams, local_splits, make_task, spec
 
 ADAPTER_DIR = Path(__file__).parent / "adapters"
 SEEDS = {name: i for i, name in enumerate(GLUE_TASKS)}  # one seed per task: no shared LoRA A initialisation

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..glue import GlueParams, local_splits, make_task, spec
-from ..smollm import HUB_IDS
+from mergecore.data.glue import GlueParams, local_splits, make_task, spec
+from mergecore.smollm import HUB_IDS
 
 ADAPTER_DIR = Path(__file__).parent / "adapters-smollm2"
 SEEDS = {"sst2": 11, "cola": 12, "rte": 13, "qnli": 14, "mrpc": 15, "qqp": 16, "mnli": 17, "stsb": 18}
@@ -46,9 +46,9 @@ def _batch(rows, pad_id: int) -> dict[str, torch.Tensor]:
 def train_causal_expert(task, out: Path, steps: int, lr: float, seed: int, batch_size: int = 8) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from ..families import load_base
-    from ..tasks import TaskSet
-    from ..verbalizer import CausalReader
+    from mergecore.families import load_base
+    from mergecore.data.tasks import TaskSet
+    from mergecore.forward.verbalizer import CausalReader
 
     torch.manual_seed(seed)
     model, tok, _ = load_base(HUB_IDS[0], "causal")
@@ -67,7 +67,7 @@ def train_causal_expert(task, out: Path, steps: int, lr: float, seed: int, batch
         opt.zero_grad()
         loss.backward()
         opt.step()
-    from ..demo.train import _save
+    from mergecore.demo.train import _save
 
     _save(pm, out, base=HUB_IDS[0])
     return {"task": task.name, "final_loss": float(loss.detach())}
@@ -75,10 +75,10 @@ def train_causal_expert(task, out: Path, steps: int, lr: float, seed: int, batch
 
 def score_expert(out: Path, task) -> dict[str, float]:
     """Pre-trained and expert scores of one SmolLM2 adapter on its task, through mergecore."""
-    from ..adapters import load_adapters
-    from ..evaluate import evaluate
-    from ..tasks import TaskSet
-    from ..workbench import open_workbench
+    from mergecore.adapters import load_adapters
+    from mergecore.forward.evaluate import evaluate
+    from mergecore.data.tasks import TaskSet
+    from mergecore.forward.workbench import open_workbench
 
     bench = open_workbench(load_adapters([out]), TaskSet((task,)), device="cpu")
     return {"pre-trained": evaluate(bench, bench.pretrained())[task.name],

@@ -25,11 +25,11 @@ from conformance.families import FAMILIES, Family, inputs, load, save_base
 
 from conftest import randomize_lora
 from mergecore.adapters import load_adapters
-from mergecore.coefs import RowRouting
+from mergecore.forward.coefs import RowRouting
 from mergecore.errors import MergecoreError
-from mergecore.export import exact_factors, write_adapter
+from mergecore.export.adapter import exact_factors, write_adapter
 from mergecore.merges import merge_adapters
-from mergecore.model import MergeModel, Segments
+from mergecore.forward.model import MergeModel, Segments
 
 WEIGHTS = [0.7, -0.4]
 LABELS = [2, 3]  # classifier heads of different widths
@@ -144,7 +144,7 @@ def open_merge_model(family: Family, base, dirs) -> MergeModel | str:
 
 
 def cli_refusal(dirs, base, capsys) -> tuple[int, str]:
-    from mergecore.cli import main
+    from mergecore.cli.main import main
 
     capsys.readouterr()  # drop what the test's own model loading printed
     with pytest.raises(SystemExit) as exit_info:

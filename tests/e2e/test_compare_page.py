@@ -10,9 +10,9 @@ import urllib.request
 
 import pytest
 
-from mergecore.learn import LearnParams
-from mergecore.runner import run_learning
-from mergecore.runs import RunStore
+from mergecore.learn.learner import LearnParams
+from mergecore.runs.runner import run_learning
+from mergecore.runs.store import RunStore
 
 from .conftest import ROOT, _free_port, shot
 

@@ -14,7 +14,7 @@ def store_demo_run(workspace) -> str:
     """A finished learned-kind run over the demo adapters (layer-wise coefficients), written straight to the store."""
     from mergecore.adapters import load_adapters
     from mergecore.demo.kit import demo_adapter_dirs
-    from mergecore.runs import RunStore
+    from mergecore.runs.store import RunStore
 
     adapters = load_adapters(demo_adapter_dirs())
     gen = torch.Generator().manual_seed(0)
@@ -64,7 +64,7 @@ def test_export_page_download_loads_in_peft(server, page, tmp_path):
 
     from mergecore.demo.kit import demo_workbench
     from mergecore.merged import MergedSource, coefs_to_merge
-    from mergecore.runs import RunStore
+    from mergecore.runs.store import RunStore
 
     bench = demo_workbench(device="cpu")
     coefs = RunStore(workspace).get_tensors(run_id, "coefs")["coefs"]

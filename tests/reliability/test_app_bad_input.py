@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
-from mergecore.runs import RunStore
+from mergecore.runs.store import RunStore
 
 from .test_bad_input import CONFIG, WEIGHTS, BIN, Planted, custom_code_base, edit_config, edit_tensors, first
 

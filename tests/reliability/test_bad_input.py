@@ -1,7 +1,7 @@
 """Bad input: every case is refused with exit code 2 and one line naming the problem and the fix,
 the run store is left unchanged, and nothing in a malicious file runs.
 
-Adapter cases go through the real CLI entry point (``mergecore.cli.main``) in-process, which is
+Adapter cases go through the real CLI entry point (``mergecore.cli.main.main``) in-process, which is
 what ``python -m mergecore`` calls; a few representative cases also run as a subprocess. Task-file
 cases are library-level (the CLI has no --task-file flag yet).
 """
@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergecore.adapters import load_adapters
-from mergecore.cli import main
+from mergecore.cli.main import main
 from mergecore.errors import MergecoreError
-from mergecore.runs import RunStore
+from mergecore.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG, WEIGHTS, BIN = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"
@@ -451,7 +451,7 @@ TASK_FILE_CASES = {  # name: (file name, content, Columns kwargs, words)
 
 @pytest.mark.parametrize("case", list(TASK_FILE_CASES))
 def test_task_file_refused_with_one_line(case, tmp_path):
-    from mergecore.taskfiles import Columns, load_split
+    from mergecore.data.taskfiles import Columns, load_split
 
     fname, content, cols, words = TASK_FILE_CASES[case]
     path = tmp_path / fname if content is None else write(tmp_path / fname, content)
@@ -464,8 +464,8 @@ def test_task_file_refused_with_one_line(case, tmp_path):
 
 
 def test_task_file_label_ids_out_of_range_and_zero_example_split(tmp_path):
-    from mergecore.taskfiles import Columns, file_task
-    from mergecore.tasks import Split, Task
+    from mergecore.data.taskfiles import Columns, file_task
+    from mergecore.data.tasks import Split, Task
 
     train = write(tmp_path / "train.csv", "sentence,label\ngood,0\nbad,1\n")
     dev = write(tmp_path / "dev.csv", "sentence,label\ngood,0\nbad,7\n")
@@ -478,7 +478,7 @@ def test_task_file_label_ids_out_of_range_and_zero_example_split(tmp_path):
 
 
 def test_glue_folder_missing_task_subfolder(tmp_path):
-    from mergecore.glue import local_splits, spec
+    from mergecore.data.glue import local_splits, spec
 
     with pytest.raises(MergecoreError, match="does not exist; the GLUE folder needs a"):
         local_splits(spec("sst2"), tmp_path)
@@ -489,7 +489,7 @@ def test_glue_folder_missing_task_subfolder(tmp_path):
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/abs/path", "..", ".hidden", "a/b\\c", "", "x" * 500])
 def test_export_head_file_names_stay_inside_the_folder(name, tmp_path):
-    from mergecore.export import head_files, inside, safe_name
+    from mergecore.export.adapter import head_files, inside, safe_name
 
     s = safe_name(name)
     assert s and "/" not in s and "\\" not in s and not s.startswith(".") and len(s) <= 100
@@ -498,7 +498,7 @@ def test_export_head_file_names_stay_inside_the_folder(name, tmp_path):
 
 
 def test_export_inside_refuses_escaping_paths(tmp_path):
-    from mergecore.export import inside
+    from mergecore.export.adapter import inside
 
     for rel in ("../x", "heads/../../x", "/etc/passwd"):
         with pytest.raises(MergecoreError, match="escapes the export folder"):
@@ -506,7 +506,7 @@ def test_export_inside_refuses_escaping_paths(tmp_path):
 
 
 def test_export_zip_entries_stay_under_the_folder_name(tmp_path):
-    from mergecore.export import zip_folder
+    from mergecore.export.adapter import zip_folder
 
     folder = tmp_path / "merged"
     (folder / "heads").mkdir(parents=True)
@@ -630,7 +630,7 @@ def flags_named_in_errors() -> dict[str, str]:
 
 def cli_flags() -> set[str]:
     from mergecore import cli_analyze, cli_export, cli_extra  # noqa: F401  (register every command)
-    from mergecore.cli import build_parser
+    from mergecore.cli.main import build_parser
 
     sub = build_parser()._subparsers._group_actions[0]
     return {o for p in sub.choices.values() for a in p._actions for o in a.option_strings}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from mergecore.jobs import MAX_FINISHED, JobRegistry
-from mergecore.learn import LearnParams
-from mergecore.runs import RunStore
+from mergecore.runs.jobs import MAX_FINISHED, JobRegistry
+from mergecore.learn.learner import LearnParams
+from mergecore.runs.store import RunStore
 
 from test_learn import tiny_bench
 
@@ -25,13 +25,13 @@ WORKER = textwrap.dedent('''
     sys.path[:0] = [{tests!r}]
     from transformers import AutoTokenizer, BertForSequenceClassification
     from mergecore.adapters import load_adapters
-    from mergecore.heads import ClassifierReader
-    from mergecore.learn import LearnParams
-    from mergecore.model import MergeModel
-    from mergecore.runner import run_learning
-    from mergecore.runs import RunStore
-    from mergecore.tasks import Split, Task, TaskSet
-    from mergecore.workbench import Workbench
+    from mergecore.forward.classifier import ClassifierReader
+    from mergecore.learn.learner import LearnParams
+    from mergecore.forward.model import MergeModel
+    from mergecore.runs.runner import run_learning
+    from mergecore.runs.store import RunStore
+    from mergecore.data.tasks import Split, Task, TaskSet
+    from mergecore.forward.workbench import Workbench
     from conftest import texts
     base, dirs, ws = {base!r}, {dirs!r}, {ws!r}
     ad = load_adapters(dirs)

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapters import AdapterSet
-from .coefs import FixedCoefs, RowRouting
-from .errors import MergecoreError
-from .generative import GenParams
-from .heads import Encoded
-from .model import MergeModel
-from .tasks import TaskSet
+from mergecore.adapters import AdapterSet
+from mergecore.forward.coefs import FixedCoefs, RowRouting
+from mergecore.errors import MergecoreError
+from mergecore.forward.generative import GenParams
+from mergecore.forward.classifier import Encoded
+from mergecore.forward.model import MergeModel
+from mergecore.data.tasks import TaskSet
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Workbench:
     def generator(self):
         """Greedy decoding and teacher forcing on this MergeModel (generative tasks; seq2seq / causal only)."""
         if getattr(self, "_generator", None) is None:
-            from .generative import Generator
+            from mergecore.forward.generative import Generator
 
             self._generator = Generator(self.model, self.reader.family, self.reader.tokenizer,
                                         max_length=getattr(self.reader, "max_length", 256))
@@ -124,7 +124,7 @@ def open_workbench(adapters: AdapterSet, tasks: TaskSet, device: str | None = No
                    family: str | None = None, base_path: str | None = None) -> Workbench:
     """Load the base, wrap it with the adapters, pick the reader of the model family
     (classifier heads, seq2seq or causal verbalizers), and pair adapters with tasks."""
-    from .families import open_bench
+    from mergecore.families import open_bench
 
     return open_bench(adapters, tasks, device=device, trust_remote_code=trust_remote_code,
                       base_model=base_model, family=family, base_path=base_path)

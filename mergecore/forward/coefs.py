@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 
 
 class CoefficientSource(Protocol):

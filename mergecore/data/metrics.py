@@ -34,7 +34,7 @@ METRICS = {"accuracy": accuracy, "matthews": matthews, "pearson_spearman": pears
 def score(metric: str, pred, gold) -> float:
     """Score in percent (x100), like the papers' tables."""
     if metric not in METRICS:
-        from .errors import MergecoreError
+        from mergecore.errors import MergecoreError
 
         raise MergecoreError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     return 100.0 * METRICS[metric](np.asarray(pred), np.asarray(gold))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import MergecoreError
-from .numbers import dumps
+from mergecore.errors import MergecoreError
+from mergecore.numbers import dumps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -24,9 +24,9 @@ from typing import Callable
 
 import torch
 
-from .coefs import MatrixCoefs, block_coefs, coefficient_transform, layer_coefs, task_coefs
-from .errors import MergecoreError
-from .objectives import OBJECTIVES, get_objective, l2_pull
+from mergecore.forward.coefs import MatrixCoefs, block_coefs, coefficient_transform, layer_coefs, task_coefs
+from mergecore.errors import MergecoreError
+from mergecore.divergences import OBJECTIVES, get_objective, l2_pull
 
 GRANULARITIES = ("task", "layer", "block", "spectral")
 L2_TARGETS = ("uniform", "start")
@@ -159,7 +159,7 @@ def references(bench, params: LearnParams) -> list:
 
 def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -> dict:
     """Metric, mean confidence, agreement with the expert and confidently-wrong share per task."""
-    from .evaluate import task_scores
+    from mergecore.forward.evaluate import task_scores
 
     probs = bench.predict(source, "evaluation", limit=limit)
     ks = bench.label_tasks  # generative tasks have no label confidence; they are scored at the end (ROUGE-1)
@@ -203,7 +203,7 @@ class Learner:
         self.gen_params = replace(bench.gen_params, divergence=params.objective)  # generative tasks' token divergence
         K = bench.num_tasks
         if params.granularity == "spectral":
-            from .merged import coefs_to_merge
+            from mergecore.merged import coefs_to_merge
 
             self.merge = start_merge or coefs_to_merge(bench.adapters, torch.full((bench.num_modules, K), 1.0 / K))
             self._new_source(self.merge)
@@ -214,7 +214,7 @@ class Learner:
             self.gamma0 = l2_anchor(self.source.gamma, params.l2_target, K)
 
     def _new_source(self, merge: dict) -> None:
-        from .spectral import SpectralCoefs
+        from mergecore.forward.spectral import SpectralCoefs
 
         self.source = SpectralCoefs(merge, self.bench.adapters.modules, self.bench.device)
         self.gamma0 = torch.ones_like(self.source.gamma).detach()  # the L2 pull is toward Lambda = 1 (the start merge)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 
 EPS = 1e-12
 

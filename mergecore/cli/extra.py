@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import EXTRA_COMMANDS, emit_json, open_store, score_table
+from mergecore.cli.main import EXTRA_COMMANDS, emit_json, open_store, score_table
 
 
 def cmd_compare(args) -> int:
-    from .compare import BASELINES, compare_runs
+    from mergecore.runs.compare import BASELINES, compare_runs
 
     store = open_store(args)
     show = tuple(BASELINES) if args.baselines else ()
@@ -52,9 +52,9 @@ EXTRA_COMMANDS.append(register_compare)
 
 
 def cmd_merge(args) -> int:
-    from .cli import open_bench, write_run_folder
-    from .merges import get_method, parse_params
-    from .runner import run_static
+    from mergecore.cli.main import open_bench, write_run_folder
+    from mergecore.merges import get_method, parse_params
+    from mergecore.runs.runner import run_static
 
     method = get_method(args.method)
     params = parse_params(method.name, args.param or [])
@@ -74,8 +74,8 @@ def cmd_merge(args) -> int:
 
 
 def register_merge(sub) -> None:
-    from .cli import add_source_args
-    from .merges import METHODS
+    from mergecore.cli.main import add_source_args
+    from mergecore.merges import METHODS
 
     p = sub.add_parser("merge", help="apply a static merge method (task arithmetic, TIES, TSV-M, ...)")
     add_source_args(p)

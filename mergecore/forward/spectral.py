@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .merges.base import ModuleMerge
+from mergecore.merges.base import ModuleMerge
 
 RANK_RTOL = 1e-7  # singular values below RANK_RTOL * max are dropped (numerically zero directions)
 

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import torch
 
-from .adapters import AdapterSet
-from .errors import MergecoreError
-from .merges.base import ModuleMerge
-from .numbers import dumps, fmt
+from mergecore.adapters import AdapterSet
+from mergecore.errors import MergecoreError
+from mergecore.merges.base import ModuleMerge
+from mergecore.numbers import dumps, fmt
 
 MODES = ("exact", "compressed", "full")
 PREFIX = "base_model.model."
@@ -103,7 +103,7 @@ def load_run(ref: str | Path, store, adapters: AdapterSet) -> RunSource:
         return read_run_folder(folder, adapters)
     if store is None:
         raise MergecoreError(f"{ref} is neither a run folder nor a run id with a workspace; pass --workspace")
-    from .merged import run_merge
+    from mergecore.merged import run_merge
 
     rec = store.get(str(ref))
     check_run_adapters(rec.config, adapters, rec.id)
@@ -112,7 +112,7 @@ def load_run(ref: str | Path, store, adapters: AdapterSet) -> RunSource:
 
 def read_run_folder(folder: Path, adapters: AdapterSet) -> RunSource:
     """run.json + merged.safetensors (any run) or coefs.safetensors (learned coefficients)."""
-    from .merged import coefs_to_merge, tensors_to_merge
+    from mergecore.merged import coefs_to_merge, tensors_to_merge
 
     try:
         meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
@@ -207,7 +207,7 @@ def probability_change(bench, full: Merge, approx: Merge, samples: int) -> dict:
     """Largest |p_full - p_approx| over the calibration inputs, per label task and overall.
 
     Generative tasks have no label probabilities: they are left out and named in ``left_out``."""
-    from .merged import MergedSource
+    from mergecore.merged import MergedSource
 
     left_out = [t.name for t in bench.tasks if t.generative]
     if len(left_out) == bench.num_tasks:
@@ -356,7 +356,7 @@ def base_folder(bench) -> str | None:
 def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor]):
     """A fresh base model of the bench's family (the base's own class: classifier with ``head_task``'s
     head, seq2seq LM or causal LM with its lm_head) with the merged delta added to its weights."""
-    from .families import load_base
+    from mergecore.families import load_base
 
     family = bench_family(bench)
     task = bench.tasks.by_name(head_task)
@@ -394,7 +394,7 @@ def run_coefficients(run: RunSource):
 
 def merge_card(bench, run: RunSource, params: ExportParams, head: str, files: dict[str, str],
                ranks: dict[str, int], report: dict) -> dict:
-    from . import __version__
+    from mergecore import __version__
 
     cfg = run.config
     return {

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import MergeModel, Segments
-from .tasks import Inputs
+from mergecore.forward.model import MergeModel, Segments
+from mergecore.data.tasks import Inputs
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import AdapterSet
-from .core_space import stack_factors
-from .errors import MergecoreError
+from mergecore.adapters import AdapterSet
+from mergecore.core_space import stack_factors
+from mergecore.errors import MergecoreError
 
 
 @dataclass

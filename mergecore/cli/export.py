@@ -1,4 +1,4 @@
-"""CLI command 'export' (registered into mergecore.cli).
+"""CLI command 'export' (registered into mergecore.cli.main).
 
     python -m mergecore export --run ID_OR_RUN_FOLDER --out DIR [--rank r] [--full-weights]
                                [--head TASK] [--force] [--workspace W] [--adapters DIR ...]
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cli import EXTRA_COMMANDS, add_source_args, emit_json, open_bench, open_store
-from .errors import MergecoreError
+from mergecore.cli.main import EXTRA_COMMANDS, add_source_args, emit_json, open_bench, open_store
+from mergecore.errors import MergecoreError
 
 
 def run_config(ref: str, store) -> dict:
@@ -88,7 +88,7 @@ class RunFolderStore:
     are not cached, its id might name another run in the workspace)."""
 
     def __init__(self, folder: Path, store):
-        from .runs import RunRecord
+        from mergecore.runs.store import RunRecord
 
         try:
             meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
@@ -126,7 +126,7 @@ class RunFolderStore:
     def get_tensors(self, run_id: str, name: str):
         if not self._own(run_id):
             return self.store.get_tensors(run_id, name)
-        from .export import _read_tensors
+        from mergecore.export.adapter import _read_tensors
 
         return _read_tensors(self.folder / f"{name}.safetensors")
 
@@ -168,7 +168,7 @@ def export_mode(args) -> tuple[str, int]:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportParams, export_run, load_run
+    from mergecore.export.adapter import ExportParams, export_run, load_run
 
     mode, rank = export_mode(args)
     params = ExportParams(mode=mode, rank=rank, head=args.head or "", samples=args.samples,

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import MergecoreError
-from .tasks import Split, Task, TaskSet
-from .taskfiles import Columns, load_split, sample
+from mergecore.errors import MergecoreError
+from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.data.taskfiles import Columns, load_split, sample
 
 YES_NO = {"0": "no", "1": "yes"}
 

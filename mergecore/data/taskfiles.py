@@ -19,10 +19,10 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 import torch
 
-from .tasks import Split, Task
+from mergecore.data.tasks import Split, Task
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def _spec_keys(s, where: str) -> str:
 
 def _spec_values(s: dict, where: str) -> None:
     """One line naming the key whose value has the wrong type (or an unknown metric)."""
-    from .metrics import METRICS
+    from mergecore.data.metrics import METRICS
 
     def bad(key: str, want: str):
         raise MergecoreError(f"{where}: {key!r} is {json.dumps(s[key])}; give {want}")
@@ -284,7 +284,7 @@ def tasks_from_specs(names: list[str], specs, base_dir: str | Path | None = None
     optional "prompt", "verbalizers", "metric" (label tasks). "text" is a column name or a list of them;
     text labels map through "labels" (numbers stay class ids). Relative paths are read from ``base_dir``
     (the mapping file's folder) when given, else from the current folder; ``source`` names the mapping in errors."""
-    from .tasks import TaskSet
+    from mergecore.data.tasks import TaskSet
 
     src = str(source) if source is not None else "the task mapping"
     if not isinstance(specs, list) or len(specs) != len(names):

@@ -6,16 +6,16 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .cli import EXTRA_COMMANDS, add_dataclass_args, add_source_args, dataclass_from_args, emit_json, open_bench, open_store
-from .errors import MergecoreError
-from .numbers import dumps
+from mergecore.cli.main import EXTRA_COMMANDS, add_dataclass_args, add_source_args, dataclass_from_args, emit_json, open_bench, open_store
+from mergecore.errors import MergecoreError
+from mergecore.numbers import dumps
 
 NEEDS_RUN = ("representation", "calibration")
 
 
 def compute_lens(what: str, bench, store, run_id: str | None, params) -> dict:
-    from .analysis import forward_lenses as fl
-    from .analysis import lenses
+    from mergecore.analysis import forward_lenses as fl
+    from mergecore.analysis import lenses
 
     if what in NEEDS_RUN and not run_id:
         raise MergecoreError(f"--what {what} compares a run with its experts; pass --run ID (see `runs`)")
@@ -63,12 +63,12 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def cmd_analyze(args) -> int:
-    from .analysis.lenses import LensParams
+    from mergecore.analysis.lenses import LensParams
 
     params = dataclass_from_args(LensParams, args).validate()
     if args.what in NEEDS_RUN and not args.run:
         raise MergecoreError(f"--what {args.what} compares a run with its experts; pass --run ID (see `runs`)")
-    from .cli_export import run_sources, run_store
+    from mergecore.cli.export import run_sources, run_store
 
     store, run_id = open_store(args), None
     if args.run:  # an id or a run folder; unknown id: one-line error before loading the model
@@ -100,7 +100,7 @@ def headline(what: str, lens: dict) -> str:
         mean = sum(r["effective_rank"] for r in runs) / max(len(runs), 1)
         return f"spectra of {len(lens['modules'])} modules; mean effective rank ({runs[0]['kind'] if runs else '-'}) {mean:.2f}"
     if what == "subspaces":
-        from .analysis.lenses import describe_mean, offdiag_summary
+        from mergecore.analysis.lenses import describe_mean, offdiag_summary
 
         summary = lens.get("summary") or {k: offdiag_summary(lens[k], lens["modules"])
                                           for k in ("b_overlap", "a_overlap", "interference")}
@@ -131,7 +131,7 @@ def skipped_lines(lens: dict) -> list[str]:
 
 
 def register_analyze(sub) -> None:
-    from .analysis.lenses import LENSES, LensParams
+    from mergecore.analysis.lenses import LENSES, LensParams
 
     p = sub.add_parser("analyze", help="spectra, subspaces, divergence, representation or calibration of a run (CSV/JSON)")
     add_source_args(p)

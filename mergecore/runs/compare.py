@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .analysis.stability import stability
-from .evaluate import anp, average
-from .numbers import as_float
-from .runs import RunRecord, RunStore
+from mergecore.analysis.stability import stability
+from mergecore.forward.evaluate import anp, average
+from mergecore.numbers import as_float
+from mergecore.runs.store import RunRecord, RunStore
 
 BASELINES = ("pre-trained", "experts", "uniform")
 MAX_POINTS = 500
@@ -148,7 +148,7 @@ def free_coefs(coefs: np.ndarray, granularity: str | None, modules: list[str] | 
     if granularity == "task":
         return coefs[:1]
     if granularity == "block" and modules and len(modules) == len(coefs):
-        from .coefs import block_index
+        from mergecore.forward.coefs import block_index
 
         group, _ = block_index(modules)
         first = [int(np.flatnonzero(group.numpy() == g)[0]) for g in range(int(group.max()) + 1)]

@@ -12,9 +12,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .learn import LearnParams
-from .runner import create_learning_run, resolve_start, run_learning
-from .runs import RunStore
+from mergecore.learn.learner import LearnParams
+from mergecore.runs.runner import create_learning_run, resolve_start, run_learning
+from mergecore.runs.store import RunStore
 
 MAX_FINISHED = 20  # finished jobs kept in memory; older ones live only in the run store
 

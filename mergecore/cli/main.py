@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 
 # ----------------------------------------------------------------------------- shared options
 
@@ -56,14 +56,14 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def open_bench(args):
-    from .adapters import load_adapters
-    from .demo.kit import demo_adapter_dirs, tasks_for
-    from .workbench import open_workbench
+    from mergecore.adapters import load_adapters
+    from mergecore.demo.kit import demo_adapter_dirs, tasks_for
+    from mergecore.forward.workbench import open_workbench
 
     dirs = args.adapters or demo_adapter_dirs()
     adapters = load_adapters(dirs, allow_bin=args.allow_bin, base_model=args.base_model)
     if args.glue is not None:
-        from .glue import GlueParams, load_glue, match_tasks
+        from mergecore.data.glue import GlueParams, load_glue, match_tasks
 
         params = GlueParams(calibration=args.calibration, evaluation=args.eval_size)
         tasks = load_glue(args.glue or match_tasks(adapters.names), source=args.glue_dir or "auto", params=params)
@@ -79,8 +79,8 @@ def open_bench(args):
 
 def task_source(args, bench) -> dict:
     """Where a bench's tasks came from (recorded in run configs by ``runner.bench_config``)."""
-    from .glue import glue_source
-    from .taskfiles import files_source
+    from mergecore.data.glue import glue_source
+    from mergecore.data.taskfiles import files_source
 
     if args.glue is not None:
         return glue_source(bench.tasks.names, args.glue_dir, args.calibration, args.eval_size)
@@ -92,8 +92,8 @@ def task_source(args, bench) -> dict:
 def _file_tasks(names: list[str], path: Path):
     import json
 
-    from .errors import MergecoreError
-    from .taskfiles import tasks_from_specs
+    from mergecore.errors import MergecoreError
+    from mergecore.data.taskfiles import tasks_from_specs
 
     try:
         specs = json.loads(path.read_text(encoding="utf-8"))
@@ -105,7 +105,7 @@ def _file_tasks(names: list[str], path: Path):
 
 
 def open_store(args):
-    from .runs import RunStore
+    from mergecore.runs.store import RunStore
 
     return RunStore(args.workspace)
 
@@ -115,8 +115,8 @@ def open_store(args):
 
 def score_table(columns: dict[str, dict[str, float]], experts: dict[str, float] | None = None) -> str:
     """Tasks as rows, one column per merge, plus average (and ANP vs the experts); undefined numbers print '-'."""
-    from .evaluate import anp, average
-    from .numbers import fmt
+    from mergecore.forward.evaluate import anp, average
+    from mergecore.numbers import fmt
 
     tasks = list(next(iter(columns.values())))
     names = list(columns)
@@ -137,7 +137,7 @@ def compact(coefs: list) -> list:
 
 def emit_json(obj: dict) -> None:
     """One JSON object on stdout; undefined numbers (NaN, inf) are null, never a bare NaN."""
-    from .numbers import dumps
+    from mergecore.numbers import dumps
 
     print(dumps(obj, default=float))
 
@@ -146,8 +146,8 @@ def emit_json(obj: dict) -> None:
 
 
 def cmd_learn(args) -> int:
-    from .learn import LearnParams, apply_preset
-    from .runner import run_learning
+    from mergecore.learn.learner import LearnParams, apply_preset
+    from mergecore.runs.runner import run_learning
 
     params = dataclass_from_args(LearnParams, args, apply_preset(LearnParams(), args.preset)).validate()
     t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def cmd_learn(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .runner import cached_baselines
+    from mergecore.runs.runner import cached_baselines
 
     t0 = time.perf_counter()
     bench = open_bench(args)
@@ -193,7 +193,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .numbers import fmt
+    from mergecore.numbers import fmt
 
     store = open_store(args)
     for r in store.list():
@@ -206,7 +206,7 @@ def write_run_folder(out: Path, store, run_id: str) -> None:
     """run.json (config + result), events.jsonl and coefs.safetensors, written atomically."""
     import shutil
 
-    from .numbers import dumps
+    from mergecore.numbers import dumps
 
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
@@ -237,7 +237,7 @@ def _progress(total: int, quiet: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .learn import PRESETS, LearnParams
+    from mergecore.learn.learner import PRESETS, LearnParams
 
     ap = argparse.ArgumentParser(prog="python -m mergecore", description="Merge LoRA adapters and look inside the result.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -263,7 +263,7 @@ EXTRA_COMMANDS: list = []  # other modules append parser registrations (merge, c
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import cli_analyze, cli_export, cli_extra  # noqa: F401  (register the remaining commands)
+    from mergecore import cli_analyze, cli_export, cli_extra  # noqa: F401  (register the remaining commands)
 
     args = build_parser().parse_args(argv)
     try:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import MergecoreError
-from .model import MergeModel, Segments
-from .objectives import js_div, kl_div
-from .verbalizer import accepts, pad
+from mergecore.errors import MergecoreError
+from mergecore.forward.model import MergeModel, Segments
+from mergecore.divergences import js_div, kl_div
+from mergecore.forward.verbalizer import accepts, pad
 
 DIVERGENCES = {"js": js_div, "kl": kl_div}
 
@@ -114,7 +114,7 @@ class Generator:
     @torch.no_grad()
     def expert_outputs(self, task: int, prompts: list[str], params: GenParams, expert: int | None = None) -> ExpertOutputs:
         """Expert ``expert`` (default: ``task``) decodes and its top-k distributions are cached."""
-        from .coefs import RowRouting
+        from mergecore.forward.coefs import RowRouting
 
         self.mm.set_source(RowRouting(self.mm.slot, self.mm.num_tasks, None if expert is None else [expert] * (task + 1)))
         ids = self.encode(prompts)

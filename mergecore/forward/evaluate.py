@@ -7,9 +7,9 @@ import math
 import numpy as np
 import torch
 
-from .metrics import score
-from .numbers import as_float
-from .tasks import Task
+from mergecore.data.metrics import score
+from mergecore.numbers import as_float
+from mergecore.data.tasks import Task
 
 
 def predictions(task: Task, probs: torch.Tensor) -> np.ndarray:
@@ -52,7 +52,7 @@ def evaluate(bench, source) -> dict[str, float]:
 
 def generative_score(bench, source, k: int) -> float:
     """ROUGE-1 F1 (percent) of greedy outputs against the task's references (NaN without references)."""
-    from .generative import generate_texts, rouge1
+    from mergecore.forward.generative import generate_texts, rouge1
 
     task = bench.tasks[k]
     if not task.references:

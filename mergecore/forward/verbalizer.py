@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import MergecoreError
-from .heads import Encoded
-from .model import MergeModel, Segments
-from .tasks import Inputs, Task, TaskSet
+from mergecore.errors import MergecoreError
+from mergecore.forward.classifier import Encoded
+from mergecore.forward.model import MergeModel, Segments
+from mergecore.data.tasks import Inputs, Task, TaskSet
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from typing import Callable
 
 import torch
 
-from .coefs import FixedCoefs
-from .evaluate import anp, average, baselines, evaluate
-from .learn import Learner, LearnParams
-from .runs import RunStore
+from mergecore.forward.coefs import FixedCoefs
+from mergecore.forward.evaluate import anp, average, baselines, evaluate
+from mergecore.learn.learner import Learner, LearnParams
+from mergecore.runs.store import RunStore
 
 
 def bench_config(bench) -> dict:
@@ -51,7 +51,7 @@ def cached_baselines(bench, store: RunStore | None = None) -> dict[str, dict[str
     """Pre-trained / experts / uniform scores: once per workbench, and once per workspace when a store is given."""
     import json
 
-    from .numbers import as_float, dumps
+    from mergecore.numbers import as_float, dumps
 
     if getattr(bench, "_baselines", None) is None:
         cached = store.cache_get(bench_key(bench)) if store else None
@@ -102,7 +102,7 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
         raise
     if store:
         if res.merge is not None:
-            from .merged import merge_to_tensors
+            from mergecore.merged import merge_to_tensors
 
             store.put_tensors(run_id, "merged", merge_to_tensors(res.merge))
             store.put_tensors(run_id, "spectral", res.spectral)
@@ -113,7 +113,7 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
 
 
 def _learned_result(bench, res, store) -> dict:
-    from .merged import MergedSource
+    from mergecore.merged import MergedSource
 
     source = MergedSource(res.merge, bench.device) if res.merge is not None else FixedCoefs(res.coefs)
     result = {**summarize(bench, evaluate(bench, source), store), "status": res.status, "message": res.message,
@@ -127,9 +127,9 @@ def _learned_result(bench, res, store) -> dict:
 
 def resolve_start(bench, params: LearnParams, store: RunStore | None, start: torch.Tensor | None):
     """(start coefficients, start merge) from ``params.start``: 'uniform', a stored run id, or a method name."""
-    from .errors import MergecoreError
-    from .merged import coefs_to_merge, run_merge
-    from .merges import METHODS, merge_adapters
+    from mergecore.errors import MergecoreError
+    from mergecore.merged import coefs_to_merge, run_merge
+    from mergecore.merges import METHODS, merge_adapters
 
     spectral = params.granularity == "spectral"
     key = params.start.strip()
@@ -166,8 +166,8 @@ def collect_features(bench, samples: int = 64, max_rows: int = 256) -> dict[str,
     example (a pooler) keep that row. Generative tasks have no features (absent key).
 
     Returns {module: {task: (n, in)}} float32 on the CPU, rows in example order."""
-    from .errors import MergecoreError
-    from .verbalizer import accepts
+    from mergecore.errors import MergecoreError
+    from mergecore.forward.verbalizer import accepts
 
     feats: dict[str, dict[int, list]] = {layer.name: {} for layer in bench.model.layers}
     state: dict = {}
@@ -204,8 +204,8 @@ def collect_features(bench, samples: int = 64, max_rows: int = 256) -> dict[str,
 def run_static(bench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,
                name: str | None = None) -> tuple[str | None, dict]:
     """Apply a static merge method, evaluate it, and store it as a run (artifact 'merged')."""
-    from .merged import MergedSource, merge_to_tensors
-    from .merges import get_method, merge_adapters
+    from mergecore.merged import MergedSource, merge_to_tensors
+    from mergecore.merges import get_method, merge_adapters
 
     t0 = time.perf_counter()
     m = get_method(method)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from .errors import MergecoreError
+from mergecore.errors import MergecoreError
 
 Inputs = tuple[tuple[str, ...], ...]
 

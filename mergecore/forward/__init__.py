@@ -1,0 +1,1 @@
+"""mergecore/forward."""
