@@ -1,4 +1,4 @@
-from mergecore.cli.main import main
+from mergecore.cli import main
 
 if __name__ == "__main__":
     main()

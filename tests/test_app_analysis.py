@@ -115,7 +115,7 @@ def test_pages_without_runs_explain_what_to_do(tmp_path, monkeypatch, workspace)
 
 
 def test_analyze_cli_writes_tables(workspace, tmp_path, capsys):
-    from mergecore.cli.main import main
+    from mergecore.cli import main
 
     ws, dirs, ids = workspace
     with pytest.raises(SystemExit) as exc:

@@ -144,7 +144,7 @@ def test_trajectory_collapse_and_heatmap_shapes(stored):
 
 
 def test_compare_cli(stored, capsys):
-    from mergecore.cli.main import main
+    from mergecore.cli import main
 
     _, store, ent, js, st = stored
     with pytest.raises(SystemExit) as exit_:

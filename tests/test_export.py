@@ -246,7 +246,7 @@ def test_existing_target_needs_overwrite_and_failures_leave_nothing(env, tmp_pat
 
 
 def test_run_folder_round_trip_and_corrupt_folder(env, tmp_path):
-    from mergecore.cli.main import write_run_folder
+    from mergecore.runs.folder import write_run_folder
 
     bench, store, runs, _ = env
     write_run_folder(tmp_path / "run", store, runs["layer"])
@@ -301,7 +301,7 @@ def test_zip_holds_the_folder(env, tmp_path):
 
 def test_cli_export_force_and_exit_codes(env, tmp_path, monkeypatch, capsys):
     import mergecore.cli.export as cx
-    from mergecore.cli.main import main
+    from mergecore.cli import main
 
     bench, store, runs, _ = env
     monkeypatch.setattr(cx, "open_bench", lambda args: bench)

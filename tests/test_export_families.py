@@ -162,7 +162,7 @@ def test_classifier_full_weights_carry_the_chosen_head(tiny_setup, tmp_path):
 
 
 def _main(args, capsys) -> tuple[int, str, str]:
-    from mergecore.cli.main import main
+    from mergecore.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main([str(a) for a in args])
@@ -213,8 +213,8 @@ def test_run_folder_reuses_adapters_and_task_files(tmp_path, capsys):
 def test_run_sources_fill_only_what_is_missing(tmp_path):
     from argparse import Namespace
 
-    from mergecore.cli.main import task_source
-    from mergecore.cli.export import run_sources
+    from mergecore.cli.common import task_source
+    from mergecore.cli.common import run_sources
     from mergecore.errors import MergecoreError
 
     glue = tmp_path / "glue"

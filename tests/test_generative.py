@@ -201,7 +201,7 @@ def test_cli_learns_generative_tasks_from_files(gen, tmp_path, capsys):
     """`learn --task-files` with generative specs runs end to end and reports ROUGE-1 per task."""
     import json
 
-    from mergecore.cli.main import main
+    from mergecore.cli import main
 
     tr, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     tr.write_text("".join(json.dumps({"doc": p}) + "\n" for p in PROMPTS))

@@ -121,7 +121,7 @@ class Family:
 
 
 def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from mergecore.cli.main import main
+    from mergecore.cli import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

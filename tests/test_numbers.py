@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from mergecore.cli.main import emit_json, score_table as cli_score_table, write_run_folder
+from mergecore.cli.common import emit_json, score_table as cli_score_table
+from mergecore.runs.folder import write_run_folder
 from mergecore.runs.compare import compare_runs, run_rows, score_table
 from mergecore.forward.evaluate import anp, average
 from mergecore.numbers import as_float, dumps, fmt, json_safe, rank_key

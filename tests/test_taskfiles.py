@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergecore.cli.main import _file_tasks, main
+from mergecore.cli.common import _file_tasks
+from mergecore.cli import main
 from mergecore.errors import MergecoreError
 from mergecore.data.taskfiles import tasks_from_specs
 

@@ -1,4 +1,4 @@
-"""CLI command 'analyze': ``python -m mergecore analyze --run ID --what spectra|subspaces|divergence|
+"""``analyze``: ``python -m mergecore analyze --run ID --what spectra|subspaces|divergence|
 representation|calibration --out DIR`` writes <what>.json (the whole lens) and CSV tables."""
 
 from __future__ import annotations
@@ -6,17 +6,21 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from mergecore.cli.main import EXTRA_COMMANDS, add_dataclass_args, add_source_args, dataclass_from_args, emit_json, open_bench, open_store
+import math
+
+from mergecore.analysis import forward_lenses as fl
+from mergecore.analysis import lenses
+from mergecore.analysis.lenses import LENSES, LensParams, describe_mean, offdiag_summary
+from mergecore.cli.common import (add_dataclass_args, add_source_args, dataclass_from_args, emit_json, open_bench,
+                                  open_store, run_sources)
 from mergecore.errors import MergecoreError
 from mergecore.numbers import dumps
+from mergecore.runs.folder import run_store
 
 NEEDS_RUN = ("representation", "calibration")
 
 
 def compute_lens(what: str, bench, store, run_id: str | None, params) -> dict:
-    from mergecore.analysis import forward_lenses as fl
-    from mergecore.analysis import lenses
-
     if what in NEEDS_RUN and not run_id:
         raise MergecoreError(f"--what {what} compares a run with its experts; pass --run ID (see `runs`)")
     if run_id:
@@ -62,14 +66,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def cmd_analyze(args) -> int:
-    from mergecore.analysis.lenses import LensParams
-
+def run(args) -> int:
     params = dataclass_from_args(LensParams, args).validate()
     if args.what in NEEDS_RUN and not args.run:
         raise MergecoreError(f"--what {args.what} compares a run with its experts; pass --run ID (see `runs`)")
-    from mergecore.cli.export import run_sources, run_store
-
     store, run_id = open_store(args), None
     if args.run:  # an id or a run folder; unknown id: one-line error before loading the model
         store, run_id = run_store(args.run, store)
@@ -100,8 +100,6 @@ def headline(what: str, lens: dict) -> str:
         mean = sum(r["effective_rank"] for r in runs) / max(len(runs), 1)
         return f"spectra of {len(lens['modules'])} modules; mean effective rank ({runs[0]['kind'] if runs else '-'}) {mean:.2f}"
     if what == "subspaces":
-        from mergecore.analysis.lenses import describe_mean, offdiag_summary
-
         summary = lens.get("summary") or {k: offdiag_summary(lens[k], lens["modules"])
                                           for k in ("b_overlap", "a_overlap", "interference")}
         text = (f"mean off-diagonal overlap: B spaces {describe_mean(summary['b_overlap'])}, "
@@ -120,8 +118,6 @@ def headline(what: str, lens: dict) -> str:
 
 def _num(x, digits: int = 3) -> str:
     """A figure, or 'undefined' for NaN / None (e.g. a Spearman over fewer than 3 finite pairs)."""
-    import math
-
     return "undefined" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
@@ -130,9 +126,7 @@ def skipped_lines(lens: dict) -> list[str]:
     return [f"skipped {s['task']}: {s['reason']}" for s in lens.get("skipped", [])]
 
 
-def register_analyze(sub) -> None:
-    from mergecore.analysis.lenses import LENSES, LensParams
-
+def register(sub) -> None:
     p = sub.add_parser("analyze", help="spectra, subspaces, divergence, representation or calibration of a run (CSV/JSON)")
     add_source_args(p)
     p.add_argument("--run", help="run id (see `runs`) or a run folder (`merge/learn --out`); needed for representation "
@@ -140,7 +134,5 @@ def register_analyze(sub) -> None:
     p.add_argument("--what", required=True, choices=LENSES, help="which analysis")
     p.add_argument("--out", type=Path, help="folder for <what>.json and CSV tables")
     add_dataclass_args(p, LensParams)
-    p.set_defaults(fn=cmd_analyze)
+    p.set_defaults(fn=run)
 
-
-EXTRA_COMMANDS.append(register_analyze)

@@ -32,7 +32,7 @@ def _tasks(root, n_labels: list[int]):
 
 
 def _run(args, capsys) -> str:
-    from mergecore.cli.main import main
+    from mergecore.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args)

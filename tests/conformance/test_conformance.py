@@ -144,7 +144,7 @@ def open_merge_model(family: Family, base, dirs) -> MergeModel | str:
 
 
 def cli_refusal(dirs, base, capsys) -> tuple[int, str]:
-    from mergecore.cli.main import main
+    from mergecore.cli import main
 
     capsys.readouterr()  # drop what the test's own model loading printed
     with pytest.raises(SystemExit) as exit_info:

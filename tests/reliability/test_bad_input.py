@@ -1,7 +1,7 @@
 """Bad input: every case is refused with exit code 2 and one line naming the problem and the fix,
 the run store is left unchanged, and nothing in a malicious file runs.
 
-Adapter cases go through the real CLI entry point (``mergecore.cli.main.main``) in-process, which is
+Adapter cases go through the real CLI entry point (``mergecore.cli.main``) in-process, which is
 what ``python -m mergecore`` calls; a few representative cases also run as a subprocess. Task-file
 cases are library-level (the CLI has no --task-file flag yet).
 """
@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergecore.adapters import load_adapters
-from mergecore.cli.main import main
+from mergecore.cli import main
 from mergecore.errors import MergecoreError
 from mergecore.runs.store import RunStore
 
@@ -629,8 +629,7 @@ def flags_named_in_errors() -> dict[str, str]:
 
 
 def cli_flags() -> set[str]:
-    from mergecore import cli_analyze, cli_export, cli_extra  # noqa: F401  (register every command)
-    from mergecore.cli.main import build_parser
+    from mergecore.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0]
     return {o for p in sub.choices.values() for a in p._actions for o in a.option_strings}

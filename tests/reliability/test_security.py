@@ -149,7 +149,7 @@ def security_section() -> str:
 
 
 def test_readme_security_section_names_the_real_flags_and_defaults():
-    from mergecore.cli.main import build_parser
+    from mergecore.cli import build_parser
 
     sec = security_section()
     for words in ("127.0.0.1", "--allow-bin", "weights_only=True", "--trust-remote-code", ".safetensors"):

@@ -1,0 +1,186 @@
+"""What every command shares: the source flags, opening a workbench and a store, tables and JSON output.
+
+Typed parameter dataclasses become flags (one definition: the dataclass); bad input exits with code 2 and
+one line on stderr; ``--json`` prints one JSON object last on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mergecore.adapters import load_adapters
+from mergecore.data.glue import GlueParams, glue_source, load_glue, match_tasks
+from mergecore.data.taskfiles import files_source, tasks_from_specs
+from mergecore.demo.kit import demo_adapter_dirs, tasks_for
+from mergecore.errors import MergecoreError
+from mergecore.forward.evaluate import anp, average
+from mergecore.forward.workbench import open_workbench
+from mergecore.numbers import dumps, fmt
+from mergecore.runs.folder import run_config
+from mergecore.runs.store import RunStore
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field, default None so presets and explicit flags can be layered."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f.metadata.get("help", "") + f" (default: {f.default})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", default=None, help=helptext)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(f.default))
+            parser.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"), help=helptext)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, base=None):
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base or cls(), **given)
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--demo", action="store_true", help="the embedded demo kit (default when no adapters are given)")
+    src.add_argument("--adapters", nargs="+", metavar="DIR", help="PEFT LoRA adapter folders or hub ids")
+    p.add_argument("--base-model", help="base model path or hub id (overrides the adapters' configs)")
+    p.add_argument("--allow-bin", action="store_true", help="accept adapter_model.bin pickles (loaded weights_only)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow base models with custom code")
+    p.add_argument("--glue", nargs="*", metavar="TASK", help="GLUE tasks (default: matched from adapter names)")
+    p.add_argument("--glue-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv); default: datasets when online")
+    p.add_argument("--task-files", type=Path, metavar="JSON", help=(
+        "tasks from CSV/TSV/JSONL files: a JSON list, one object per adapter, {train, eval, text, label, labels} "
+        "for a label task or {train, eval, text, reference} for a generative task (ROUGE-1)"))
+    p.add_argument("--calibration", type=int, default=128, help="GLUE: calibration examples per task")
+    p.add_argument("--eval-size", type=int, default=0, help="GLUE: evaluation examples per task (0: all)")
+    p.add_argument("--family", choices=["classifier", "seq2seq", "causal"], help="model family (default: detected)")
+    p.add_argument("--base-path", help="local folder of the base model when the adapters name a hub id")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--workspace", type=Path, help="run store folder (default: ./workspace or $MERGECORE_WORKSPACE)")
+    p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
+
+
+def open_bench(args):
+
+    dirs = args.adapters or demo_adapter_dirs()
+    adapters = load_adapters(dirs, allow_bin=args.allow_bin, base_model=args.base_model)
+    if args.glue is not None:
+        params = GlueParams(calibration=args.calibration, evaluation=args.eval_size)
+        tasks = load_glue(args.glue or match_tasks(adapters.names), source=args.glue_dir or "auto", params=params)
+    elif args.task_files is not None:
+        tasks = _file_tasks(adapters.names, args.task_files)
+    else:
+        tasks = tasks_for(adapters.names)
+    bench = open_workbench(adapters, tasks, device=args.device, trust_remote_code=args.trust_remote_code,
+                           family=args.family, base_path=args.base_path)
+    bench.task_source = task_source(args, bench)  # recorded in run configs: `--run` reuses it
+    return bench
+
+
+def task_source(args, bench) -> dict:
+    """Where a bench's tasks came from (recorded in run configs by ``runner.bench_config``)."""
+    if args.glue is not None:
+        return glue_source(bench.tasks.names, args.glue_dir, args.calibration, args.eval_size)
+    if args.task_files is not None:
+        return files_source(args.task_files)
+    return {"kind": "demo"}
+
+
+def _file_tasks(names: list[str], path: Path):
+    try:
+        specs = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MergecoreError(f"cannot read the task mapping {path} ({type(exc).__name__}); check the path") from None
+    except json.JSONDecodeError as exc:
+        raise MergecoreError(f"{path} is not valid JSON ({exc.msg}); give a list with one object per adapter") from None
+    return tasks_from_specs(names, specs, base_dir=path.parent, source=path)  # paths relative to the JSON file
+
+
+def open_store(args):
+    return RunStore(args.workspace)
+
+
+def score_table(columns: dict[str, dict[str, float]], experts: dict[str, float] | None = None) -> str:
+    """Tasks as rows, one column per merge, plus average (and ANP vs the experts); undefined numbers print '-'."""
+    tasks = list(next(iter(columns.values())))
+    names = list(columns)
+    width = max(14, *(len(t) for t in tasks))
+    lines = [f"{'task':{width}s}" + "".join(f"{n[:14]:>15s}" for n in names)]
+    for t in tasks:
+        lines.append(f"{t:{width}s}" + "".join(f"{fmt(columns[n].get(t)):>15s}" for n in names))
+    lines.append(f"{'average':{width}s}" + "".join(f"{fmt(average(columns[n])):>15s}" for n in names))
+    if experts:
+        lines.append(f"{'ANP':{width}s}" + "".join(f"{fmt(anp(columns[n], experts), 3):>15s}" for n in names))
+    return "\n".join(lines)
+
+
+def compact(coefs: list) -> list:
+    """Task-wise coefficients as one row (K,) instead of L identical rows."""
+    return coefs[0] if coefs and all(row == coefs[0] for row in coefs) else coefs
+
+
+def emit_json(obj: dict) -> None:
+    """One JSON object on stdout; undefined numbers (NaN, inf) are null, never a bare NaN."""
+    print(dumps(obj, default=float))
+
+
+def progress(total: int, quiet: bool):
+    if quiet and not sys.stderr.isatty():
+        return None
+    return tqdm(total=total, desc="learning", unit="step", file=sys.stderr)
+
+
+def _gone(what: str, path, flag: str) -> MergecoreError:
+    return MergecoreError(f"the run's {what} {path} no longer exists; pass {flag}")
+
+
+def _task_file_paths(mapping: Path) -> list[Path]:
+    """The data files a task mapping names (relative paths from the mapping's folder, else the current one)."""
+    try:
+        specs = json.loads(mapping.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # open_bench reports an unreadable mapping
+    paths = []
+    for s in specs if isinstance(specs, list) else []:
+        for key in ("train", "eval"):
+            value = s.get(key) if isinstance(s, dict) else None
+            if isinstance(value, str) and value.strip():
+                p = Path(value).expanduser()
+                paths.append(p if p.is_absolute() or not (mapping.parent / p).exists() else mapping.parent / p)
+    return paths
+
+
+def run_sources(ref: str, store, args) -> dict:
+    """Fill ``args`` with the run's own inputs where the user gave none: its adapter folders (--adapters)
+    and its task source (--task-files / --glue with --glue-dir and sizes; demo tasks need nothing).
+    A recorded source that no longer exists is one line naming it and the flag to pass. Returns the config."""
+    config = run_config(ref, store)
+    if not args.adapters and not args.demo:
+        sources = [a.get("source") for a in config.get("adapters") or []]
+        if sources:
+            for s in sources:
+                local = s and (Path(s).expanduser().is_absolute() or Path(s).expanduser().is_dir())
+                if not s or (local and not Path(s).expanduser().is_dir()):
+                    raise _gone("adapter folder", s, "--adapters DIR ... (the run's adapters, in order)")
+            args.adapters = sources
+    if args.glue is None and args.task_files is None:
+        src = config.get("task_source") or {}
+        if src.get("kind") == "files":
+            mapping = Path(src.get("path") or "")
+            if not mapping.is_file():
+                raise _gone("task mapping", mapping, "--task-files JSON")
+            for f in _task_file_paths(mapping):
+                if not f.is_file():
+                    raise _gone(f"task file (from {mapping})", f, "--task-files JSON with the new paths")
+            args.task_files = mapping
+        elif src.get("kind") == "glue":
+            if src.get("dir") and not Path(src["dir"]).is_dir():
+                raise _gone("GLUE folder", src["dir"], "--glue-dir DIR")
+            args.glue, args.glue_dir = list(src.get("names") or []), src.get("dir") or src.get("source")
+            args.calibration = src.get("calibration", args.calibration)
+            args.eval_size = src.get("eval_size", args.eval_size)
+    return config

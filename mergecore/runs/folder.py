@@ -1,0 +1,133 @@
+"""Run folders: one run written to and read back from a plain folder (run.json, events.jsonl and one
+safetensors file per artifact), so a run can travel without its workspace.
+
+    write_run_folder(out, store, run_id)   written atomically (a ``.partial`` sibling renamed at the end)
+    run_store(ref, store)                  ``--run`` as a run id in the store or a run folder
+    run_config(ref, store)                 the config a run recorded
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load
+
+from mergecore.errors import MergecoreError
+from mergecore.numbers import dumps
+from mergecore.runs.store import RunRecord
+
+
+def write_run_folder(out: Path, store, run_id: str) -> None:
+    """run.json (config + result), events.jsonl and coefs.safetensors, written atomically."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rec = store.get(run_id)
+    (tmp / "run.json").write_text(dumps({"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.status,
+                                         "config": rec.config, "result": rec.result}, indent=2, default=float))
+    with open(tmp / "events.jsonl", "w") as f:
+        for e in store.events(run_id):
+            f.write(dumps(e) + "\n")
+    for artifact in store.artifacts(run_id):  # coefs, merged (static / spectral), spectral gains
+        (tmp / f"{artifact}.safetensors").write_bytes(store.get_blob(run_id, artifact))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load(path.read_bytes())
+    except Exception as exc:
+        raise MergecoreError(f"{path} is corrupt or truncated ({type(exc).__name__}); write the run folder again") from None
+
+
+def run_config(ref: str, store) -> dict:
+    """The config a run recorded (a run folder's run.json, or the store's record); {} when unreadable
+    (``load_run`` then reports the corrupt folder)."""
+    folder = Path(str(ref)).expanduser()
+    if folder.is_dir():
+        try:
+            config = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return config if isinstance(config, dict) else {}
+    if store is None:
+        raise MergecoreError(f"{ref} is neither a run folder nor a run id with a workspace; pass --workspace")
+    return store.get(str(ref)).config
+
+
+class RunFolderStore:
+    """The workspace store, also answering for the run of one run folder (read-only; that run's analyses
+    are not cached, its id might name another run in the workspace)."""
+
+    def __init__(self, folder: Path, store):
+        try:
+            meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+            rid, config = str(meta["id"]), dict(meta["config"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise MergecoreError(f"{folder / 'run.json'} is missing or corrupt ({type(exc).__name__}); "
+                                 "write the run folder again with `learn --out` / `merge --out`") from None
+        self.folder, self.store = folder, store
+        self.record = RunRecord(rid, str(meta.get("name", rid)), str(meta.get("kind", "")),
+                                str(meta.get("status", "done")), "", 0.0, 0.0, config, dict(meta.get("result") or {}))
+
+    def _own(self, run_id) -> bool:
+        return run_id == self.record.id
+
+    def get(self, run_id: str):
+        return self.record if self._own(run_id) else self.store.get(run_id)
+
+    def list(self, kind: str | None = None) -> list:
+        runs = [r for r in self.store.list(kind) if not self._own(r.id)]
+        return runs + ([self.record] if kind is None or self.record.kind == kind else [])
+
+    def artifacts(self, run_id: str) -> list[str]:
+        if not self._own(run_id):
+            return self.store.artifacts(run_id)
+        return sorted(p.stem for p in self.folder.glob("*.safetensors"))
+
+    def get_blob(self, run_id: str, name: str) -> bytes:
+        if not self._own(run_id):
+            return self.store.get_blob(run_id, name)
+        path = self.folder / f"{name}.safetensors"
+        if not path.is_file():
+            raise MergecoreError(f"run folder {self.folder} has no {path.name}; write the run folder again")
+        return path.read_bytes()
+
+    def get_tensors(self, run_id: str, name: str):
+        if not self._own(run_id):
+            return self.store.get_tensors(run_id, name)
+        return read_tensors(self.folder / f"{name}.safetensors")
+
+    def events(self, run_id: str, kind: str | None = None) -> list[dict]:
+        if not self._own(run_id):
+            return self.store.events(run_id, kind)
+        path = self.folder / "events.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if path.is_file() else []
+        return [e for e in rows if kind is None or e.get("kind") == kind]
+
+    def cache_get(self, key: str) -> bytes | None:
+        return None if f":{self.record.id}:" in key else self.store.cache_get(key)
+
+    def cache_put(self, key: str, data: bytes) -> None:
+        if f":{self.record.id}:" not in key:
+            self.store.cache_put(key, data)
+
+    def __getattr__(self, name):  # everything else: the workspace store
+        return getattr(self.store, name)
+
+
+def run_store(ref: str, store) -> tuple:
+    """(store, run id) for ``--run``: a run folder (its run answered from the folder) or an id in ``store``
+    (an unknown id is one line)."""
+    folder = Path(str(ref)).expanduser()
+    if folder.is_dir():
+        wrapped = RunFolderStore(folder, store)
+        return wrapped, wrapped.record.id
+    return store, store.get(str(ref)).id
