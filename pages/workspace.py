@@ -25,7 +25,7 @@ GLUE_DEFAULT = str((Path.cwd().parent / "shared" / "data" / "glue").resolve())
 
 def _presets() -> dict[str, tuple[list[str], str]]:
     """Committed adapter sets: (folders, task source). GLUE presets read GLUE from a folder or datasets."""
-    from mergecore.study.kit import ADAPTER_DIR, SMOLLM_DIR, committed
+    from mergecore.demo.glue import ADAPTER_DIR, SMOLLM_DIR, committed
 
     out = {"Demo kit (MiniLM, 5 generated tasks)": ([], "demo tasks (by adapter name)")}
     for label, folder in (("GLUE experts (MiniLM, heads)", ADAPTER_DIR), ("GLUE experts (SmolLM2, verbalizers)", SMOLLM_DIR)):

@@ -29,7 +29,7 @@ from mergecore.merges import METHODS
 from mergecore.numbers import dumps, fmt, rank_key
 from mergecore.runs.runner import cached_baselines, run_learning, run_static
 from mergecore.runs.store import RunStore
-from mergecore.study.run import collapse
+from scripts.study.run import collapse
 
 LEARNED = [("entropy-task", "entropy", "task"), ("entropy-layer", "entropy", "layer"), ("js-task", "js", "task"),
            ("js-layer", "js", "layer"), ("kl-task", "kl", "task"), ("ce-task", "ce", "task")]

@@ -29,14 +29,14 @@ RTOL = 1e-5
 def lm_bench(name: str, root, with_generative: bool = False):
     """A Workbench on a tiny-random LM (base read from its folder) with two PEFT adapters, and a
     task-arithmetic run of them."""
-    from mergecore.families import open_bench
+    from mergecore.forward.workbench import open_workbench
 
     ts = tasks()
     if with_generative:
         gen = Task("gen", (), Split(tuple((s,) for s in SENTS[:4])), Split(tuple((s,) for s in SENTS[2:5])),
                    metric="rouge1", prompt="Summary of: {0}\n")
         ts = TaskSet((ts[0], gen))
-    bench = open_bench(load_adapters(make_adapters(name, root)), ts, device="cpu")
+    bench = open_workbench(load_adapters(make_adapters(name, root)), ts, device="cpu")
     merge = merge_adapters(bench.adapters, "task_arithmetic")
     return bench, RunSource("run-1", "ta", "static", bench_config(bench), {}, merge)
 

@@ -9,7 +9,8 @@ import torch
 
 from mergecore.adapters import load_adapters
 from mergecore.errors import MergecoreError
-from mergecore.families import detect_family, family_of_adapters, load_base, open_bench
+from mergecore.bases import detect_family, family_of_adapters, load_base
+from mergecore.forward.workbench import open_workbench
 
 from test_verbalizer import TINY, make_adapters, tasks
 
@@ -65,8 +66,8 @@ def test_open_bench_with_hub_named_adapters_and_local_base(tmp_path):
     adapters = load_adapters(dirs, base_model="google/flan-t5-base")  # as FusionBench's configs name it
     assert family_of_adapters(adapters) == "seq2seq"
     with pytest.raises(MergecoreError, match="google/flan-t5-base"):
-        open_bench(adapters, tasks(), device="cpu")
-    bench = open_bench(adapters, tasks(), device="cpu", base_path=str(TINY / "t5"))
+        open_workbench(adapters, tasks(), device="cpu")
+    bench = open_workbench(adapters, tasks(), device="cpu", base_path=str(TINY / "t5"))
     assert bench.reader.family == "seq2seq" and bench.model.num_labels == []
     assert bench.reader.start_id == bench.model.model.config.decoder_start_token_id
     probs = bench.predict(bench.routing())
@@ -84,7 +85,7 @@ def test_glue_tasks_learn_and_evaluate_on_seq2seq(tmp_path):
     from mergecore.learn.learner import LearnParams, Learner
 
     ts = load_glue(["rte", "stsb"], source=GLUE_DIR, params=GlueParams(calibration=4, evaluation=6, stsb_step=0.5))
-    bench = open_bench(load_adapters(make_adapters("t5", tmp_path)), ts, device="cpu", base_path=str(TINY / "t5"))
+    bench = open_workbench(load_adapters(make_adapters("t5", tmp_path)), ts, device="cpu", base_path=str(TINY / "t5"))
     res = Learner(bench, LearnParams(steps=2, samples=4, batch_size=2, eval_every=2, eval_limit=3)).run()
     assert res.status == "done" and torch.isfinite(res.coefs).all()
     probs = bench.predict(bench.uniform())

@@ -115,8 +115,8 @@ def test_stored_nan_is_null_and_reads_back_as_undefined(tmp_path, capsys):
 
 
 def test_best_static_and_report_skip_undefined_averages():
-    from mergecore.study.report import table1
-    from mergecore.study.run import best_static
+    from scripts.study.report import table1
+    from scripts.study.run import best_static
 
     rows = {"ties": {"0": {"a": NAN}}, "task_arithmetic": {"0": {"a": 40.0}}, "dare_ties": {"0": {"a": 30.0}}}
     assert best_static({"rows": rows}) == "task_arithmetic"

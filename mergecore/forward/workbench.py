@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 import torch
 
 from mergecore.adapters import AdapterSet
-from mergecore.forward.coefs import FixedCoefs, RowRouting
-from mergecore.errors import MergecoreError
-from mergecore.forward.generative import GenParams
-from mergecore.forward.classifier import Encoded
-from mergecore.forward.model import MergeModel
+from mergecore.bases import family_of_adapters, load_base
 from mergecore.data.tasks import TaskSet
+from mergecore.errors import MergecoreError
+from mergecore.forward.classifier import ClassifierReader, Encoded
+from mergecore.forward.coefs import FixedCoefs, RowRouting
+from mergecore.forward.generative import GenParams
+from mergecore.forward.model import MergeModel
+from mergecore.forward.verbalizer import make_reader
 
 
 @dataclass
@@ -124,10 +126,17 @@ def open_workbench(adapters: AdapterSet, tasks: TaskSet, device: str | None = No
                    family: str | None = None, base_path: str | None = None) -> Workbench:
     """Load the base, wrap it with the adapters, pick the reader of the model family
     (classifier heads, seq2seq or causal verbalizers), and pair adapters with tasks."""
-    from mergecore.families import open_bench
-
-    return open_bench(adapters, tasks, device=device, trust_remote_code=trust_remote_code,
-                      base_model=base_model, family=family, base_path=base_path)
+    name = base_model or adapters.base_model
+    if not name and not base_path:
+        raise MergecoreError("the adapters name no base model; pass --base-model PATH_OR_HUB_ID")
+    family = family or family_of_adapters(adapters)
+    model, tokenizer, family = load_base(name or base_path, family, trust_remote_code, base_path)
+    if family == "classifier":
+        mm = MergeModel(model, adapters).to(resolve_device(device))
+        return Workbench(adapters, tasks, mm, ClassifierReader(tokenizer), base_name=name)
+    mm = MergeModel(model, adapters, with_heads=False).to(resolve_device(device))
+    reader = make_reader(family, tasks, tokenizer, model.config, max_length=256)
+    return Workbench(adapters, tasks, mm, reader, base_name=name or base_path)
 
 
 def resolve_device(device: str | None) -> torch.device:

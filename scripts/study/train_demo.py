@@ -1,4 +1,4 @@
-"""Train the demo kit's LoRA experts: ``python -m mergecore.demo.train [--out DIR]``.
+"""Train the demo kit's LoRA experts: ``python -m scripts.study.train_demo [--out DIR]``.
 
 One PEFT LoRA adapter per demo task on all-MiniLM-L6-v2 (r=8, alpha=16 on query and value,
 plus the task's classification head via ``modules_to_save``), trained on the task's training

@@ -1,4 +1,4 @@
-"""Train one LoRA expert per GLUE task on all-MiniLM-L6-v2: ``python -m mergecore.study.train --glue-dir DIR``.
+"""Train one LoRA expert per GLUE task on all-MiniLM-L6-v2: ``python -m scripts.study.train_glue --glue-dir DIR``.
 
 The papers' recipe (LoRA on the attention query/value projections + the task's head) scaled to a
 2-core CPU: r=8, alpha=16, AdamW lr 2e-3, batch 32, 2000 training rows per task (a seeded sample of the
@@ -6,7 +6,7 @@ training file), 2 epochs, inputs truncated to 128 tokens; CoLA's cross-entropy i
 (``BALANCED``).
 STS-B is trained as classification over the 0.2-wide score bins GLUE tasks use here
 (``mergecore.data.glue``) and scored by the expected value. Each expert is scored on its task's
-evaluation file with GLUE's metric. The committed adapters in ``mergecore/study/adapters/`` were
+evaluation file with GLUE's metric. The committed adapters in ``mergecore/demo/glue-minilm/`` were
 produced by this script with its defaults (~20 minutes on a 2-core CPU).
 """
 
@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from mergecore.demo.train import train_expert
+from scripts.study.train_demo import train_expert
 from mergecore.data.glue import GLUE_TASKS, GlueParams, local_splits, make_task, spec
 
 ADAPTER_DIR = Path(__file__).parent / "adapters"

@@ -1,6 +1,6 @@
 """The GLUE study: SourceJS Table 1 on the offline MiniLM experts, three seeds, one report.
 
-    python -m mergecore.study.run --glue-dir ../shared/data/glue [--seeds 0 1 2] [--steps 150]
+    python -m scripts.study.run --glue-dir ../shared/data/glue [--seeds 0 1 2] [--steps 150]
 
 Rows: pre-trained, experts, uniform and every static merge at its paper defaults; learned
 coefficients (entropy task/layer, supervised CE, KL, JS task/layer); LoRA-DV (JS) on top of the
@@ -31,8 +31,8 @@ from mergecore.merges import METHODS
 from mergecore.numbers import as_float, dumps, fmt, rank_key
 from mergecore.runs.runner import cached_baselines, run_learning, run_static
 from mergecore.runs.store import RunStore
-from mergecore.study.kit import glue_workbench
-from mergecore.study.report import write_report
+from mergecore.demo.glue import glue_workbench
+from scripts.study.report import write_report
 
 SEEDED_STATIC = ("dare_linear", "dare_ties", "osrm")  # depend on the seed (masks) or on calibration inputs
 STATIC = tuple(m for m in METHODS if m not in ("concat", "uniform") and m not in SEEDED_STATIC)

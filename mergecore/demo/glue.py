@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mergecore.data.glue import GLUE_TASKS, GlueParams, load_glue
 
-ADAPTER_DIR = Path(__file__).parent / "adapters"  # MiniLM + heads, all 8 tasks (study/train.py)
-SMOLLM_DIR = Path(__file__).parent / "adapters-smollm2"  # SmolLM2 verbalizers, some tasks (study/train_causal.py)
+ADAPTER_DIR = Path(__file__).parent / "glue-minilm"  # MiniLM + heads, all 8 tasks (scripts/study/train_glue.py)
+SMOLLM_DIR = Path(__file__).parent / "glue-smollm2"  # SmolLM2 verbalizers, some tasks (scripts/study/train_smollm.py)
 
 
 def committed(folder: Path) -> list[Path]:

