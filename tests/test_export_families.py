@@ -15,7 +15,7 @@ from mergecore.export.adapter import ExportParams, RunSource, export_run
 from mergecore.merged import MergedSource
 from mergecore.merges.base import merge_adapters
 from mergecore.forward.model import Segments
-from mergecore.runs.runner import bench_config
+from mergecore.forward.workbench import bench_config
 from mergecore.data.tasks import Split, Task, TaskSet
 
 from test_verbalizer import TINY, SENTS, make_adapters, tasks

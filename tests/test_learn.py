@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 
 from mergecore.adapters import load_adapters
 from mergecore.forward.coefs import block_index
-from mergecore.forward.classifier import ClassifierReader
+from mergecore.forward.readers import ClassifierReader
 from mergecore.errors import MergecoreError
 from mergecore.learn.learner import GRANULARITIES, PRESETS, Learner, LearnParams, apply_preset
 from mergecore.forward.model import MergeModel

@@ -21,7 +21,7 @@ from mergecore.forward.coefs import FixedCoefs
 from mergecore.errors import MergecoreError
 from mergecore.forward.generative import GenParams
 from mergecore.forward.model import MergeModel
-from mergecore.runs.runner import collect_features
+from mergecore.forward.features import collect_features
 from mergecore.runs.store import RunStore
 from mergecore.data.tasks import Split, Task, TaskSet
 from mergecore.forward.workbench import Workbench

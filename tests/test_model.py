@@ -7,7 +7,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 
 from mergecore.adapters import load_adapters
 from mergecore.forward.coefs import FixedCoefs, RowRouting
-from mergecore.forward.classifier import ClassifierReader
+from mergecore.forward.readers import ClassifierReader
 from mergecore.forward.model import MergeModel
 
 from conftest import texts

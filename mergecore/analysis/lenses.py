@@ -27,7 +27,7 @@ import torch
 from mergecore.forward.coefs import block_index
 from mergecore.errors import MergecoreError
 from mergecore.merges.base import ModuleMerge
-from mergecore.runs.runner import collect_features
+from mergecore.forward.features import collect_features
 from mergecore.analysis.spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values
 from mergecore.analysis.subspaces import (
     a_overlap_matrix,
@@ -69,7 +69,7 @@ class LensParams:
 
 
 def lens_key(bench, lens: str, run_id: str | None, params: LensParams) -> str:
-    from mergecore.runs.runner import bench_key
+    from mergecore.forward.workbench import bench_key
 
     payload = json.dumps({"bench": bench_key(bench), "params": asdict(params), "version": LENS_VERSION}, sort_keys=True)
     return f"lens:{lens}:{run_id or '-'}:" + hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -82,7 +82,7 @@ def open_bench(args):
 
 
 def task_source(args, bench) -> dict:
-    """Where a bench's tasks came from (recorded in run configs by ``runner.bench_config``)."""
+    """Where a bench's tasks came from (recorded in run configs by ``forward.workbench.bench_config``)."""
     if args.glue is not None:
         return glue_source(bench.tasks.names, args.glue_dir, args.calibration, args.eval_size)
     if args.task_files is not None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mergecore.errors import MergecoreError
-from mergecore.forward.classifier import Encoded
+from mergecore.forward.readers import Encoded
 from mergecore.forward.model import MergeModel, Segments
 from mergecore.data.tasks import Inputs, Task, TaskSet
 

@@ -6,7 +6,10 @@ works on a Workbench, so the model is built and the data encoded once per proces
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -14,7 +17,7 @@ from mergecore.adapters import AdapterSet
 from mergecore.bases import family_of_adapters, load_base
 from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
-from mergecore.forward.classifier import ClassifierReader, Encoded
+from mergecore.forward.readers import ClassifierReader, Encoded, Reader
 from mergecore.forward.coefs import FixedCoefs, RowRouting
 from mergecore.forward.generative import GenParams
 from mergecore.forward.model import MergeModel
@@ -26,11 +29,14 @@ class Workbench:
     adapters: AdapterSet
     tasks: TaskSet
     model: MergeModel
-    reader: object  # ClassifierReader, Seq2SeqReader or CausalReader (same interface)
+    reader: Reader  # ClassifierReader, Seq2SeqReader or CausalReader
     base_name: str = ""
     gen_params: GenParams = field(default_factory=GenParams)  # generative tasks: decoding and caching
     task_source: dict | None = None  # where the tasks came from (demo / glue / task files), recorded in run configs
-    _encoded: dict = field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] | None = field(default=None, repr=False)  # pre-trained / experts /
+    # uniform scores, filled once by ``runs.runner.cached_baselines``
+    _encoded: dict = field(default_factory=dict, repr=False)  # (task, split, limit) -> Encoded
+    _generator: object = field(default=None, repr=False)  # built on first use (generative tasks)
 
     def __post_init__(self):
         if len(self.adapters) != len(self.tasks):
@@ -77,7 +83,7 @@ class Workbench:
     @property
     def generator(self):
         """Greedy decoding and teacher forcing on this MergeModel (generative tasks; seq2seq / causal only)."""
-        if getattr(self, "_generator", None) is None:
+        if self._generator is None:
             from mergecore.forward.generative import Generator
 
             self._generator = Generator(self.model, self.reader.family, self.reader.tokenizer,
@@ -145,3 +151,27 @@ def resolve_device(device: str | None) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MergecoreError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
     return torch.device(device)
+
+
+def bench_config(bench) -> dict:
+    """What identifies the inputs of a run: adapters (with content hashes; local folders as absolute paths),
+    tasks (with data hashes), modules, and where the tasks came from when the bench knows it
+    (``bench.task_source``: demo / glue with its folder, names and sizes / task-files mapping, absolute),
+    so commands taking ``--run`` can reopen the run's inputs."""
+    def source(a) -> str:
+        p = Path(a.source).expanduser()
+        return str(p.resolve()) if p.is_dir() else a.source  # a hub id stays as given
+
+    config = {
+        "base_model": bench.base_name,
+        "adapters": [{"name": a.name, "source": source(a), "sha256": a.sha256} for a in bench.adapters.adapters],
+        "tasks": [{"name": t.name, "fingerprint": t.fingerprint(), "metric": t.metric} for t in bench.tasks],
+        "modules": bench.adapters.modules,
+    }
+    if bench.task_source:
+        config["task_source"] = dict(bench.task_source)
+    return config
+
+
+def bench_key(bench) -> str:
+    return "baselines:" + hashlib.sha256(json.dumps(bench_config(bench), sort_keys=True).encode()).hexdigest()[:24]

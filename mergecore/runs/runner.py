@@ -14,37 +14,10 @@ import torch
 
 from mergecore.forward.coefs import FixedCoefs
 from mergecore.forward.evaluate import anp, average, baselines, evaluate
+from mergecore.forward.features import collect_features
+from mergecore.forward.workbench import bench_config, bench_key
 from mergecore.learn.learner import Learner, LearnParams
 from mergecore.runs.store import RunStore
-
-
-def bench_config(bench) -> dict:
-    """What identifies the inputs of a run: adapters (with content hashes; local folders as absolute paths),
-    tasks (with data hashes), modules, and where the tasks came from when the bench knows it
-    (``bench.task_source``: demo / glue with its folder, names and sizes / task-files mapping, absolute),
-    so commands taking ``--run`` can reopen the run's inputs."""
-    from pathlib import Path
-
-    def source(a) -> str:
-        p = Path(a.source).expanduser()
-        return str(p.resolve()) if p.is_dir() else a.source  # a hub id stays as given
-
-    config = {
-        "base_model": bench.base_name,
-        "adapters": [{"name": a.name, "source": source(a), "sha256": a.sha256} for a in bench.adapters.adapters],
-        "tasks": [{"name": t.name, "fingerprint": t.fingerprint(), "metric": t.metric} for t in bench.tasks],
-        "modules": bench.adapters.modules,
-    }
-    if bench.task_source:
-        config["task_source"] = dict(bench.task_source)
-    return config
-
-
-def bench_key(bench) -> str:
-    import hashlib
-    import json
-
-    return "baselines:" + hashlib.sha256(json.dumps(bench_config(bench), sort_keys=True).encode()).hexdigest()[:24]
 
 
 def cached_baselines(bench, store: RunStore | None = None) -> dict[str, dict[str, float]]:
@@ -53,15 +26,15 @@ def cached_baselines(bench, store: RunStore | None = None) -> dict[str, dict[str
 
     from mergecore.numbers import as_float, dumps
 
-    if getattr(bench, "_baselines", None) is None:
+    if bench.baselines is None:
         cached = store.cache_get(bench_key(bench)) if store else None
         if cached:  # undefined scores are stored as null: NaN again in memory
-            bench._baselines = {k: {t: as_float(v) for t, v in col.items()} for k, col in json.loads(cached).items()}
+            bench.baselines = {k: {t: as_float(v) for t, v in col.items()} for k, col in json.loads(cached).items()}
         else:
-            bench._baselines = baselines(bench)
+            bench.baselines = baselines(bench)
         if store and not cached:
-            store.cache_put(bench_key(bench), dumps(bench._baselines).encode())
-    return bench._baselines
+            store.cache_put(bench_key(bench), dumps(bench.baselines).encode())
+    return bench.baselines
 
 
 def summarize(bench, scores: dict[str, float], store: RunStore | None = None) -> dict:
@@ -155,50 +128,6 @@ def record_baselines(bench, store: RunStore) -> str:
     run_id = store.create("baselines", "baseline", {"method": "baselines", **bench_config(bench)})
     store.finish(run_id, "done", {"baselines": base, "seconds": time.perf_counter() - t0})
     return run_id
-
-
-@torch.no_grad()
-def collect_features(bench, samples: int = 64, max_rows: int = 256) -> dict[str, dict[int, torch.Tensor]]:
-    """OSRM's H: the input of every wrapped layer on each label task's calibration data under the
-    pre-trained model, ONE row per example: the mean of the layer's input over the example's real
-    tokens (attention mask: no padding) in the reader's example-level forward (the prompt; no repeat
-    per label for verbalizer readers; a seq2seq decoder sees its start token). Layers fed one row per
-    example (a pooler) keep that row. Generative tasks have no features (absent key).
-
-    Returns {module: {task: (n, in)}} float32 on the CPU, rows in example order."""
-    from mergecore.errors import MergecoreError
-    from mergecore.forward.verbalizer import accepts
-
-    feats: dict[str, dict[int, list]] = {layer.name: {} for layer in bench.model.layers}
-    state: dict = {}
-
-    def hook(mod, args):
-        x, mask = args[0], state["mask"]  # x (n, T, in) or (n, in); mask (n, T) of the example-level inputs
-        if x.shape[0] != mask.shape[0] or x.ndim not in (2, 3):
-            raise MergecoreError(f"module {mod.name}: input {tuple(x.shape)} has no one-row-per-example layout "
-                                 f"({mask.shape[0]} examples); OSRM features cannot be read there")
-        if x.ndim == 2:
-            rows = x.float()
-        else:  # this forward's own tokens: the encoder / prompt (masked), or the decoder's start token
-            m = (mask if x.shape[1] == mask.shape[1] else torch.ones(x.shape[:2], device=x.device)).float()
-            rows = (x.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
-        feats[mod.name].setdefault(state["task"], []).append(rows.cpu())
-
-    extra = {"logits_to_keep": 1} if bench.reader.family == "causal" and accepts(bench.model.model, "logits_to_keep") else {}
-    hooks = [layer.register_forward_pre_hook(hook) for layer in bench.model.layers]
-    try:
-        bench.model.set_source(bench.pretrained())
-        for k in bench.label_tasks:
-            enc = bench.encoded(k, "calibration", limit=samples)
-            for start in range(0, len(enc), max(1, max_rows)):
-                idx = torch.arange(start, min(start + max_rows, len(enc)))
-                segments, inputs = bench.reader.batch([(k, enc, idx)], bench.device)
-                state["task"], state["mask"] = k, inputs["attention_mask"].bool()
-                bench.model(segments, **inputs, **extra)  # example-level forward: n rows, never n * C
-    finally:
-        for h in hooks:
-            h.remove()
-    return {name: {k: torch.cat(chunks) for k, chunks in per_task.items()} for name, per_task in feats.items()}
 
 
 def run_static(bench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,

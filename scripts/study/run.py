@@ -86,7 +86,7 @@ def run_seed(args, seed: int, store: RunStore, results: dict, base: dict | None)
     bench = glue_workbench(args.glue_dir, GlueParams(calibration=args.calibration, evaluation=args.eval_size, seed=seed),
                            names=args.tasks, device="cpu")
     if base is not None:
-        bench._baselines = base  # same adapters, same evaluation rows: identical by construction
+        bench.baselines = base  # same adapters, same evaluation rows: identical by construction
     base = cached_baselines(bench, store)
     if seed == args.first_seed:  # data-independent merges and the divergence matrix: once
         for method in STATIC:

@@ -25,7 +25,7 @@ WORKER = textwrap.dedent('''
     sys.path[:0] = [{tests!r}]
     from transformers import AutoTokenizer, BertForSequenceClassification
     from mergecore.adapters import load_adapters
-    from mergecore.forward.classifier import ClassifierReader
+    from mergecore.forward.readers import ClassifierReader
     from mergecore.learn.learner import LearnParams
     from mergecore.forward.model import MergeModel
     from mergecore.runs.runner import run_learning

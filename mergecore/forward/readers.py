@@ -1,15 +1,16 @@
 """Readers: how p(y|x) is read off a MergeModel, and how task inputs become batches.
 
-A reader encodes a task's inputs once (``encode``) into tensors, builds mixed-task batches
+A ``Reader`` encodes a task's inputs once (``encode``) into tensors, builds mixed-task batches
 (``batch``: rows grouped per task, padded to the longest row in the batch) and returns each
-task's label logits (``label_logits``: list of (n_k, C_k)). The ``classifier`` reader is the
-encoder + each task's own head (PEFT ``modules_to_save``); seq2seq / causal readers score
-verbalizers instead (see ``verbalizer.py`` when present).
+task's label logits (``label_logits``: list of (n_k, C_k)). The ``ClassifierReader`` here is the
+encoder + each task's own head (PEFT ``modules_to_save``); the seq2seq / causal readers in
+``verbalizer.py`` score verbalizers instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -28,6 +29,19 @@ class Encoded:
 
     def rows(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: v[idx] for k, v in self.tensors.items()}
+
+
+class Reader(Protocol):
+    """What the workbench, the learner, evaluation and the lenses need from a model family."""
+
+    family: str  # "classifier" | "seq2seq" | "causal"
+    tokenizer: object
+
+    def encode(self, inputs: Inputs) -> Encoded: ...
+
+    def batch(self, parts: list[tuple[int, Encoded, torch.Tensor]], device=None) -> tuple[Segments, dict]: ...
+
+    def label_logits(self, mm: MergeModel, segments: Segments, inputs: dict) -> list[torch.Tensor]: ...
 
 
 def _pad_cat(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
