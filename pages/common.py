@@ -6,12 +6,17 @@ Everything here is thin: numbers come from mergecore, widgets come from its data
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 import streamlit as st
 
+from mergecore.adapters import load_adapters
+from mergecore.data.sources import TaskSource, load_tasks, record
+from mergecore.data.taskfiles import save_mapping
 from mergecore.errors import MergecoreError
+from mergecore.forward.workbench import open_workbench
 
 def default_workspace() -> str:
     return os.environ.get("MERGECORE_WORKSPACE", str(Path.cwd() / "workspace"))
@@ -29,53 +34,31 @@ def registry(workspace: str):
 def bench(adapter_dirs: tuple[str, ...], device: str, task_source: tuple = ("demo",), base_model: str = "",
           workspace: str = ""):
     """One Workbench per adapter selection, task source and device, shared by all sessions (never mutated)."""
-    from mergecore.adapters import load_adapters
-    from mergecore.forward.workbench import open_workbench
-
     adapters = load_adapters(list(adapter_dirs), base_model=base_model or None)
-    wb = open_workbench(adapters, load_tasks(adapters.names, task_source), device=device)
-    wb.task_source = recorded_source(wb, task_source, workspace or default_workspace())  # `--run` reuses it
+    source = tasks_source(task_source, workspace or default_workspace())
+    wb = open_workbench(adapters, load_tasks(adapters.names, source), device=device)
+    wb.task_source = record(source, wb.tasks.names)  # as the CLI records it: `--run` reuses it
     return wb
 
 
-def recorded_source(wb, task_source: tuple, workspace: str) -> dict:
-    """The task source a run records (as the CLI does): demo, a GLUE folder, or the mapping saved as a file."""
-    import json
-
-    from mergecore.data.glue import glue_source
-    from mergecore.data.taskfiles import files_source, save_mapping
-
+def tasks_source(task_source: tuple, workspace: str) -> TaskSource:
+    """The page's choice -- ('demo',), ('glue', folder, n_cal, n_eval) or ('files', JSON of one file spec per
+    adapter) -- as a TaskSource; a typed mapping is saved once (by content) in the workspace, with relative
+    data paths made absolute from the current folder, so the run can record the file."""
     kind = task_source[0]
     if kind == "glue":
-        return glue_source(wb.tasks.names, task_source[1], task_source[2], task_source[3])
-    if kind == "demo":
-        return {"kind": "demo"}
-    return files_source(save_mapping(json.loads(task_source[1]), Path(workspace) / "task-mappings"))
-
-
-def load_tasks(adapter_names: list[str], task_source: tuple):
-    """Tasks for the adapters: ('demo',) by name, ('glue', folder, n_cal, n_eval), or
-    ('files', json of one file spec per adapter)."""
-    kind = task_source[0]
-    if kind == "demo":
-        from mergecore.demo.kit import tasks_for
-
-        return tasks_for(adapter_names)
-    if kind == "glue":
-        from mergecore.data.glue import GlueParams, load_glue, match_tasks
-
         _, folder, n_cal, n_eval = task_source
-        return load_glue(match_tasks(adapter_names), source=folder or "auto",
-                         params=GlueParams(calibration=n_cal, evaluation=n_eval))
-    import json
-
-    from mergecore.data.taskfiles import tasks_from_specs
-
+        return TaskSource("glue", glue_dir=folder or None, calibration=n_cal, eval_size=n_eval)
+    if kind == "demo":
+        return TaskSource()
     try:
         specs = json.loads(task_source[1])
     except json.JSONDecodeError as exc:
         raise MergecoreError(f"the column mapping is not valid JSON ({exc.msg}); give a JSON list") from None
-    return tasks_from_specs(adapter_names, specs)
+    if isinstance(specs, list):
+        specs = [{**s, **{k: str(Path(s[k]).expanduser().absolute()) for k in ("train", "eval")
+                          if isinstance(s.get(k), str) and s[k].strip()}} if isinstance(s, dict) else s for s in specs]
+    return TaskSource("files", mapping=str(save_mapping(specs, Path(workspace) / "task-mappings")))
 
 
 def sidebar() -> None:
@@ -115,14 +98,14 @@ def analysis_inputs(title: str, need_runs: bool = True):
     """Title, workbench, run store and {run id: label} of the finished runs the analysis pages offer.
 
     Stops the page (after an error or a hint) when there is nothing to analyse."""
-    from mergecore.analysis import lenses
+    from mergecore.runs.store import merge_runs
 
     st.title(title)
     bench = current_bench()
     if bench is None:
         st.stop()
     store = current_registry().store
-    runs = {r.id: f"{r.name}:{r.id[-6:]}" for r in lenses.analysable_runs(store)}
+    runs = {r.id: r.label for r in merge_runs(store.list())}
     if need_runs and not runs:
         st.info("No finished run yet: learn or merge on the Learn page (or `python -m mergecore learn`), then come back.")
         st.stop()

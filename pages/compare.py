@@ -138,7 +138,7 @@ elif c.baseline_source and show:
     st.caption(f"Baselines from run {c.baseline_source}; ANP = mean over tasks of score / expert score.")
 st.dataframe(charts.score_style(table_frame(c.scores)), key="compare_scores", width="stretch")
 
-label_ids = {cmp.run_label(store.get(i)): i for i in chosen}
+label_ids = {store.get(i).label: i for i in chosen}
 if c.skipped:
     st.caption("No learned coefficients (static merges), left out of the coefficient figures: " + ", ".join(c.skipped))
 if not c.coef_runs:

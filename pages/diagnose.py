@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from mergecore.analysis.catalog import compute_lens
 from mergecore.analysis import forward_lenses as fl
 from mergecore.errors import MergecoreError
 from pages.common import analysis_inputs
@@ -21,7 +22,7 @@ task = st.selectbox("Task", ["all tasks"] + bench.tasks.names, key="diag_task")
 chosen = [first] + ([] if second == "(none)" else [second])
 try:
     with st.spinner("Evaluating the merge and its experts..."):
-        results = [fl.calibration_lens(bench, store, rid) for rid in chosen]
+        results = [compute_lens("calibration", bench, store, rid) for rid in chosen]
 except MergecoreError as exc:
     st.error(str(exc))
     st.stop()

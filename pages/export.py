@@ -11,6 +11,7 @@ import streamlit as st
 from mergecore.errors import MergecoreError
 from mergecore.export.adapter import MODES, ExportParams, export_run, load_run, safe_name, zip_folder
 from mergecore.merged import is_dense
+from mergecore.runs.store import merge_runs
 from pages.common import current_bench, current_registry
 
 LABELS = {"exact": "Exact adapter (rank = sum of source ranks)", "compressed": "Compressed adapter (rank r, SVD)",
@@ -21,7 +22,7 @@ bench = current_bench()
 if bench is None:
     st.stop()
 store = current_registry().store
-runs = [r for r in store.list() if r.kind in ("learned", "static") and r.status in ("done", "cancelled")]
+runs = merge_runs(store.list())
 if not runs:
     st.info("No finished runs in this workspace yet: learn coefficients on the Learn page or store a static merge.")
     st.stop()

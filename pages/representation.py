@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from mergecore.analysis import forward_lenses as fl
+from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
 from pages.common import analysis_inputs
 
@@ -14,7 +14,7 @@ bench, store, runs = analysis_inputs("Representation bias")
 chosen = st.multiselect("Runs", list(runs), default=list(runs)[:2], format_func=runs.get, key="rep_runs")
 try:
     with st.spinner("Running each merge and each expert on the experts' tasks..."):
-        results = {runs[rid]: fl.representation_lens(bench, store, rid) for rid in chosen}
+        results = {runs[rid]: compute_lens("representation", bench, store, rid) for rid in chosen}
 except MergecoreError as exc:
     st.error(str(exc))
     st.stop()

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mergecore.analysis import forward_lenses as fl
+from mergecore.analysis.catalog import compute_lens
 from mergecore.analysis import lenses
 from mergecore.errors import MergecoreError
 from mergecore.numbers import fmt
@@ -29,7 +29,7 @@ def heatmap(M, x, y, title: str, zmid=None, key: str = "") -> None:
 try:
     if section == "Spectra":
         with st.spinner("Computing spectra..."):
-            results = [lenses.spectra_lens(bench, store, rid) for rid in chosen] or [lenses.spectra_lens(bench, store)]
+            results = [compute_lens("spectra", bench, store, rid) for rid in chosen] or [compute_lens("spectra", bench, store, None)]
         base = results[0]
         modules = st.multiselect("Modules", base["modules"], default=base["modules"][:1], key="spectra_modules")
         fig = go.Figure()
@@ -62,7 +62,7 @@ try:
                    "Higher effective rank = the update spreads its energy over more directions.")
     elif section == "Subspaces":
         with st.spinner("Computing subspace overlaps and OSRM features..."):
-            sub = lenses.subspaces_lens(bench, store)
+            sub = compute_lens("subspaces", bench, store, None)
         blocks = list(dict.fromkeys(sub["blocks"]))
         choice = st.selectbox("Modules", ["all modules (mean)"] + blocks + sub["modules"],
                               key="subspace_choice")
@@ -88,7 +88,7 @@ try:
                    "Interference: row = task whose features are fed, column = adapter; off-diagonal = harm to others.")
     else:
         with st.spinner("Running every expert on every task..."):
-            div = fl.divergence_lens(bench, store)
+            div = compute_lens("divergence", bench, store, None)
         t = div["tasks"]
         kind = st.radio("Divergence", ["js", "kl"], horizontal=True, key="div_kind")
         left, right = st.columns(2)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mergecore.runs.compare import run_label
 from mergecore.learn.learner import LearnParams
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
@@ -61,7 +60,7 @@ def test_compare_page_from_query_params(workspace, monkeypatch):
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
     assert at.multiselect(key="compare_runs").value == [ent, js, ta]
-    labels = [run_label(store.get(i)) for i in (ent, js, ta)]
+    labels = [store.get(i).label for i in (ent, js, ta)]
     scores = [df for df in at.dataframe if "ANP" in df.value.index]
     assert scores and list(scores[0].value.columns) == ["pre-trained", "experts", "uniform", *labels]
     assert any("ta" in c.value and "static" in c.value for c in at.caption)

@@ -15,7 +15,6 @@ from mergecore.runs.compare import (
     free_coefs,
     heatmaps,
     parse_run_ids,
-    run_label,
     score_table,
     short_module_names,
     stability_table,
@@ -105,7 +104,7 @@ def test_comparison_from_stored_runs(stored):
     bench, store, ent, js, st = stored
     L, K = bench.num_modules, bench.num_tasks
     cmp = compare_runs(store, [ent, js, st])
-    labels = [run_label(store.get(i)) for i in (ent, js, st)]
+    labels = [store.get(i).label for i in (ent, js, st)]
     assert cmp.scores.columns == ("pre-trained", "experts", "uniform", *labels)
     for label, rid in zip(labels, (ent, js, st)):
         res = store.get(rid).result
@@ -153,7 +152,7 @@ def test_compare_cli(stored, capsys):
     out = capsys.readouterr().out
     data = json.loads(out.strip().splitlines()[-1])
     cmp = compare_runs(store, [ent, js, st])
-    labels = [run_label(store.get(i)) for i in (ent, js, st)]
+    labels = [store.get(i).label for i in (ent, js, st)]
     assert list(data["scores"]) == ["pre-trained", "experts", "uniform", *labels]
     assert data["anp"][labels[1]] == pytest.approx(store.get(js).result["anp"])
     assert data["stability"][labels[1]]["negatives"] == cmp.stability.cell(labels[1], "negatives")

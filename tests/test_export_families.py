@@ -213,8 +213,8 @@ def test_run_folder_reuses_adapters_and_task_files(tmp_path, capsys):
 def test_run_sources_fill_only_what_is_missing(tmp_path):
     from argparse import Namespace
 
-    from mergecore.cli.common import task_source
-    from mergecore.cli.common import run_sources
+    from mergecore.cli.common import run_sources, task_source
+    from mergecore.data.sources import record
     from mergecore.errors import MergecoreError
 
     glue = tmp_path / "glue"
@@ -222,7 +222,7 @@ def test_run_sources_fill_only_what_is_missing(tmp_path):
     args = Namespace(adapters=None, demo=False, glue=[], glue_dir=str(glue), task_files=None,
                      calibration=16, eval_size=8)
     bench = Namespace(tasks=TaskSet(tasks()))
-    src = task_source(args, bench)
+    src = record(task_source(args), bench.tasks.names)
     assert src == {"kind": "glue", "names": ["sentiment", "topic"], "dir": str(glue.resolve()), "source": None,
                    "calibration": 16, "eval_size": 8}
     run = tmp_path / "run"

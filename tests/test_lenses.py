@@ -13,7 +13,8 @@ import torch
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis import lenses
 from mergecore.analysis.lenses import LensParams, aggregate
-from mergecore.cli.analyze import lens_tables, write_csv
+from mergecore.analysis.catalog import lens_tables
+from mergecore.cli.analyze import write_csv
 from mergecore.forward.coefs import FixedCoefs
 from mergecore.errors import MergecoreError
 from mergecore.learn.learner import LearnParams
@@ -50,7 +51,7 @@ def test_spectra_equal_dense_svdvals(setup, which):
     run_id = learned if which == "learned" else static
     lens = lenses.spectra_lens(bench, store, run_id, PARAMS)
     merge = run_merge(store, run_id, bench.adapters)
-    label = lenses.run_label(store, run_id)
+    label = store.get(run_id).label
     for module in bench.adapters.modules:
         for name, f in zip(bench.adapters.names, bench.adapters.factors(module)):
             if f is None:
@@ -81,7 +82,7 @@ def test_spectral_run_scales(setup):
     store.finish(run_id, "done", {})
     lens = lenses.spectra_lens(bench, store, run_id, PARAMS)
     assert lens["spectral"][module]["scale"] == [0.5, -2.0, 1.0]
-    assert lens["spectra"][module][lenses.run_label(store, run_id)] == [4.0, 1.5, 1.0]
+    assert lens["spectra"][module][store.get(run_id).label] == [4.0, 1.5, 1.0]
 
 
 # ----------------------------------------------------------------------------- subspaces

@@ -15,8 +15,8 @@ import torch
 from mergecore.adapters import load_adapters
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis import lenses
-from mergecore.analysis.lenses import LENSES, LensParams
-from mergecore.cli.analyze import compute_lens, headline, lens_tables, skipped_lines
+from mergecore.analysis.catalog import LENSES, compute_lens, headline, lens_tables, skipped_lines
+from mergecore.analysis.lenses import LensParams
 from mergecore.forward.coefs import FixedCoefs
 from mergecore.errors import MergecoreError
 from mergecore.forward.generative import GenParams

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import randomize_lora, texts, tiny_bert_base, tiny_tokenizer
-from mergecore.analysis.lenses import LENSES
+from mergecore.analysis.catalog import LENSES
 from mergecore.learn.learner import GRANULARITIES
 from mergecore.merges import METHODS
 from mergecore.divergences import OBJECTIVES

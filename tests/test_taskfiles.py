@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergecore.cli.common import _file_tasks
+from mergecore.data.sources import TaskSource, load_tasks
 from mergecore.cli import main
 from mergecore.errors import MergecoreError
 from mergecore.data.taskfiles import tasks_from_specs
@@ -119,7 +119,7 @@ def test_relative_paths_are_read_from_the_mapping_folder(tmp_path, monkeypatch, 
     mapping = relative_mapping(tmp_path, ext)
     specs = json.loads(mapping.read_text())
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert _file_tasks(["sent"], Path("../project/tasks.json"))[0].evaluation.labels == (1, 0, 1, 0)
+    assert load_tasks(["sent"], TaskSource("files", mapping="../project/tasks.json"))[0].evaluation.labels == (1, 0, 1, 0)
     assert tasks_from_specs(["sent"], specs, base_dir=mapping.parent)[0].evaluation.labels == (1, 0, 1, 0)
     assert "does not exist" in refused(["sent"], specs)  # no base_dir: the current folder, as before
     monkeypatch.chdir(mapping.parent)
@@ -308,17 +308,16 @@ def test_app_runs_record_their_task_source(tmp_path):
     """The app's bench records where its tasks came from, as the CLI does: a typed mapping is saved once
     (by content) in the workspace so `export/analyze --run` can reuse it."""
     import json as _json
-    from types import SimpleNamespace
 
+    from mergecore.data.sources import record
     from mergecore.data.taskfiles import save_mapping
-    from pages.common import recorded_source
+    from pages.common import tasks_source
 
     specs = [{"train": "/data/a.csv", "eval": "/data/b.csv", "text": ["t"], "label": "y", "labels": ["n", "p"]}]
-    wb = SimpleNamespace(tasks=SimpleNamespace(names=["sst2"]))
-    src = recorded_source(wb, ("files", _json.dumps(specs)), str(tmp_path))
+    src = record(tasks_source(("files", _json.dumps(specs)), str(tmp_path)), ["sst2"])
     assert src["kind"] == "files" and _json.loads(Path(src["path"]).read_text()) == specs
     assert save_mapping(specs, tmp_path / "task-mappings") == Path(src["path"])  # same content, same file
-    assert recorded_source(wb, ("demo",), str(tmp_path)) == {"kind": "demo"}
-    glue = recorded_source(wb, ("glue", str(tmp_path), 32, 50), str(tmp_path))
+    assert record(tasks_source(("demo",), str(tmp_path)), ["sst2"]) == {"kind": "demo"}
+    glue = record(tasks_source(("glue", str(tmp_path), 32, 50), str(tmp_path)), ["sst2"])
     assert glue == {"kind": "glue", "names": ["sst2"], "dir": str(tmp_path.resolve()), "source": None,
                     "calibration": 32, "eval_size": 50}

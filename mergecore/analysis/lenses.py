@@ -37,7 +37,6 @@ from mergecore.analysis.subspaces import (
     task_vector_cosine,
 )
 
-LENSES = ("spectra", "subspaces", "divergence", "representation", "calibration")
 LENS_VERSION = 2  # bump when a lens's output changes: cached results of older code are not served
 
 
@@ -84,16 +83,6 @@ def cached(store, key: str, compute: Callable[[], dict]) -> dict:
     if store is not None:
         store.cache_put(key, json.dumps(out).encode())
     return out
-
-
-def run_label(store, run_id: str) -> str:
-    rec = store.get(run_id)
-    return f"{rec.name}:{rec.id[-6:]}"
-
-
-def analysable_runs(store) -> list:
-    """Finished learned / static / spectral runs that carry a merged update."""
-    return [r for r in store.list() if r.kind != "baseline" and r.status == "done"]
 
 
 # ----------------------------------------------------------------------------- spectra
@@ -164,7 +153,7 @@ def spectra_lens(bench, store=None, run_id: str | None = None, params: LensParam
         names = store.artifacts(run_id)
         spectral = store.get_tensors(run_id, "spectral") if "spectral" in names else None
         merge = run_merge(store, run_id, bench.adapters) if spectral is None or "merged" in names or "coefs" in names else None
-        return spectra_of(bench.adapters, merge, run_label(store, run_id), params.energy_rank, spectral)
+        return spectra_of(bench.adapters, merge, store.get(run_id).label, params.energy_rank, spectral)
 
     return cached(store, lens_key(bench, "spectra", run_id, params), compute)
 

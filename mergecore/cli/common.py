@@ -15,12 +15,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mergecore.adapters import load_adapters
-from mergecore.data.glue import GlueParams, glue_source, load_glue, match_tasks
-from mergecore.data.taskfiles import files_source, tasks_from_specs
-from mergecore.demo.kit import demo_adapter_dirs, tasks_for
+from mergecore.data.sources import TaskSource, load_tasks, record
+from mergecore.demo.kit import demo_adapter_dirs
 from mergecore.errors import MergecoreError
 from mergecore.forward.evaluate import anp, average
-from mergecore.forward.workbench import open_workbench
+from mergecore.forward.workbench import Workbench, open_workbench
 from mergecore.numbers import dumps, fmt
 from mergecore.runs.folder import run_config
 from mergecore.runs.store import RunStore
@@ -64,40 +63,23 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
 
 
-def open_bench(args):
-
-    dirs = args.adapters or demo_adapter_dirs()
-    adapters = load_adapters(dirs, allow_bin=args.allow_bin, base_model=args.base_model)
+def task_source(args: argparse.Namespace) -> TaskSource:
+    """The task source the flags name: --glue (with --glue-dir and sizes), --task-files, else the demo tasks."""
     if args.glue is not None:
-        params = GlueParams(calibration=args.calibration, evaluation=args.eval_size)
-        tasks = load_glue(args.glue or match_tasks(adapters.names), source=args.glue_dir or "auto", params=params)
-    elif args.task_files is not None:
-        tasks = _file_tasks(adapters.names, args.task_files)
-    else:
-        tasks = tasks_for(adapters.names)
-    bench = open_workbench(adapters, tasks, device=args.device, trust_remote_code=args.trust_remote_code,
-                           family=args.family, base_path=args.base_path)
-    bench.task_source = task_source(args, bench)  # recorded in run configs: `--run` reuses it
-    return bench
-
-
-def task_source(args, bench) -> dict:
-    """Where a bench's tasks came from (recorded in run configs by ``forward.workbench.bench_config``)."""
-    if args.glue is not None:
-        return glue_source(bench.tasks.names, args.glue_dir, args.calibration, args.eval_size)
+        return TaskSource("glue", glue_dir=args.glue_dir, names=tuple(args.glue), calibration=args.calibration,
+                          eval_size=args.eval_size)
     if args.task_files is not None:
-        return files_source(args.task_files)
-    return {"kind": "demo"}
+        return TaskSource("files", mapping=str(args.task_files))
+    return TaskSource()
 
 
-def _file_tasks(names: list[str], path: Path):
-    try:
-        specs = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MergecoreError(f"cannot read the task mapping {path} ({type(exc).__name__}); check the path") from None
-    except json.JSONDecodeError as exc:
-        raise MergecoreError(f"{path} is not valid JSON ({exc.msg}); give a list with one object per adapter") from None
-    return tasks_from_specs(names, specs, base_dir=path.parent, source=path)  # paths relative to the JSON file
+def open_bench(args: argparse.Namespace) -> Workbench:
+    adapters = load_adapters(args.adapters or demo_adapter_dirs(), allow_bin=args.allow_bin, base_model=args.base_model)
+    source = task_source(args)
+    bench = open_workbench(adapters, load_tasks(adapters.names, source), device=args.device,
+                           trust_remote_code=args.trust_remote_code, family=args.family, base_path=args.base_path)
+    bench.task_source = record(source, bench.tasks.names)  # recorded in run configs: `--run` reuses it
+    return bench
 
 
 def open_store(args):

@@ -538,3 +538,20 @@ def demo_tasks(n_calibration: int = 256, n_evaluation: int = 200, n_train: int =
                           prompt=spec["prompt"], verbalizers=spec["verbalizers"],
                           field_names=spec["field_names"], description=spec["description"]))
     return TaskSet(tuple(tasks)), train
+
+
+def demo_taskset() -> TaskSet:
+    tasks, _ = demo_tasks()
+    return tasks
+
+
+def tasks_for(adapter_names: list[str]) -> TaskSet:
+    """Demo tasks matching adapter names (adapters named after demo tasks), in adapter order."""
+    tasks = demo_taskset()
+    unknown = [n for n in adapter_names if n not in tasks.names]
+    if unknown:
+        raise MergecoreError(
+            f"no tasks known for adapters {unknown}; name adapter folders after demo tasks "
+            f"({', '.join(tasks.names)}), or pass GLUE tasks with --glue TASK ... --glue-dir DIR"
+        )
+    return TaskSet(tuple(tasks.by_name(n) for n in adapter_names))

@@ -19,10 +19,11 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergecore.errors import MergecoreError
 import torch
 
-from mergecore.data.tasks import Split, Task
+from mergecore.data.metrics import METRICS
+from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.errors import MergecoreError
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,6 @@ def _spec_keys(s, where: str) -> str:
 
 def _spec_values(s: dict, where: str) -> None:
     """One line naming the key whose value has the wrong type (or an unknown metric)."""
-    from mergecore.data.metrics import METRICS
-
     def bad(key: str, want: str):
         raise MergecoreError(f"{where}: {key!r} is {json.dumps(s[key])}; give {want}")
 
@@ -278,14 +277,12 @@ def _spec_path(value: str, base_dir: str | Path | None) -> Path:
 
 
 def tasks_from_specs(names: list[str], specs, base_dir: str | Path | None = None,
-                     source: str | Path | None = None) -> "TaskSet":
+                     source: str | Path | None = None) -> TaskSet:
     """Tasks from one file spec per adapter (parsed JSON): {"train", "eval", "text", "label", "labels"} for a
     label task, {"train", "eval", "text", "reference"} (reference may be null) for a generative task;
     optional "prompt", "verbalizers", "metric" (label tasks). "text" is a column name or a list of them;
     text labels map through "labels" (numbers stay class ids). Relative paths are read from ``base_dir``
     (the mapping file's folder) when given, else from the current folder; ``source`` names the mapping in errors."""
-    from mergecore.data.tasks import TaskSet
-
     src = str(source) if source is not None else "the task mapping"
     if not isinstance(specs, list) or len(specs) != len(names):
         got = f"{len(specs)} entries" if isinstance(specs, list) else f"a {type(specs).__name__}"

@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+import torch
+
 from mergecore.errors import MergecoreError
 
 Inputs = tuple[tuple[str, ...], ...]
@@ -68,11 +70,9 @@ class Task:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def class_ids(self, labels) -> "torch.Tensor":
+    def class_ids(self, labels) -> torch.Tensor:
         """Class ids (n,) of ``labels``: ids as they are; a regression task's float targets go to the nearest
         bin of ``label_values`` (ties to the lower bin), never truncated."""
-        import torch
-
         y = torch.as_tensor(labels, dtype=torch.float64).reshape(-1)
         if self.label_values:
             values = torch.as_tensor(self.label_values, dtype=torch.float64)

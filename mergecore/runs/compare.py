@@ -25,11 +25,6 @@ MAX_POINTS = 500
 # ----------------------------------------------------------------------------- runs and labels
 
 
-def run_label(rec: RunRecord) -> str:
-    """A short unique label: name plus the last 6 characters of the id."""
-    return f"{rec.name}:{rec.id[-6:]}"
-
-
 def run_rows(records: list[RunRecord]) -> list[dict]:
     """One row per run for a chooser: id, name, kind, status, created (local time), average score."""
     import time
@@ -132,7 +127,7 @@ def score_columns(records: list[RunRecord], baselines: dict[str, dict[str, float
         if r.kind == "baseline":
             cols.update({k: v for k, v in r.result.get("baselines", {}).items() if k in show})
         elif r.result.get("scores"):
-            cols[run_label(r)] = dict(r.result["scores"])
+            cols[r.label] = dict(r.result["scores"])
     return cols
 
 
@@ -284,7 +279,7 @@ def compare_runs(store: RunStore, run_ids: list[str], show: tuple[str, ...] = BA
     table = score_table(score_columns(records, baselines, show), baselines.get("experts"))
     coefs, gran, modules, tasks, free, skipped = {}, {}, {}, {}, {}, []
     for r in records:
-        c, label = run_coefs(store, r), run_label(r)
+        c, label = run_coefs(store, r), r.label
         if c is None:
             if r.kind != "baseline":
                 skipped.append(label)

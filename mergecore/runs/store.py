@@ -47,6 +47,18 @@ class RunRecord:
     config: dict
     result: dict
 
+    @property
+    def label(self) -> str:
+        """A short unique label: name plus the last 6 characters of the id."""
+        return f"{self.name}:{self.id[-6:]}"
+
+
+def merge_runs(records: list[RunRecord]) -> list[RunRecord]:
+    """The runs that carry a scored merged update (learned coefficients or a static merge), finished or stopped
+    by the user after learning began: what the analysis, export and compare views offer."""
+    return [r for r in records if r.kind in ("learned", "static") and r.status in ("done", "cancelled")
+            and r.result.get("scores")]
+
 
 def default_workspace() -> Path:
     return Path(os.environ.get("MERGECORE_WORKSPACE", Path.cwd() / "workspace"))
