@@ -26,8 +26,13 @@ from pickle import UnpicklingError  # the exception only; nothing here unpickles
 
 import torch
 from safetensors import SafetensorError
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-                          AutoTokenizer)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 from transformers.utils import logging as hf_logging
 
 from mergecore.errors import MergecoreError

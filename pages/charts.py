@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from mergecore.runs.compare import score_table
+
 MAX_POINTS = 500
 
 
@@ -64,16 +66,10 @@ def collapse_figure(evals: list, tasks: list[str]) -> go.Figure:
 
 def score_frame(result: dict) -> pd.DataFrame:
     """Per-task scores of a run next to its baselines, with average and ANP rows (NaN where undefined)."""
-    from mergecore.forward.evaluate import anp, average
-    from mergecore.numbers import as_float
-
     base = result.get("baselines", {})
     cols = {**{k: base[k] for k in ("pre-trained", "experts", "uniform") if k in base}, "this run": result["scores"]}
-    df = pd.DataFrame({k: {t: as_float(v) for t, v in c.items()} for k, c in cols.items()}, dtype=float)
-    df.loc["average"] = [average(c) for c in cols.values()]
-    if "experts" in base:
-        df.loc["ANP"] = [anp(c, base["experts"]) for c in cols.values()]
-    return df.round(3)
+    t = score_table(cols, base.get("experts"))
+    return pd.DataFrame(t.values, index=list(t.index), columns=list(t.columns)).round(3)
 
 
 def score_style(df: pd.DataFrame):

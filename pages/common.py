@@ -18,6 +18,7 @@ from mergecore.data.taskfiles import save_mapping
 from mergecore.errors import MergecoreError
 from mergecore.forward.workbench import open_workbench
 
+
 def default_workspace() -> str:
     return os.environ.get("MERGECORE_WORKSPACE", str(Path.cwd() / "workspace"))
 

@@ -10,8 +10,8 @@ import streamlit as st
 from plotly.colors import DEFAULT_PLOTLY_COLORS
 from plotly.subplots import make_subplots
 
-from mergecore.runs.store import compare as cmp
 from mergecore.errors import MergecoreError
+from mergecore.runs import compare as cmp
 from pages import charts
 from pages.common import current_bench, current_registry
 

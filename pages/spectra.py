@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mergecore.analysis.catalog import compute_lens
 from mergecore.analysis import lenses
+from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
 from mergecore.numbers import fmt
 from pages.common import analysis_inputs

@@ -19,7 +19,13 @@ from mergecore.analysis.calibration import (
 )
 from mergecore.analysis.divergence import divergence_matrix, mean_divergence, spearman_with_scores
 from mergecore.analysis.representation import mean_representation_bias, representation_bias
-from mergecore.analysis.spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values, module_spectra
+from mergecore.analysis.spectra import (
+    effective_rank,
+    energy_at_rank,
+    lora_singular_values,
+    merged_singular_values,
+    module_spectra,
+)
 from mergecore.analysis.stability import stability
 from mergecore.analysis.subspaces import (
     a_overlap_matrix,

@@ -8,18 +8,27 @@ static lenses (see ``lenses.py``).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from mergecore.forward.coefs import FixedCoefs
-from mergecore.errors import MergecoreError
-from mergecore.forward.evaluate import predictions
-from mergecore.data.metrics import score
-from mergecore.analysis.calibration import confidence_summary, confidently_wrong_share, expected_calibration_error, reliability_bins
+from mergecore.analysis.calibration import (
+    confidence_summary,
+    confidently_wrong_share,
+    expected_calibration_error,
+    reliability_bins,
+)
 from mergecore.analysis.divergence import mean_divergence, spearman_with_scores
 from mergecore.analysis.lenses import LensParams, _matrix, cached, lens_key
 from mergecore.analysis.representation import representation_bias
+from mergecore.data.metrics import score
+from mergecore.errors import MergecoreError
+from mergecore.forward.coefs import FixedCoefs
+from mergecore.forward.evaluate import predictions
+from mergecore.forward.generative import generate_texts, rouge1
+from mergecore.forward.verbalizer import accepts
+from mergecore.merged import MergedSource, run_merge
 
 
 def expert_source(bench, j: int) -> FixedCoefs:
@@ -31,8 +40,6 @@ def expert_source(bench, j: int) -> FixedCoefs:
 
 def run_source(bench, store, run_id: str):
     """A coefficient source running run ``run_id``'s merged update."""
-    from mergecore.merged import MergedSource, run_merge
-
     return MergedSource(run_merge(store, run_id, bench.adapters), bench.device)
 
 
@@ -79,10 +86,6 @@ def generative_cross(bench, i: int, split: str = "evaluation", limit: int | None
     expert j is teacher-forced on that output. D[kind][j] = mean over inputs of the per-token
     divergence (bucketed top-k, ``bench.gen_params``); score[j] = ROUGE-1 of expert j's own greedy
     outputs against the references (NaN without references)."""
-    from dataclasses import replace
-
-    from mergecore.forward.generative import generate_texts, rouge1
-
     task, gp, gen = bench.tasks[i], bench.gen_params, bench.generator
     inputs = getattr(task, split).inputs[:limit]
     prompts = [task.render(f) for f in inputs]
@@ -153,8 +156,6 @@ def state_groups(bench, source, segments, inputs) -> list[tuple[str, tuple[torch
     """Hidden states under ``source`` as [(group, states (embeddings + every layer, each (N, T, d)),
     mask (N, T))]: one group ("") for encoders and decoder-only LMs; "encoder" and "decoder" for
     seq2seq models (their outputs carry encoder_hidden_states / decoder_hidden_states)."""
-    from mergecore.forward.verbalizer import accepts
-
     extra = {"logits_to_keep": 1} if bench.reader.family == "causal" and accepts(bench.model.model, "logits_to_keep") else {}
     bench.model.set_source(source)
     out = bench.model(segments, **inputs, **extra, output_hidden_states=True)

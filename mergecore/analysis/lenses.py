@@ -24,10 +24,6 @@ from typing import Callable
 
 import torch
 
-from mergecore.forward.coefs import block_index
-from mergecore.errors import MergecoreError
-from mergecore.merges.base import ModuleMerge
-from mergecore.forward.features import collect_features
 from mergecore.analysis.spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values
 from mergecore.analysis.subspaces import (
     a_overlap_matrix,
@@ -36,6 +32,12 @@ from mergecore.analysis.subspaces import (
     shared_output_directions,
     task_vector_cosine,
 )
+from mergecore.errors import MergecoreError
+from mergecore.forward.coefs import block_index
+from mergecore.forward.features import collect_features
+from mergecore.forward.workbench import bench_key
+from mergecore.merged import run_merge
+from mergecore.merges.base import ModuleMerge
 
 LENS_VERSION = 2  # bump when a lens's output changes: cached results of older code are not served
 
@@ -68,8 +70,6 @@ class LensParams:
 
 
 def lens_key(bench, lens: str, run_id: str | None, params: LensParams) -> str:
-    from mergecore.forward.workbench import bench_key
-
     payload = json.dumps({"bench": bench_key(bench), "params": asdict(params), "version": LENS_VERSION}, sort_keys=True)
     return f"lens:{lens}:{run_id or '-'}:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -145,8 +145,6 @@ def spectra_of(adapters, merge: dict[str, ModuleMerge] | None = None, label: str
 
 def spectra_lens(bench, store=None, run_id: str | None = None, params: LensParams = LensParams()) -> dict:
     """Task spectra, plus run ``run_id``'s merged spectrum (and LoRA-DV scales) when given."""
-    from mergecore.merged import run_merge
-
     def compute() -> dict:
         if run_id is None:
             return spectra_of(bench.adapters, energy_rank=params.energy_rank)

@@ -18,9 +18,9 @@ from mergecore.adapters import load_adapters
 from mergecore.data.sources import TaskSource, load_tasks, record
 from mergecore.demo.kit import demo_adapter_dirs
 from mergecore.errors import MergecoreError
-from mergecore.forward.evaluate import anp, average
 from mergecore.forward.workbench import Workbench, open_workbench
-from mergecore.numbers import dumps, fmt
+from mergecore.numbers import dumps
+from mergecore.runs import compare
 from mergecore.runs.folder import run_config
 from mergecore.runs.store import RunStore
 
@@ -88,16 +88,7 @@ def open_store(args):
 
 def score_table(columns: dict[str, dict[str, float]], experts: dict[str, float] | None = None) -> str:
     """Tasks as rows, one column per merge, plus average (and ANP vs the experts); undefined numbers print '-'."""
-    tasks = list(next(iter(columns.values())))
-    names = list(columns)
-    width = max(14, *(len(t) for t in tasks))
-    lines = [f"{'task':{width}s}" + "".join(f"{n[:14]:>15s}" for n in names)]
-    for t in tasks:
-        lines.append(f"{t:{width}s}" + "".join(f"{fmt(columns[n].get(t)):>15s}" for n in names))
-    lines.append(f"{'average':{width}s}" + "".join(f"{fmt(average(columns[n])):>15s}" for n in names))
-    if experts:
-        lines.append(f"{'ANP':{width}s}" + "".join(f"{fmt(anp(columns[n], experts), 3):>15s}" for n in names))
-    return "\n".join(lines)
+    return compare.score_table(columns, experts).to_text(corner="task")
 
 
 def compact(coefs: list) -> list:

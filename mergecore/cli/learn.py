@@ -6,8 +6,17 @@ import sys
 import time
 from pathlib import Path
 
-from mergecore.cli.common import (add_dataclass_args, add_source_args, compact, dataclass_from_args, emit_json,
-                                  open_bench, open_store, progress, score_table)
+from mergecore.cli.common import (
+    add_dataclass_args,
+    add_source_args,
+    compact,
+    dataclass_from_args,
+    emit_json,
+    open_bench,
+    open_store,
+    progress,
+    score_table,
+)
 from mergecore.learn.learner import PRESETS, LearnParams, apply_preset
 from mergecore.runs.folder import write_run_folder
 from mergecore.runs.runner import run_learning

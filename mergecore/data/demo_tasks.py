@@ -22,8 +22,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from mergecore.errors import MergecoreError
 from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.errors import MergecoreError
 
 Fields = tuple[str, ...]
 Generator = Callable[[random.Random, int], Fields]

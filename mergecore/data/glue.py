@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from mergecore.errors import MergecoreError
-from mergecore.data.tasks import Split, Task, TaskSet
 from mergecore.data.taskfiles import Columns, load_split, sample
+from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.errors import MergecoreError
 
 YES_NO = {"0": "no", "1": "yes"}
 

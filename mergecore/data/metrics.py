@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
+
+from mergecore.errors import MergecoreError
 
 
 def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -20,8 +23,6 @@ def matthews(pred: np.ndarray, gold: np.ndarray) -> float:
 
 def pearson_spearman(pred: np.ndarray, gold: np.ndarray) -> float:
     """Mean of Pearson and Spearman correlation (GLUE's STS-B score); 0 when undefined."""
-    from scipy import stats
-
     x, y = np.asarray(pred, dtype=float), np.asarray(gold, dtype=float)
     if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
         return 0.0
@@ -34,7 +35,5 @@ METRICS = {"accuracy": accuracy, "matthews": matthews, "pearson_spearman": pears
 def score(metric: str, pred, gold) -> float:
     """Score in percent (x100), like the papers' tables."""
     if metric not in METRICS:
-        from mergecore.errors import MergecoreError
-
         raise MergecoreError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     return 100.0 * METRICS[metric](np.asarray(pred), np.asarray(gold))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import re
 import string
@@ -308,8 +309,6 @@ def tasks_from_specs(names: list[str], specs, base_dir: str | Path | None = None
 def save_mapping(specs, folder: str | Path) -> Path:
     """Write a task mapping (the parsed JSON list of specs) to ``folder/<content hash>.json`` once, so a run
     made from it can record the file and ``--run`` can reuse it; returns the path."""
-    import hashlib
-
     text = json.dumps(specs, indent=1, sort_keys=True)
     path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if not path.is_file():

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from mergecore.adapters import load_adapters
 from mergecore.data.glue import GLUE_TASKS, GlueParams, load_glue
+from mergecore.data.tasks import TaskSet
+from mergecore.forward.workbench import open_workbench
 
 ADAPTER_DIR = Path(__file__).parent / "glue-minilm"  # MiniLM + heads, all 8 tasks (scripts/study/train_glue.py)
 SMOLLM_DIR = Path(__file__).parent / "glue-smollm2"  # SmolLM2 verbalizers, some tasks (scripts/study/train_smollm.py)
@@ -23,8 +26,6 @@ def glue_adapter_dirs(names: list[str] | None = None) -> list[Path]:
 def glue_taskset(source, params: GlueParams = GlueParams(), names: list[str] | None = None, eval_seed: int = 0):
     """GLUE tasks with calibration drawn with ``params.seed`` and the evaluation sample fixed by ``eval_seed``
     (so runs with different seeds are scored on the same rows)."""
-    from mergecore.data.tasks import TaskSet
-
     tasks = load_glue(names or list(GLUE_TASKS), source, params)
     if params.seed == eval_seed:
         return tasks
@@ -34,8 +35,5 @@ def glue_taskset(source, params: GlueParams = GlueParams(), names: list[str] | N
 
 def glue_workbench(source, params: GlueParams = GlueParams(), names: list[str] | None = None, device: str | None = None):
     """Workbench over the committed GLUE experts (all 8 tasks, or a subset)."""
-    from mergecore.adapters import load_adapters
-    from mergecore.forward.workbench import open_workbench
-
     names = names or list(GLUE_TASKS)
     return open_workbench(load_adapters(glue_adapter_dirs(names)), glue_taskset(source, params, names), device=device)

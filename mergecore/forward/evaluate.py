@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from mergecore.data.metrics import score
-from mergecore.numbers import as_float
 from mergecore.data.tasks import Task
+from mergecore.forward.generative import generate_texts, rouge1
+from mergecore.numbers import as_float
 
 
 def predictions(task: Task, probs: torch.Tensor) -> np.ndarray:
@@ -52,8 +53,6 @@ def evaluate(bench, source) -> dict[str, float]:
 
 def generative_score(bench, source, k: int) -> float:
     """ROUGE-1 F1 (percent) of greedy outputs against the task's references (NaN without references)."""
-    from mergecore.forward.generative import generate_texts, rouge1
-
     task = bench.tasks[k]
     if not task.references:
         return float("nan")

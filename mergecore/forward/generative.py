@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mergecore.errors import MergecoreError
-from mergecore.forward.model import MergeModel, Segments
 from mergecore.divergences import js_div, kl_div
+from mergecore.errors import MergecoreError
+from mergecore.forward.coefs import RowRouting
+from mergecore.forward.model import MergeModel, Segments
 from mergecore.forward.verbalizer import accepts, pad
 
 DIVERGENCES = {"js": js_div, "kl": kl_div}
@@ -114,8 +115,6 @@ class Generator:
     @torch.no_grad()
     def expert_outputs(self, task: int, prompts: list[str], params: GenParams, expert: int | None = None) -> ExpertOutputs:
         """Expert ``expert`` (default: ``task``) decodes and its top-k distributions are cached."""
-        from mergecore.forward.coefs import RowRouting
-
         self.mm.set_source(RowRouting(self.mm.slot, self.mm.num_tasks, None if expert is None else [expert] * (task + 1)))
         ids = self.encode(prompts)
         outputs = self.greedy(task, ids, params.max_new_tokens)

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import torch
 
-from mergecore.forward.model import MergeModel, Segments
 from mergecore.data.tasks import Inputs
+from mergecore.forward.model import MergeModel, Segments
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ import inspect
 from dataclasses import dataclass, field
 
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
-from mergecore.errors import MergecoreError
-from mergecore.forward.readers import Encoded
-from mergecore.forward.model import MergeModel, Segments
 from mergecore.data.tasks import Inputs, Task, TaskSet
+from mergecore.errors import MergecoreError
+from mergecore.forward.model import MergeModel, Segments
+from mergecore.forward.readers import Encoded
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,6 @@ class Seq2SeqReader(VerbalizerReader):
         return seg, {"input_ids": ids.to(device), "attention_mask": mask.to(device), "decoder_input_ids": start.to(device)}
 
     def label_logits(self, mm: MergeModel, segments: ScoreSegments, inputs: dict) -> list[torch.Tensor]:
-        from transformers.modeling_outputs import BaseModelOutput
-
         mm.slot.segments = segments
         hidden = mm.model.get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
         scores = []

@@ -17,10 +17,10 @@ from mergecore.adapters import AdapterSet
 from mergecore.bases import family_of_adapters, load_base
 from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
-from mergecore.forward.readers import ClassifierReader, Encoded, Reader
 from mergecore.forward.coefs import FixedCoefs, RowRouting
-from mergecore.forward.generative import GenParams
+from mergecore.forward.generative import Generator, GenParams
 from mergecore.forward.model import MergeModel
+from mergecore.forward.readers import ClassifierReader, Encoded, Reader
 from mergecore.forward.verbalizer import make_reader
 
 
@@ -84,8 +84,6 @@ class Workbench:
     def generator(self):
         """Greedy decoding and teacher forcing on this MergeModel (generative tasks; seq2seq / causal only)."""
         if self._generator is None:
-            from mergecore.forward.generative import Generator
-
             self._generator = Generator(self.model, self.reader.family, self.reader.tokenizer,
                                         max_length=getattr(self.reader, "max_length", 256))
         return self._generator

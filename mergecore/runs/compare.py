@@ -8,12 +8,14 @@ the ``compare`` command draw / print what these return.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mergecore.analysis.stability import stability
+from mergecore.forward.coefs import block_index
 from mergecore.forward.evaluate import anp, average
 from mergecore.numbers import as_float
 from mergecore.runs.store import RunRecord, RunStore
@@ -27,8 +29,6 @@ MAX_POINTS = 500
 
 def run_rows(records: list[RunRecord]) -> list[dict]:
     """One row per run for a chooser: id, name, kind, status, created (local time), average score."""
-    import time
-
     return [{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
              "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)),
              "average": as_float(r.result.get("average"))} for r in records]
@@ -90,10 +90,11 @@ class Table:
     def cell(self, row: str, col: str) -> float:
         return float(self.values[self.index.index(row), self.columns.index(col)])
 
-    def to_text(self, digits: int = 2, width: int = 15, ints: tuple[str, ...] = ("negatives", "count")) -> str:
+    def to_text(self, digits: int = 2, width: int = 15, ints: tuple[str, ...] = ("negatives", "count"),
+                corner: str = "") -> str:
         """Plain-text table (rows 'ANP' with 3 decimals, columns in ``ints`` as integers, NaN as '-')."""
         first = max(14, *(len(i) for i in self.index))
-        lines = [f"{'':{first}s}" + "".join(f"{c[: width - 1]:>{width}s}" for c in self.columns)]
+        lines = [f"{corner:{first}s}" + "".join(f"{c[: width - 1]:>{width}s}" for c in self.columns)]
         for name, row in zip(self.index, self.values):
             d = 3 if name == "ANP" else digits
             cells = ["-" if not np.isfinite(v) else f"{int(v)}" if c in ints else f"{v:.{d}f}"
@@ -143,8 +144,6 @@ def free_coefs(coefs: np.ndarray, granularity: str | None, modules: list[str] | 
     if granularity == "task":
         return coefs[:1]
     if granularity == "block" and modules and len(modules) == len(coefs):
-        from mergecore.forward.coefs import block_index
-
         group, _ = block_index(modules)
         first = [int(np.flatnonzero(group.numpy() == g)[0]) for g in range(int(group.max()) + 1)]
         return coefs[first]

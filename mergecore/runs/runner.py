@@ -6,26 +6,27 @@ either place is the same run.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from typing import Callable
 
 import torch
 
+from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import FixedCoefs
 from mergecore.forward.evaluate import anp, average, baselines, evaluate
 from mergecore.forward.features import collect_features
 from mergecore.forward.workbench import bench_config, bench_key
 from mergecore.learn.learner import Learner, LearnParams
+from mergecore.merged import MergedSource, coefs_to_merge, merge_to_tensors, run_merge
+from mergecore.merges import METHODS, get_method, merge_adapters
+from mergecore.numbers import as_float, dumps
 from mergecore.runs.store import RunStore
 
 
 def cached_baselines(bench, store: RunStore | None = None) -> dict[str, dict[str, float]]:
     """Pre-trained / experts / uniform scores: once per workbench, and once per workspace when a store is given."""
-    import json
-
-    from mergecore.numbers import as_float, dumps
-
     if bench.baselines is None:
         cached = store.cache_get(bench_key(bench)) if store else None
         if cached:  # undefined scores are stored as null: NaN again in memory
@@ -75,8 +76,6 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
         raise
     if store:
         if res.merge is not None:
-            from mergecore.merged import merge_to_tensors
-
             store.put_tensors(run_id, "merged", merge_to_tensors(res.merge))
             store.put_tensors(run_id, "spectral", res.spectral)
         else:
@@ -86,8 +85,6 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
 
 
 def _learned_result(bench, res, store) -> dict:
-    from mergecore.merged import MergedSource
-
     source = MergedSource(res.merge, bench.device) if res.merge is not None else FixedCoefs(res.coefs)
     result = {**summarize(bench, evaluate(bench, source), store), "status": res.status, "message": res.message,
               "steps": res.steps_done, "seconds": res.seconds}
@@ -100,10 +97,6 @@ def _learned_result(bench, res, store) -> dict:
 
 def resolve_start(bench, params: LearnParams, store: RunStore | None, start: torch.Tensor | None):
     """(start coefficients, start merge) from ``params.start``: 'uniform', a stored run id, or a method name."""
-    from mergecore.errors import MergecoreError
-    from mergecore.merged import coefs_to_merge, run_merge
-    from mergecore.merges import METHODS, merge_adapters
-
     spectral = params.granularity == "spectral"
     key = params.start.strip()
     if start is not None or key in ("", "uniform"):
@@ -133,9 +126,6 @@ def record_baselines(bench, store: RunStore) -> str:
 def run_static(bench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,
                name: str | None = None) -> tuple[str | None, dict]:
     """Apply a static merge method, evaluate it, and store it as a run (artifact 'merged')."""
-    from mergecore.merged import MergedSource, merge_to_tensors
-    from mergecore.merges import get_method, merge_adapters
-
     t0 = time.perf_counter()
     m = get_method(method)
     params = params or m.params_cls()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load, save
 
 from mergecore.errors import MergecoreError
 from mergecore.numbers import dumps
@@ -65,14 +66,10 @@ def default_workspace() -> Path:
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
     return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 
 def bytes_tensor(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
     return load(data)
 
 
