@@ -1,6 +1,36 @@
 """mergecore: merge LoRA adapters, learn merge coefficients, and look inside the result.
 
-The library never imports streamlit; the app in ``app.py`` + ``pages/`` is a thin layer on top.
+The public Python API is the handful of names below; the CLI (``mergecore.cli``) and the app (``app.py`` +
+``pages/``) are built on the same names. The library never imports streamlit.
+
+    load_adapters(dirs)                      PEFT LoRA adapter folders -> AdapterSet
+    load_tasks(names, TaskSource(...))       one task per adapter: demo, GLUE or CSV/TSV/JSONL files
+    open_workbench(adapters, tasks)          base model + adapters + reader, inputs tokenized once
+    demo_workbench()                         the embedded offline demo
+    run_learning(bench, LearnParams(...))    learned coefficients (task / layer / block-wise, spectral)
+    run_static(bench, "ties", params)        a static merge of the registry (METHODS)
+    evaluate(bench, source)                  per-task scores of any coefficient source or merge
+    compute_lens(name, bench, store, run)    spectra, subspaces, divergence, representation, calibration
+    export_run(bench, load_run(...), out)    a PEFT adapter folder (or full weights) + merge card
 """
 
 __version__ = "0.1.0"
+
+from mergecore.adapters import AdapterSet, load_adapters
+from mergecore.analysis.catalog import LENSES, compute_lens
+from mergecore.analysis.lenses import LensParams
+from mergecore.data.sources import TaskSource, load_tasks
+from mergecore.demo.kit import demo_workbench
+from mergecore.errors import MergecoreError
+from mergecore.export.adapter import ExportParams, export_run, load_run
+from mergecore.forward.evaluate import evaluate
+from mergecore.forward.workbench import Workbench, open_workbench
+from mergecore.learn.learner import PRESETS, LearnParams, apply_preset
+from mergecore.merges import METHODS, get_method, parse_params
+from mergecore.runs.runner import run_learning, run_static
+from mergecore.runs.store import RunStore
+
+__all__ = ["AdapterSet", "ExportParams", "LENSES", "LearnParams", "LensParams", "METHODS", "MergecoreError", "PRESETS",
+           "RunStore", "TaskSource", "Workbench", "apply_preset", "compute_lens", "demo_workbench", "evaluate",
+           "export_run", "get_method", "load_adapters", "load_run", "load_tasks", "open_workbench", "parse_params",
+           "run_learning", "run_static"]

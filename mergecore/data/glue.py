@@ -13,7 +13,7 @@ the expected value (``evaluate.predictions``). Its calibration labels are bin in
 supervised objective), its evaluation labels the raw scores.
 
 Sources: ``"hf"`` (``datasets.load_dataset("glue", ...)``, online), a local folder in the
-standard ``<TASK>/<split>.tsv`` layout (see /work/shared/data/README.md for the files used), or
+standard ``<TASK>/<split>.tsv`` layout of the GLUE download (train.tsv, dev.tsv), or
 ``"auto"`` (the folder from ``$MERGECORE_GLUE`` when set, else the hub).
 """
 
