@@ -13,8 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from mergecore.adapters import load_adapters
-from mergecore.data.sources import TaskSource, load_tasks, record
-from mergecore.data.taskfiles import save_mapping
+from mergecore.data.sources import TaskSource, load_tasks, record, save_mapping
 from mergecore.errors import MergecoreError
 from mergecore.forward.workbench import open_workbench
 

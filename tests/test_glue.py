@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mergecore.errors import MergecoreError
-from mergecore.forward.evaluate import predictions, task_scores
 from mergecore.data.glue import GLUE_TASKS, GlueParams, load_glue, match_tasks, spec, stsb_bins
 from mergecore.data.taskfiles import Columns, file_task, load_split
+from mergecore.errors import MergecoreError
+from mergecore.forward.evaluate import predictions, task_scores
 
 SHARED = Path("/work/shared/data/glue")
 # rows per file as /work/shared/data/glue/VERIFY.txt reports them (train file, evaluation file)
@@ -174,7 +174,8 @@ def test_match_tasks_from_adapter_names():
 
 def test_generative_task_from_jsonl_and_specs(tmp_path):
     """A generative task from JSONL: prompts from the text column, references kept for ROUGE-1, none when null."""
-    from mergecore.data.taskfiles import generative_task, tasks_from_specs
+    from mergecore.data.sources import tasks_from_specs
+    from mergecore.data.taskfiles import generative_task
 
     tr, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     tr.write_text("\n".join(json.dumps({"doc": f"text {i}"}) for i in range(5)) + "\n")

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergecore.data.sources import TaskSource, load_tasks
 from mergecore.cli import main
+from mergecore.data.sources import TaskSource, load_tasks, tasks_from_specs
 from mergecore.errors import MergecoreError
-from mergecore.data.taskfiles import tasks_from_specs
 
 LABELS = ["negative", "positive"]
 # (text, label as written, class id it must parse to): names map through LABELS, numbers stay ids
@@ -309,8 +308,7 @@ def test_app_runs_record_their_task_source(tmp_path):
     (by content) in the workspace so `export/analyze --run` can reuse it."""
     import json as _json
 
-    from mergecore.data.sources import record
-    from mergecore.data.taskfiles import save_mapping
+    from mergecore.data.sources import record, save_mapping
     from pages.common import tasks_source
 
     specs = [{"train": "/data/a.csv", "eval": "/data/b.csv", "text": ["t"], "label": "y", "labels": ["n", "p"]}]

@@ -191,11 +191,3 @@ def match_tasks(adapter_names: list[str]) -> list[str]:
 def with_prompt(task: Task, prompt: str) -> Task:
     """The same task under another template (e.g. a decoder-only prompt ending in 'Answer:')."""
     return replace(task, prompt=prompt)
-
-
-def glue_source(names, folder: str | None, calibration: int, eval_size: int) -> dict:
-    """What a run records about GLUE tasks (CLI and app alike): a local folder (absolute), or the source
-    named ('auto': the datasets hub when online), with the task names and split sizes."""
-    local = bool(folder) and Path(folder).expanduser().is_dir()
-    return {"kind": "glue", "names": list(names), "dir": str(Path(folder).expanduser().resolve()) if local else None,
-            "source": None if local else (folder or "auto"), "calibration": calibration, "eval_size": eval_size}

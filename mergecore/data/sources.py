@@ -11,13 +11,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergecore.data.demo_tasks import tasks_for
 from mergecore.data.glue import GlueParams, load_glue, match_tasks
-from mergecore.data.taskfiles import tasks_from_specs
+from mergecore.data.metrics import METRICS
+from mergecore.data.taskfiles import Columns, file_task, generative_task
 from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
 
@@ -36,6 +38,94 @@ class TaskSource:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise MergecoreError(f"unknown task source {self.kind!r}; valid: {', '.join(KINDS)}")
+
+
+# ----------------------------------------------------------------------------- task mappings (JSON)
+
+
+SPEC_KEYS = {"train", "eval", "text"}
+LABEL_KEYS = SPEC_KEYS | {"label", "labels", "prompt", "verbalizers", "metric"}
+GENERATIVE_KEYS = SPEC_KEYS | {"reference", "prompt"}
+SPEC_HELP = "keys train, eval, text plus label and labels (label task) or reference (generative task)"
+
+
+def _is_names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _spec_keys(s, where: str) -> str:
+    """'label' or 'generative' for a spec object with the right keys, else one line naming the key."""
+    if not isinstance(s, dict):
+        raise MergecoreError(f"{where} is a {type(s).__name__}, not an object; give one object per adapter with {SPEC_HELP}")
+    kind = "generative" if "reference" in s else "label"
+    need = SPEC_KEYS | ({"reference"} if kind == "generative" else {"label", "labels"})
+    missing = sorted(need - set(s))
+    if missing:
+        raise MergecoreError(f"{where} lacks key(s) {', '.join(missing)}; give one object per adapter with {SPEC_HELP}")
+    allowed = GENERATIVE_KEYS if kind == "generative" else LABEL_KEYS
+    unknown = sorted(set(s) - allowed, key=str)
+    if unknown:
+        raise MergecoreError(f"{where}: unknown key {unknown[0]!r} for a {kind} task; valid keys: {', '.join(sorted(allowed))}")
+    return kind
+
+
+def _spec_values(s: dict, where: str) -> None:
+    """One line naming the key whose value has the wrong type (or an unknown metric)."""
+    def bad(key: str, want: str):
+        raise MergecoreError(f"{where}: {key!r} is {json.dumps(s[key])}; give {want}")
+
+    for key in ("train", "eval"):
+        if not isinstance(s[key], str) or not s[key].strip():
+            bad(key, "a file path (string), relative to the task mapping's folder or absolute")
+    if not (isinstance(s["text"], str) and s["text"]) and not (_is_names(s["text"]) and s["text"]):
+        bad("text", 'a column name ("review") or a list of one or two column names (["premise", "hypothesis"])')
+    if "label" in s and not isinstance(s["label"], str):
+        bad("label", 'the label column name (a string, e.g. "label")')
+    if "labels" in s and not (isinstance(s["labels"], list) and all(
+            isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in s["labels"])):
+        bad("labels", 'a list of class names in class-id order, e.g. ["negative", "positive"]')
+    if "reference" in s and s["reference"] is not None and not isinstance(s["reference"], str):
+        bad("reference", "the reference column name (a string) or null")
+    if "prompt" in s and not isinstance(s["prompt"], str):
+        bad("prompt", 'a template string such as "Review: {0}"')
+    if "verbalizers" in s and not (_is_names(s["verbalizers"]) and len(s["verbalizers"]) == len(s["labels"])):
+        bad("verbalizers", f"a list of {len(s['labels'])} strings, one per label")
+    if "metric" in s and s["metric"] not in METRICS:
+        bad("metric", f"one of {', '.join(METRICS)}")
+
+
+def _spec_path(value: str, base_dir: str | Path | None) -> Path:
+    p = Path(value).expanduser()
+    return Path(base_dir).expanduser() / p if base_dir is not None and not p.is_absolute() else p
+
+
+def tasks_from_specs(names: list[str], specs, base_dir: str | Path | None = None,
+                     source: str | Path | None = None) -> TaskSet:
+    """Tasks from one file spec per adapter (parsed JSON): {"train", "eval", "text", "label", "labels"} for a
+    label task, {"train", "eval", "text", "reference"} (reference may be null) for a generative task;
+    optional "prompt", "verbalizers", "metric" (label tasks). "text" is a column name or a list of them;
+    text labels map through "labels" (numbers stay class ids). Relative paths are read from ``base_dir``
+    (the mapping file's folder) when given, else from the current folder; ``source`` names the mapping in errors."""
+    src = str(source) if source is not None else "the task mapping"
+    if not isinstance(specs, list) or len(specs) != len(names):
+        got = f"{len(specs)} entries" if isinstance(specs, list) else f"a {type(specs).__name__}"
+        raise MergecoreError(f"{src} holds {got} for {len(names)} adapter(s) ({', '.join(names)}); give a JSON "
+                             f"list with one object per adapter, in adapter order, with {SPEC_HELP}")
+    tasks = []
+    for i, (name, s) in enumerate(zip(names, specs), 1):
+        where = f"{src} entry {i} (adapter {name!r})"
+        kind = _spec_keys(s, where)
+        _spec_values(s, where)
+        text = (s["text"],) if isinstance(s["text"], str) else tuple(s["text"])
+        train, ev = _spec_path(s["train"], base_dir), _spec_path(s["eval"], base_dir)
+        if kind == "generative":
+            tasks.append(generative_task(name, train, ev, text, s["reference"], prompt=s.get("prompt", "{0}")))
+            continue
+        labels = tuple(str(x) for x in s["labels"])
+        tasks.append(file_task(name, train, ev, Columns(text=text, label=s["label"]), labels,
+                               prompt=s.get("prompt", "{0}"), verbalizers=s.get("verbalizers"),
+                               metric=s.get("metric", "accuracy")))
+    return TaskSet(tuple(tasks))
 
 
 def read_mapping(path: str | Path) -> list:
@@ -84,3 +174,16 @@ def from_record(rec: dict) -> TaskSource:
     if rec.get("kind") == "files":
         return TaskSource("files", mapping=rec.get("path"))
     return TaskSource()
+
+
+def save_mapping(specs, folder: str | Path) -> Path:
+    """Write a task mapping (the parsed JSON list of specs) to ``folder/<content hash>.json`` once, so a run
+    made from it can record the file and ``--run`` can reuse it; returns the path."""
+    text = json.dumps(specs, indent=1, sort_keys=True)
+    path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return path
