@@ -1,7 +1,7 @@
 """Bad input: every case is refused with exit code 2 and one line naming the problem and the fix,
 the run store is left unchanged, and nothing in a malicious file runs.
 
-Adapter cases go through the real CLI entry point (``mergecore.cli.main``) in-process, which is
+Adapter cases go through the real CLI entry point (``mergecore.cli.main``, the function) in-process, which is
 what ``python -m mergecore`` calls; a few representative cases also run as a subprocess. Task-file
 cases are library-level (the CLI has no --task-file flag yet).
 """
