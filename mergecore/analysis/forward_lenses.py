@@ -24,18 +24,10 @@ from mergecore.analysis.lenses import LensParams, _matrix, cached, lens_key
 from mergecore.analysis.representation import representation_bias
 from mergecore.data.metrics import score
 from mergecore.errors import MergecoreError
-from mergecore.forward.coefs import FixedCoefs
 from mergecore.forward.evaluate import predictions
 from mergecore.forward.generative import generate_texts, rouge1
 from mergecore.forward.verbalizer import accepts
 from mergecore.merged import MergedSource, run_merge
-
-
-def expert_source(bench, j: int) -> FixedCoefs:
-    """Expert j alone on every row (one-hot coefficients on every module)."""
-    onehot = torch.zeros(bench.num_modules, bench.num_tasks)
-    onehot[:, j] = 1.0
-    return FixedCoefs(onehot)
 
 
 def run_source(bench, store, run_id: str):
@@ -73,7 +65,7 @@ def cross_expert_probs(bench, i: int, split: str = "evaluation", limit: int | No
         idx = torch.arange(start, min(start + max_rows, len(enc)))
         segments, inputs = bench.reader.batch([(i, enc, idx)], bench.device)
         for j in range(K):
-            bench.model.set_source(expert_source(bench, j))
+            bench.model.set_source(bench.expert(j))
             (logits,) = bench.reader.label_logits(bench.model, segments, inputs)
             outs[j].append(torch.softmax(logits.float(), -1).cpu())
     return [torch.cat(o) for o in outs]
@@ -93,7 +85,7 @@ def generative_cross(bench, i: int, split: str = "evaluation", limit: int | None
     refs = list(task.references[: len(prompts)]) if split == "evaluation" else []
     out = {"js": [], "kl": [], "score": []}
     for j in range(bench.num_tasks):
-        source = expert_source(bench, j)
+        source = bench.expert(j)
         for kind in ("js", "kl"):
             total = 0.0
             for start in range(0, len(cache), max(1, max_rows)):

@@ -78,7 +78,14 @@ class Workbench:
         return self.uniform(0.0)
 
     def routing(self) -> RowRouting:
+        """Each row to its own task's expert: every expert's predictions in one pass."""
         return RowRouting(self.model.slot, self.num_tasks)
+
+    def expert(self, j: int) -> FixedCoefs:
+        """Expert j alone on every row (one-hot coefficients on every module)."""
+        onehot = torch.zeros(self.num_modules, self.num_tasks)
+        onehot[:, j] = 1.0
+        return FixedCoefs(onehot)
 
     @property
     def generator(self):
