@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1] / "mergecore"
 
 # Bottom to top: a module imports modules of its own layer or of layers below it, never above.
 LAYERS = (
-    ("errors", "numbers", "version"),
+    ("errors", "numbers", "version", "files"),
     ("peft_config", "adapters", "bases", "safezip", "data"),
-    ("core_space", "merged", "merges", "divergences", "files"),
+    ("core_space", "merged", "merges", "divergences"),
     ("forward",),
     ("learn", "analysis.calibration", "analysis.divergence", "analysis.representation", "analysis.spectra",
      "analysis.stability", "analysis.subspaces", "analysis"),
