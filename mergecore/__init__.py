@@ -14,23 +14,24 @@ The public Python API is the handful of names below; the CLI (``mergecore.cli``)
     export_run(bench, load_run(...), out)    a PEFT adapter folder (or full weights) + merge card
 """
 
-__version__ = "0.1.0"
-
 from mergecore.adapters import AdapterSet, load_adapters
 from mergecore.analysis.catalog import LENSES, compute_lens
 from mergecore.analysis.lenses import LensParams
 from mergecore.data.sources import TaskSource, load_tasks
 from mergecore.demo.kit import demo_workbench
 from mergecore.errors import MergecoreError
-from mergecore.export.adapter import ExportParams, export_run, load_run
+from mergecore.export.params import ExportParams
+from mergecore.export.writer import export_run
 from mergecore.forward.evaluate import evaluate
 from mergecore.forward.workbench import Workbench, open_workbench
-from mergecore.learn.learner import PRESETS, LearnParams, apply_preset
+from mergecore.learn.params import PRESETS, LearnParams, apply_preset
 from mergecore.merges import METHODS, get_method, parse_params
+from mergecore.runs.folder import load_run
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
+from mergecore.version import __version__
 
-__all__ = ["AdapterSet", "ExportParams", "LENSES", "LearnParams", "LensParams", "METHODS", "MergecoreError", "PRESETS",
+__all__ = ["__version__", "AdapterSet", "ExportParams", "LENSES", "LearnParams", "LensParams", "METHODS", "MergecoreError", "PRESETS",
            "RunStore", "TaskSource", "Workbench", "apply_preset", "compute_lens", "demo_workbench", "evaluate",
            "export_run", "get_method", "load_adapters", "load_run", "load_tasks", "open_workbench", "parse_params",
            "run_learning", "run_static"]

@@ -13,20 +13,35 @@ then with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import load as load_st
 
 from mergecore.errors import MergecoreError
-from mergecore.peft_config import head_module, module_rank_alpha, refusal, scaling, stray_tensor
+from mergecore.peft_config import (
+    CONFIG_FILE,
+    head_module,
+    module_rank_alpha,
+    read_config,
+    scaling,
+    stray_tensor,
+    target_list,
+)
 
-CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+
+
 BIN_FILE = "adapter_model.bin"
+
+
 _PREFIX = "base_model.model."
+
+
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -130,15 +145,10 @@ class AdapterSet:
             ranks = sorted(set(a.ranks.values()))
             rows.append({
                 "adapter": a.name, "base_model": a.base_model, "ranks": ranks,
-                "modules": len(a.factors), "target_modules": _target_list(a.config.get("target_modules")),
+                "modules": len(a.factors), "target_modules": target_list(a.config.get("target_modules")),
                 "heads": a.head_modules, "sha256": a.sha256[:12], "source": a.source,
             })
         return rows
-
-
-def _target_list(targets) -> list[str]:
-    """PEFT's target_modules: a list of names, or one regex string."""
-    return [targets] if isinstance(targets, str) else sorted(map(str, targets or []))
 
 
 def _check_same_base(adapters: tuple[Adapter, ...]) -> None:
@@ -163,13 +173,10 @@ def _check_shapes(adapters: tuple[Adapter, ...]) -> None:
             seen.setdefault(m, (shape, a.name))
 
 
-# ----------------------------------------------------------------------------- loading
-
-
 def load_adapter(path: str | Path, name: str | None = None, allow_bin: bool = False) -> Adapter:
     """Load one PEFT LoRA adapter folder (or a hub id when online)."""
     folder = _resolve(path)
-    config = _read_config(folder)
+    config = read_config(folder)
     tensors, sha = _read_weights(folder, allow_bin)
     factors, extra = _split_tensors(tensors, config, folder)
     is_hub = not Path(path).expanduser().exists()
@@ -204,8 +211,6 @@ def _resolve(path: str | Path) -> Path:
 
 def _download(repo_id: str) -> Path:
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
     except Exception as exc:  # offline, unknown repo, auth
         raise MergecoreError(
@@ -214,33 +219,11 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def _read_config(folder: Path) -> dict:
-    f = folder / CONFIG_FILE
-    if not f.is_file():
-        raise MergecoreError(f"{f} is missing; a PEFT adapter folder needs {CONFIG_FILE}")
-    try:
-        config = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MergecoreError(f"{f} is not valid JSON ({exc}); re-save the adapter with PEFT") from None
-    if not isinstance(config, dict):
-        raise MergecoreError(f"{f} must hold a JSON object; re-save the adapter with PEFT")
-    ptype = str(config.get("peft_type", "")).upper()
-    if ptype != "LORA":
-        raise MergecoreError(f"{f}: peft_type is {ptype or 'missing'}; only LORA adapters can be merged, "
-                             "pass a LoRA adapter")
-    why = refusal(config)
-    if why:
-        raise MergecoreError(f"{f}: {why}")
-    return config
-
-
 def _read_weights(folder: Path, allow_bin: bool) -> tuple[dict[str, torch.Tensor], str]:
     st, binf = folder / WEIGHTS_FILE, folder / BIN_FILE
     if st.is_file():
         data = st.read_bytes()
         try:
-            from safetensors.torch import load as load_st
-
             tensors = load_st(data)
         except Exception as exc:
             raise MergecoreError(
@@ -254,8 +237,6 @@ def _read_weights(folder: Path, allow_bin: bool) -> tuple[dict[str, torch.Tensor
             )
         data = binf.read_bytes()
         try:
-            import io
-
             tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise MergecoreError(f"{binf} could not be read safely ({type(exc).__name__}); re-export it") from None

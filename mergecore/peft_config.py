@@ -16,9 +16,11 @@ x model family as exact or refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from functools import lru_cache
+from pathlib import Path
 
 from mergecore.errors import MergecoreError
 
@@ -145,3 +147,31 @@ def stray_tensor(key: str, config: dict) -> str:
                 "factors and heads only, retrain with bias='none'")
     return (f"{key} is neither a lora_A/lora_B factor nor under modules_to_save "
             f"{config.get('modules_to_save')}; re-save a plain LoRA adapter with PEFT")
+
+
+CONFIG_FILE = "adapter_config.json"
+
+
+def target_list(targets) -> list[str]:
+    """PEFT's target_modules: a list of names, or one regex string."""
+    return [targets] if isinstance(targets, str) else sorted(map(str, targets or []))
+
+
+def read_config(folder: Path) -> dict:
+    f = folder / CONFIG_FILE
+    if not f.is_file():
+        raise MergecoreError(f"{f} is missing; a PEFT adapter folder needs {CONFIG_FILE}")
+    try:
+        config = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MergecoreError(f"{f} is not valid JSON ({exc}); re-save the adapter with PEFT") from None
+    if not isinstance(config, dict):
+        raise MergecoreError(f"{f} must hold a JSON object; re-save the adapter with PEFT")
+    ptype = str(config.get("peft_type", "")).upper()
+    if ptype != "LORA":
+        raise MergecoreError(f"{f}: peft_type is {ptype or 'missing'}; only LORA adapters can be merged, "
+                             "pass a LoRA adapter")
+    why = refusal(config)
+    if why:
+        raise MergecoreError(f"{f}: {why}")
+    return config

@@ -9,8 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from mergecore.errors import MergecoreError
-from mergecore.export.adapter import MODES, ExportParams, export_run, load_run, safe_name, zip_folder
+from mergecore.export.params import MODES, ExportParams
+from mergecore.export.writer import export_run
+from mergecore.files import safe_name, zip_folder
 from mergecore.merged import is_dense
+from mergecore.runs.folder import load_run
 from mergecore.runs.store import merge_runs
 from pages.common import current_bench, current_registry
 

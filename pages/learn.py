@@ -7,7 +7,7 @@ from dataclasses import replace
 import streamlit as st
 
 from mergecore.errors import MergecoreError
-from mergecore.learn.learner import PRESETS, LearnParams, apply_preset
+from mergecore.learn.params import PRESETS, LearnParams, apply_preset
 from pages import charts
 from pages.common import current_bench, current_registry, dataclass_form
 

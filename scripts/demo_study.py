@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mergecore.analysis.stability import stability
 from mergecore.demo.kit import demo_workbench
 from mergecore.forward.evaluate import anp, average
-from mergecore.learn.learner import LearnParams
+from mergecore.learn.params import LearnParams
 from mergecore.merges import METHODS
 from mergecore.numbers import dumps, fmt, rank_key
 from mergecore.runs.runner import cached_baselines, run_learning, run_static

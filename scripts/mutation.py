@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ["mergecore/adapters.py", "mergecore/peft_config.py", "mergecore/forward/model.py", "mergecore/forward/coefs.py",
         "mergecore/divergences.py", "mergecore/learn/learner.py", "mergecore/merged.py", "mergecore/core_space.py",
-        "mergecore/forward/spectral.py", "mergecore/merges", "mergecore/export/adapter.py"]
+        "mergecore/forward/spectral.py", "mergecore/merges", "mergecore/export/writer.py"]
 TESTS = ["tests/test_objectives.py", "tests/test_learn_oracle.py", "tests/test_learn.py", "tests/test_model.py",
          "tests/test_gpt2.py", "tests/test_merges.py", "tests/test_export.py", "tests/conformance",
          "tests/reliability/test_bad_input.py"]

@@ -30,10 +30,10 @@ def workspace(tmp_path_factory):
         pytest.skip("demo adapters are not available")
     from mergecore.adapters import load_adapters
     from mergecore.demo.kit import tasks_for
-    from mergecore.learn.learner import LearnParams
+    from mergecore.forward.workbench import open_workbench
+    from mergecore.learn.params import LearnParams
     from mergecore.runs.runner import run_learning, run_static
     from mergecore.runs.store import RunStore
-    from mergecore.forward.workbench import open_workbench
 
     ws = tmp_path_factory.mktemp("ws")
     store = RunStore(ws)

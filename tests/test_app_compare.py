@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_learn import tiny_bench
 
-from mergecore.learn.learner import LearnParams
+from mergecore.learn.params import LearnParams
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
-
-from test_learn import tiny_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 

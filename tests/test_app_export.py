@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def workspace(tmp_path_factory):
     """A workspace holding one learned run over two demo adapters (few steps)."""
     from mergecore.demo.kit import demo_workbench
-    from mergecore.learn.learner import LearnParams
+    from mergecore.learn.params import LearnParams
     from mergecore.runs.runner import run_learning
     from mergecore.runs.store import RunStore
 
@@ -48,7 +48,7 @@ def app(workspace, monkeypatch):
 
 
 def test_export_page_writes_adapter_download_and_card(app, workspace, monkeypatch):
-    import mergecore.export.adapter as ex
+    import mergecore.export.writer as ex
 
     ws, run_id = workspace
     zipped = []

@@ -7,7 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from test_learn import tiny_bench
 
+from mergecore.learn.params import LearnParams
 from mergecore.runs.compare import (
     collapse,
     compare_runs,
@@ -22,12 +24,8 @@ from mergecore.runs.compare import (
     thin_index,
     trajectory,
 )
-from mergecore.learn.learner import LearnParams
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
-
-from test_learn import tiny_bench
-
 
 # ----------------------------------------------------------------------------- hand-made coefficient sets
 

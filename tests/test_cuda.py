@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_learn import tiny_bench
 
 from mergecore.forward.coefs import FixedCoefs, RowRouting
-from mergecore.learn.learner import Learner, LearnParams
-
-from test_learn import tiny_bench
+from mergecore.learn.learner import Learner
+from mergecore.learn.params import LearnParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 

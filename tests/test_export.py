@@ -10,17 +10,20 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from test_learn import tiny_bench
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
-from mergecore.export.adapter import ExportParams, export_run, full_model, inside, load_run, safe_name, zip_folder
-from mergecore.learn.learner import LearnParams
+from mergecore.export.full import full_model
+from mergecore.export.params import ExportParams
+from mergecore.export.writer import export_run
+from mergecore.files import inside, safe_name, zip_folder
+from mergecore.learn.params import LearnParams
 from mergecore.merged import MergedSource
+from mergecore.runs.folder import load_run
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
-
-from test_learn import tiny_bench
 
 RTOL = 1e-5
 
@@ -227,7 +230,7 @@ def test_existing_target_needs_overwrite_and_failures_leave_nothing(env, tmp_pat
     with pytest.raises(MergecoreError, match="already exists.*--force"):
         export_run(bench, run, out)
     assert [p.name for p in out.iterdir()] == ["junk.txt"]
-    import mergecore.export.adapter as ex
+    import mergecore.export.writer as ex
 
     def boom(*a, **k):
         raise OSError("disk full")

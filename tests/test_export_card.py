@@ -17,14 +17,24 @@ from safetensors.torch import load, save_file
 
 import mergecore
 from mergecore.adapters import Adapter, AdapterSet, LoraFactors
-from mergecore.errors import MergecoreError
-from mergecore.export.adapter import (ExportParams, RunSource, _swap, _write_heads, adapter_config, atomic_folder, base_folder,
-                              bench_family, class_prefix,
-                              card_readme, check_target, exact_factors, pick_head,
-                              compress, head_files, inside, load_run, loading_snippet, merge_card, probability_change,
-                              read_run_folder, retained_energy, run_coefficients, safe_name, zip_folder)
-from mergecore.merges.base import ModuleMerge
 from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.errors import MergecoreError
+from mergecore.export.card import card_readme, loading_snippet, merge_card, run_coefficients
+from mergecore.export.full import base_folder, bench_family
+from mergecore.export.params import ExportParams
+from mergecore.export.peft import (
+    adapter_config,
+    class_prefix,
+    compress,
+    exact_factors,
+    head_files,
+    pick_head,
+    retained_energy,
+)
+from mergecore.export.writer import _write_heads, probability_change
+from mergecore.files import _swap, atomic_folder, check_target, inside, safe_name, zip_folder
+from mergecore.merges.base import ModuleMerge
+from mergecore.runs.folder import RunSource, load_run, read_run_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODULES = ["enc.0.q", "enc.1.q"]

@@ -9,16 +9,17 @@ import shutil
 
 import pytest
 import torch
+from test_verbalizer import SENTS, TINY, make_adapters, tasks
 
 from mergecore.adapters import load_adapters
-from mergecore.export.adapter import ExportParams, RunSource, export_run
-from mergecore.merged import MergedSource
-from mergecore.merges.base import merge_adapters
+from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.export.params import ExportParams
+from mergecore.export.writer import export_run
 from mergecore.forward.model import Segments
 from mergecore.forward.workbench import bench_config
-from mergecore.data.tasks import Split, Task, TaskSet
-
-from test_verbalizer import TINY, SENTS, make_adapters, tasks
+from mergecore.merged import MergedSource
+from mergecore.merges.registry import merge_adapters
+from mergecore.runs.folder import RunSource
 
 pytestmark = [pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data"),
               pytest.mark.usefixtures("one_thread")]
@@ -138,9 +139,8 @@ def test_seq2seq_full_weights_are_a_seq2seq_lm(tmp_path):
 
 
 def test_classifier_full_weights_carry_the_chosen_head(tiny_setup, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
     from test_learn import tiny_bench
+    from transformers import AutoModelForSequenceClassification
 
     bench = tiny_bench(tiny_setup)
     run = RunSource("run-2", "ta", "static", bench_config(bench), {}, merge_adapters(bench.adapters, "task_arithmetic"))
@@ -251,11 +251,11 @@ def test_gpt2_full_weights_transpose_into_conv1d(tmp_path):
     """GPT-2 stores Conv1D weights as (in, out): the full-weights model equals PEFT's merge_and_unload."""
     from types import SimpleNamespace
 
+    from conftest import randomize_lora
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from conftest import randomize_lora
-    from mergecore.export.adapter import full_model
+    from mergecore.export.full import full_model
     from mergecore.merges.base import ModuleMerge
 
     torch.manual_seed(0)
@@ -286,7 +286,7 @@ def test_causal_checkpoint_as_a_classifier_exports_a_classifier():
     carrying the chosen head, not the causal LM the checkpoint's config names."""
     from types import SimpleNamespace
 
-    from mergecore.export.adapter import full_model
+    from mergecore.export.full import full_model
 
     hidden = json.loads((TINY / "llama" / "config.json").read_text())["hidden_size"]
     head = {"score.weight": torch.randn(2, hidden, generator=torch.Generator().manual_seed(0))}

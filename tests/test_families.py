@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from test_verbalizer import TINY, make_adapters, tasks
 
 from mergecore.adapters import load_adapters
-from mergecore.errors import MergecoreError
 from mergecore.bases import detect_family, family_of_adapters, load_base
+from mergecore.errors import MergecoreError
 from mergecore.forward.workbench import open_workbench
-
-from test_verbalizer import TINY, make_adapters, tasks
 
 pytestmark = [pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data"),
               pytest.mark.usefixtures("one_thread")]
@@ -80,9 +79,10 @@ GLUE_DIR = TINY.parent / "glue"
 
 @pytest.mark.skipif(not GLUE_DIR.is_dir(), reason="shared GLUE folder not present")
 def test_glue_tasks_learn_and_evaluate_on_seq2seq(tmp_path):
-    from mergecore.forward.evaluate import task_scores
     from mergecore.data.glue import GlueParams, load_glue
-    from mergecore.learn.learner import LearnParams, Learner
+    from mergecore.forward.evaluate import task_scores
+    from mergecore.learn.learner import Learner
+    from mergecore.learn.params import LearnParams
 
     ts = load_glue(["rte", "stsb"], source=GLUE_DIR, params=GlueParams(calibration=4, evaluation=6, stsb_step=0.5))
     bench = open_workbench(load_adapters(make_adapters("t5", tmp_path)), ts, device="cpu", base_path=str(TINY / "t5"))

@@ -6,14 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_verbalizer import SPECS, TINY, load, make_adapters
 
 from mergecore.adapters import load_adapters
-from mergecore.forward.coefs import FixedCoefs, task_coefs
-from mergecore.forward.generative import GenParams, Generator, bucket_divergence, buckets, rouge1, rouge1_f1
-from mergecore.forward.model import MergeModel, Segments
 from mergecore.divergences import js_div, kl_div
-
-from test_verbalizer import SPECS, TINY, load, make_adapters
+from mergecore.forward.coefs import FixedCoefs, task_coefs
+from mergecore.forward.generative import Generator, GenParams, bucket_divergence, buckets, rouge1, rouge1_f1
+from mergecore.forward.model import MergeModel, Segments
 
 pytestmark = [pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data"),
               pytest.mark.usefixtures("one_thread")]
@@ -134,7 +133,8 @@ def gen_bench(s, tasks):
 
 def test_learner_step_loss_is_the_generative_divergence(gen):
     """Step 1's per-task loss = Generator.divergence of the start coefficients on the rows the sampler drew."""
-    from mergecore.learn.learner import BatchSampler, LearnParams, Learner
+    from mergecore.learn.learner import BatchSampler, Learner
+    from mergecore.learn.params import LearnParams
 
     s = gen
     bench = gen_bench(s, gen_tasks())
@@ -172,7 +172,8 @@ def test_experts_score_full_rouge_on_their_own_outputs(gen):
 
 def test_generative_task_refuses_label_objectives(gen):
     from mergecore.errors import MergecoreError
-    from mergecore.learn.learner import LearnParams, Learner
+    from mergecore.learn.learner import Learner
+    from mergecore.learn.params import LearnParams
 
     bench = gen_bench(gen, gen_tasks())
     with pytest.raises(MergecoreError, match="generative; it learns with js or kl"):
@@ -181,11 +182,12 @@ def test_generative_task_refuses_label_objectives(gen):
 
 def test_label_and_generative_tasks_learn_together(gen):
     """A label task (verbalizers) and a generative task in one bench: one learner, one evaluation."""
-    from mergecore.forward.evaluate import evaluate
-    from mergecore.learn.learner import LearnParams, Learner
-    from mergecore.data.tasks import TaskSet
-
     from test_verbalizer import tasks as label_tasks
+
+    from mergecore.data.tasks import TaskSet
+    from mergecore.forward.evaluate import evaluate
+    from mergecore.learn.learner import Learner
+    from mergecore.learn.params import LearnParams
 
     tasks = TaskSet((label_tasks()[0], gen_tasks([[], ["the cat"] * len(PROMPTS)])[1]))
     bench = gen_bench(gen, tasks)

@@ -7,21 +7,21 @@ import threading
 
 import pytest
 import torch
+from conftest import texts
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from mergecore.adapters import load_adapters
-from mergecore.forward.coefs import block_index
-from mergecore.forward.readers import ClassifierReader
+from mergecore.data.tasks import Split, Task, TaskSet
 from mergecore.errors import MergecoreError
-from mergecore.learn.learner import GRANULARITIES, PRESETS, Learner, LearnParams, apply_preset
+from mergecore.forward.coefs import block_index
 from mergecore.forward.model import MergeModel
-from mergecore.divergences import OBJECTIVES
+from mergecore.forward.readers import ClassifierReader
+from mergecore.forward.workbench import Workbench
+from mergecore.learn.learner import Learner
+from mergecore.learn.objectives import OBJECTIVES
+from mergecore.learn.params import GRANULARITIES, PRESETS, LearnParams, apply_preset
 from mergecore.runs.runner import run_learning
 from mergecore.runs.store import RunStore
-from mergecore.data.tasks import Split, Task, TaskSet
-from mergecore.forward.workbench import Workbench
-
-from conftest import texts
 
 
 def tiny_bench(tiny_setup) -> Workbench:
@@ -184,8 +184,8 @@ def test_same_seed_same_coefficients(tiny_setup):
 def test_spectral_source_equals_dense_svd_recomputation(tiny_setup):
     """Gains of one reproduce the start merge; the singular values are those of the dense delta;
     a learned gain vector gives U diag(gain * sigma) V^T of the dense SVD."""
-    from mergecore.merged import MergedSource, coefs_to_merge
     from mergecore.forward.spectral import SpectralCoefs
+    from mergecore.merged import MergedSource, coefs_to_merge
 
     bench = tiny_bench(tiny_setup)
     g = torch.Generator().manual_seed(3)

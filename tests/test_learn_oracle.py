@@ -19,15 +19,15 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 from scipy.stats import entropy as sp_entropy
+from test_learn import tiny_bench
 
 from mergecore.forward.coefs import FixedCoefs, block_index
-from mergecore.learn.learner import GRANULARITIES, BatchSampler, Learner, LearnParams, make_source, references
-from mergecore.merged import MergedSource, coefs_to_merge
 from mergecore.forward.model import RoutedHead
-from mergecore.divergences import OBJECTIVES
 from mergecore.forward.spectral import SpectralCoefs
-
-from test_learn import tiny_bench
+from mergecore.learn.learner import BatchSampler, Learner, make_source, references
+from mergecore.learn.objectives import OBJECTIVES
+from mergecore.learn.params import GRANULARITIES, LearnParams
+from mergecore.merged import MergedSource, coefs_to_merge
 
 ROWS = 12  # calibration rows per task in tiny_bench
 BATCH = 4
@@ -292,8 +292,8 @@ def test_loss_falls_when_experts_disagree(bench, objective, granularity):
 def test_periodic_eval_reports_what_the_collapse_panel_shows(bench):
     """Score, mean confidence, agreement with the expert and confidently-wrong share, recomputed in numpy
     from the merged and expert probabilities on the first ``limit`` evaluation rows."""
-    from mergecore.learn.learner import periodic_eval
     from mergecore.data.metrics import score
+    from mergecore.learn.learner import periodic_eval
 
     limit = 7
     source = FixedCoefs(as_matrix(bench, start_coefs(bench, "layer")))

@@ -13,12 +13,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_learn_oracle import (
+    BATCH,
+    ROWS,
+    SEED,
+    learner_and_start,
+    oracle,
+    probs_on,
+    run_steps,
+    scaled_bench,
+    start_coefs,
+)
 
 from mergecore.forward.coefs import FixedCoefs, block_index
-from mergecore.learn.learner import BatchSampler, Learner, LearnParams
-
-from test_learn_oracle import (BATCH, ROWS, SEED, learner_and_start, oracle, probs_on, run_steps, scaled_bench,
-                               start_coefs)
+from mergecore.learn.learner import BatchSampler, Learner
+from mergecore.learn.params import LearnParams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

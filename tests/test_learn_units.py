@@ -17,11 +17,11 @@ import pytest
 import torch
 from scipy import stats
 
-from mergecore.errors import MergecoreError
-from mergecore.learn.learner import (GRANULARITIES, L2_TARGETS, PRESETS, Learner, LearnParams, apply_preset,
-                             periodic_eval, precision_context)
-from mergecore.divergences import OBJECTIVES
 from mergecore.data.tasks import Split, Task, TaskSet
+from mergecore.errors import MergecoreError
+from mergecore.learn.learner import Learner, periodic_eval, precision_context
+from mergecore.learn.objectives import OBJECTIVES
+from mergecore.learn.params import GRANULARITIES, L2_TARGETS, PRESETS, LearnParams, apply_preset
 
 LIMIT = 5
 
@@ -111,7 +111,7 @@ def test_every_parameter_has_help_and_checked_choices():
     assert fields["objective"].metadata["choices"] == tuple(OBJECTIVES)
     assert fields["granularity"].metadata["choices"] == GRANULARITIES
     assert fields["l2_target"].metadata["choices"] == L2_TARGETS
-    from mergecore.cli.main import build_parser
+    from mergecore.cli import build_parser
 
     learn = build_parser()._subparsers._group_actions[0].choices["learn"]
     helps = {a.dest: a.help for a in learn._actions}
@@ -192,8 +192,8 @@ def test_spectral_source_lives_on_the_bench_device(tiny_setup):
     """Singular vectors and gains go to the bench's device ('meta' here: a device other than the CPU the
     merge is computed on, available without an accelerator); the L2 anchor is gains of one there too."""
     from mergecore.adapters import load_adapters
-    from mergecore.merged import coefs_to_merge
     from mergecore.forward.generative import GenParams
+    from mergecore.merged import coefs_to_merge
 
     adapters = load_adapters(tiny_setup[1])
     K, L = len(adapters.names), len(adapters.modules)

@@ -9,20 +9,19 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from test_learn import tiny_bench
 
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis import lenses
-from mergecore.analysis.lenses import LensParams, aggregate
 from mergecore.analysis.catalog import lens_tables
+from mergecore.analysis.lenses import LensParams, aggregate
 from mergecore.cli.analyze import write_csv
-from mergecore.forward.coefs import FixedCoefs
 from mergecore.errors import MergecoreError
-from mergecore.learn.learner import LearnParams
+from mergecore.forward.coefs import FixedCoefs
+from mergecore.learn.params import LearnParams
 from mergecore.merged import run_merge
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
-
-from test_learn import tiny_bench
 
 PARAMS = LensParams(limit=8, samples=8, max_rows=7)  # max_rows < rows: several chunks per task
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import randomize_lora, texts, tiny_bert_base, tiny_tokenizer
+
 from mergecore.analysis.catalog import LENSES
-from mergecore.learn.learner import GRANULARITIES
+from mergecore.learn.objectives import OBJECTIVES
+from mergecore.learn.params import GRANULARITIES
 from mergecore.merges import METHODS
-from mergecore.divergences import OBJECTIVES
 
 TINY = Path("/work/shared/data/tiny-random")
 pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data")
@@ -40,8 +40,15 @@ BINS = ["0", "0.5", "1"]  # regression task: scores read as the expected value o
 
 def save_base(name: str, folder: Path) -> Path:
     """A tiny base model of the family with a tokenizer, in ``folder``."""
-    from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM,
-                              RobertaConfig, RobertaForSequenceClassification)
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     if name == "bert":
         return tiny_bert_base(folder)

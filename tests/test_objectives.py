@@ -7,7 +7,8 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as sp_entropy
 
-from mergecore.divergences import cross_entropy, entropy, js_div, kl_div, l2_pull, reverse_kl
+from mergecore.divergences import cross_entropy, entropy, js_div, kl_div, reverse_kl
+from mergecore.learn.objectives import l2_pull
 
 
 def _dists(n=20, c=5, seed=0):
@@ -72,7 +73,7 @@ def test_unknown_objective_names_the_valid_ones():
     import pytest
 
     from mergecore.errors import MergecoreError
-    from mergecore.divergences import get_objective
+    from mergecore.learn.objectives import get_objective
 
     with pytest.raises(MergecoreError) as info:
         get_objective("hinge")

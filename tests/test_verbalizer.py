@@ -12,14 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import randomize_lora
 
 from mergecore.adapters import load_adapters
+from mergecore.data.tasks import Split, Task, TaskSet
 from mergecore.forward.coefs import FixedCoefs, RowRouting
 from mergecore.forward.model import MergeModel, Segments
-from mergecore.data.tasks import Split, Task, TaskSet
 from mergecore.forward.verbalizer import CausalReader, Seq2SeqReader
-
-from conftest import randomize_lora
 
 TINY = Path("/work/shared/data/tiny-random")
 pytestmark = [pytest.mark.skipif(not TINY.is_dir(), reason="tiny-random checkpoints not found in /work/shared/data"),
@@ -160,8 +159,9 @@ def test_routed_experts_equal_single_adapter_peft(setup):
 
 
 def test_learning_runs_end_to_end(setup):
-    from mergecore.learn.learner import LearnParams, Learner
     from mergecore.forward.workbench import Workbench
+    from mergecore.learn.learner import Learner
+    from mergecore.learn.params import LearnParams
 
     s = setup
     bench = Workbench(load_adapters(s.dirs), s.tasks, s.mm, s.reader)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from mergecore.cli.common import add_source_args, emit_json, open_bench, open_store, run_sources
 from mergecore.errors import MergecoreError
-from mergecore.export.adapter import ExportParams, export_run, load_run
+from mergecore.export.params import ExportParams
+from mergecore.export.writer import export_run
+from mergecore.runs.folder import load_run
 
 
 def export_mode(args) -> tuple[str, int]:

@@ -17,7 +17,7 @@ from mergecore.cli.common import (
     progress,
     score_table,
 )
-from mergecore.learn.learner import PRESETS, LearnParams, apply_preset
+from mergecore.learn.params import PRESETS, LearnParams, apply_preset
 from mergecore.runs.folder import write_run_folder
 from mergecore.runs.runner import run_learning
 

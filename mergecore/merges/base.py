@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from mergecore.adapters import AdapterSet, LoraFactors
+from mergecore.adapters import LoraFactors
 from mergecore.errors import MergecoreError
 
 SPACES = ("lora-factors", "core", "dense")
+
+
 RANK_RTOL = 1e-10  # singular values below RANK_RTOL * max are numerically zero (float64 cores)
 
 
@@ -80,44 +79,6 @@ def lam_weights(num: int, params: Any) -> list[float]:
     return [float(params.lam)] * num
 
 
-# ----------------------------------------------------------------------------- driver
-
-
-def merge_adapters(adapters: AdapterSet, method: str | MergeMethod, params: Any = None,
-                   weights: list[float] | None = None,
-                   features: dict[str, dict[int, torch.Tensor]] | None = None) -> dict[str, ModuleMerge]:
-    """Run ``method`` on every module of ``adapters`` (model order).
-
-    params: an instance of ``method.params_cls`` (None = paper defaults).
-    weights: one coefficient per adapter; overrides the default from params (e.g. ``lam``).
-    features: module -> {adapter index -> (n, in) features of that task at that module}; required
-      by methods with ``needs_features`` (OSRM), ignored otherwise.
-    A ``seed`` param is mixed with each module's name, so random masks differ between modules
-    and do not depend on module order.
-    """
-    from mergecore.merges import get_method
-
-    m = get_method(method) if isinstance(method, str) else method
-    params = m.params_cls() if params is None else params
-    if not isinstance(params, m.params_cls):
-        raise MergecoreError(f"params for {m.name} must be {m.params_cls.__name__}, got {type(params).__name__}")
-    w = check_weights(weights if weights is not None else m.default_weights(len(adapters), params), len(adapters))
-    if m.needs_features and not features:
-        raise MergecoreError(f"{m.name} needs per-task input features at every module; pass features=")
-    out = {}
-    for module in adapters.modules:
-        p = _module_params(params, module)
-        kw = {"features": features.get(module)} if m.needs_features else {}  # None: the method refuses
-        out[module] = m.fn(adapters.factors(module), w, p, **kw)
-    return out
-
-
-def _module_params(params: Any, module: str) -> Any:
-    if not any(f.name == "seed" for f in dataclasses.fields(params)):
-        return params
-    return dataclasses.replace(params, seed=(params.seed * 1_000_003 + zlib.crc32(module.encode())) % 2**62)
-
-
 def check_weights(weights: list[float], num: int) -> list[float]:
     w = [float(x) for x in weights]
     if len(w) != num:
@@ -125,9 +86,6 @@ def check_weights(weights: list[float], num: int) -> list[float]:
     if not all(math.isfinite(x) for x in w):
         raise MergecoreError(f"weights must be finite numbers, got {w}")
     return w
-
-
-# ----------------------------------------------------------------------------- helpers for methods
 
 
 def present(factors: list[LoraFactors | None]) -> list[int]:
@@ -162,44 +120,3 @@ def check_density(name: str, density: float) -> None:
 def check_choice(name: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise MergecoreError(f"{name}: {key} must be one of {', '.join(choices)}, got {value!r}")
-
-
-# ----------------------------------------------------------------------------- CLI params
-
-
-def parse_params(method: str | MergeMethod, items: list[str] | None) -> Any:
-    """Build ``method.params_cls`` from CLI strings ``["key=value", ...]`` (typed conversion)."""
-    from mergecore.merges import get_method
-
-    m = get_method(method) if isinstance(method, str) else method
-    hints = typing.get_type_hints(m.params_cls)
-    valid = [f.name for f in dataclasses.fields(m.params_cls)]
-    keys = ", ".join(valid) or "(none)"
-    kwargs = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise MergecoreError(f"parameter {item!r} must be key=value; valid keys for {m.name}: {keys}")
-        if key not in valid:
-            raise MergecoreError(f"unknown parameter {key!r} for {m.name}; valid keys: {keys}")
-        kwargs[key] = _convert(m.name, key, raw.strip(), hints[key])
-    return m.params_cls(**kwargs)
-
-
-def _convert(method: str, key: str, raw: str, tp: Any) -> Any:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if raw.lower() in ("none", "null", ""):
-            return None
-        tp = next(a for a in args if a is not type(None))
-    try:
-        if tp is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        return tp(raw)
-    except (TypeError, ValueError):
-        raise MergecoreError(f"{method}: parameter {key} expects {tp.__name__}, got {raw!r}") from None

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load
 
+from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
+from mergecore.merged import Merge
 from mergecore.numbers import dumps
 from mergecore.runs.store import RunRecord
 
@@ -131,3 +134,66 @@ def run_store(ref: str, store) -> tuple:
         wrapped = RunFolderStore(folder, store)
         return wrapped, wrapped.record.id
     return store, store.get(str(ref)).id
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """A run to export: its record fields and its merged update."""
+
+    id: str
+    name: str
+    kind: str
+    config: dict
+    result: dict
+    merge: Merge
+
+
+def load_run(ref: str | Path, store, adapters: AdapterSet) -> RunSource:
+    """A run by store id, or a run folder written by ``write_run_folder`` (run.json + tensors)."""
+    folder = Path(str(ref)).expanduser()
+    if folder.is_dir():
+        return read_run_folder(folder, adapters)
+    if store is None:
+        raise MergecoreError(f"{ref} is neither a run folder nor a run id with a workspace; pass --workspace")
+    from mergecore.merged import run_merge
+
+    rec = store.get(str(ref))
+    check_run_adapters(rec.config, adapters, rec.id)
+    return RunSource(rec.id, rec.name, rec.kind, rec.config, rec.result, run_merge(store, rec.id, adapters))
+
+
+def read_run_folder(folder: Path, adapters: AdapterSet) -> RunSource:
+    """run.json + merged.safetensors (any run) or coefs.safetensors (learned coefficients)."""
+    from mergecore.merged import coefs_to_merge, tensors_to_merge
+
+    try:
+        meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        rid, config = str(meta["id"]), dict(meta["config"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise MergecoreError(f"{folder / 'run.json'} is missing or corrupt ({type(exc).__name__}); "
+                             "write the run folder again with `learn --out` / `merge --out`") from None
+    check_run_adapters(config, adapters, rid)
+    if (folder / "merged.safetensors").is_file():
+        merge = tensors_to_merge(read_tensors(folder / "merged.safetensors"))
+    elif (folder / "coefs.safetensors").is_file():
+        coefs = read_tensors(folder / "coefs.safetensors").get("coefs")
+        if coefs is None or tuple(coefs.shape) != (len(adapters.modules), len(adapters)):
+            raise MergecoreError(f"{folder / 'coefs.safetensors'} does not hold (modules x adapters) coefficients "
+                                 "for the loaded adapters; load the run's adapters")
+        merge = coefs_to_merge(adapters, coefs)
+    else:
+        raise MergecoreError(f"{folder} holds no merged.safetensors or coefs.safetensors; "
+                             "export this run from the workspace by its id instead")
+    return RunSource(rid, str(meta.get("name", rid)), str(meta.get("kind", "")), config,
+                     dict(meta.get("result") or {}), merge)
+
+
+def check_run_adapters(config: dict, adapters: AdapterSet, run_id: str) -> None:
+    """Refuse a run learned on other adapters (names and content hashes from its config)."""
+    want = [(a.get("name"), a.get("sha256")) for a in config.get("adapters") or []]
+    have = [(a.name, a.sha256) for a in adapters.adapters]
+    if want and want != have:
+        raise MergecoreError(
+            f"run {run_id} was made from adapters {[n for n, _ in want]} with other contents than the loaded "
+            f"{[n for n, _ in have]}; load the run's adapters (same folders) before exporting"
+        )

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from mergecore.learn.learner import LearnParams
+from mergecore.learn.params import LearnParams
 from mergecore.runs.runner import create_learning_run, resolve_start, run_learning
 from mergecore.runs.store import RunStore
 

@@ -18,7 +18,8 @@ from mergecore.forward.coefs import FixedCoefs
 from mergecore.forward.evaluate import anp, average, baselines, evaluate
 from mergecore.forward.features import collect_features
 from mergecore.forward.workbench import bench_config, bench_key
-from mergecore.learn.learner import Learner, LearnParams
+from mergecore.learn.learner import Learner
+from mergecore.learn.params import LearnParams
 from mergecore.merged import MergedSource, coefs_to_merge, merge_to_tensors, run_merge
 from mergecore.merges import METHODS, get_method, merge_adapters
 from mergecore.numbers import as_float, dumps

@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 
 from mergecore.analysis.stability import stability
-from mergecore.forward.evaluate import anp, average
 from mergecore.data.glue import GlueParams
-from mergecore.learn.learner import LearnParams
+from mergecore.demo.glue import glue_workbench
+from mergecore.forward.evaluate import average
+from mergecore.learn.params import LearnParams
 from mergecore.merges import METHODS
 from mergecore.numbers import as_float, dumps, fmt, rank_key
 from mergecore.runs.runner import cached_baselines, run_learning, run_static
 from mergecore.runs.store import RunStore
-from mergecore.demo.glue import glue_workbench
 from scripts.study.report import write_report
 
 SEEDED_STATIC = ("dare_linear", "dare_ties", "osrm")  # depend on the seed (masks) or on calibration inputs

@@ -18,18 +18,17 @@ import warnings
 
 import pytest
 import torch
-
-from conformance.cases import CASES, Case
-from conformance import families
-from conformance.families import FAMILIES, Family, inputs, load, save_base
-
 from conftest import randomize_lora
+
+from conformance import families
+from conformance.cases import CASES, Case
+from conformance.families import FAMILIES, Family, inputs, load, save_base
 from mergecore.adapters import load_adapters
-from mergecore.forward.coefs import RowRouting
 from mergecore.errors import MergecoreError
-from mergecore.export.adapter import exact_factors, write_adapter
-from mergecore.merges import merge_adapters
+from mergecore.export.peft import exact_factors, write_adapter
+from mergecore.forward.coefs import RowRouting
 from mergecore.forward.model import MergeModel, Segments
+from mergecore.merges import merge_adapters
 
 WEIGHTS = [0.7, -0.4]
 LABELS = [2, 3]  # classifier heads of different widths

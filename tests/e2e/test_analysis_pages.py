@@ -17,7 +17,7 @@ def runs_workspace(tmp_path_factory):
     if not all((d / "adapter_config.json").exists() for d in demo_adapter_dirs()):
         pytest.skip("demo adapters are not available")
     from mergecore.demo.kit import demo_workbench
-    from mergecore.learn.learner import LearnParams
+    from mergecore.learn.params import LearnParams
     from mergecore.runs.runner import run_learning, run_static
     from mergecore.runs.store import RunStore
 

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from mergecore.learn.learner import LearnParams
+from mergecore.learn.params import LearnParams
 from mergecore.runs.runner import run_learning
 from mergecore.runs.store import RunStore
 

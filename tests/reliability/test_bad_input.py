@@ -489,7 +489,8 @@ def test_glue_folder_missing_task_subfolder(tmp_path):
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/abs/path", "..", ".hidden", "a/b\\c", "", "x" * 500])
 def test_export_head_file_names_stay_inside_the_folder(name, tmp_path):
-    from mergecore.export.adapter import head_files, inside, safe_name
+    from mergecore.export.peft import head_files
+    from mergecore.files import inside, safe_name
 
     s = safe_name(name)
     assert s and "/" not in s and "\\" not in s and not s.startswith(".") and len(s) <= 100
@@ -498,7 +499,7 @@ def test_export_head_file_names_stay_inside_the_folder(name, tmp_path):
 
 
 def test_export_inside_refuses_escaping_paths(tmp_path):
-    from mergecore.export.adapter import inside
+    from mergecore.files import inside
 
     for rel in ("../x", "heads/../../x", "/etc/passwd"):
         with pytest.raises(MergecoreError, match="escapes the export folder"):
@@ -506,7 +507,7 @@ def test_export_inside_refuses_escaping_paths(tmp_path):
 
 
 def test_export_zip_entries_stay_under_the_folder_name(tmp_path):
-    from mergecore.export.adapter import zip_folder
+    from mergecore.files import zip_folder
 
     folder = tmp_path / "merged"
     (folder / "heads").mkdir(parents=True)

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from mergecore.runs.jobs import MAX_FINISHED, JobRegistry
-from mergecore.learn.learner import LearnParams
-from mergecore.runs.store import RunStore
-
 from test_learn import tiny_bench
+
+from mergecore.learn.params import LearnParams
+from mergecore.runs.jobs import MAX_FINISHED, JobRegistry
+from mergecore.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +25,7 @@ WORKER = textwrap.dedent('''
     from transformers import AutoTokenizer, BertForSequenceClassification
     from mergecore.adapters import load_adapters
     from mergecore.forward.readers import ClassifierReader
-    from mergecore.learn.learner import LearnParams
+    from mergecore.learn.params import LearnParams
     from mergecore.forward.model import MergeModel
     from mergecore.runs.runner import run_learning
     from mergecore.runs.store import RunStore

@@ -1,0 +1,42 @@
+"""What an export is asked for (ExportParams: the CLI flags and the app's form derive from it) and what it
+returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mergecore.errors import MergecoreError
+
+MODES = ("exact", "compressed", "full")
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """What to write; defaults give the exact adapter with the first task's head."""
+
+    mode: str = field(default="exact", metadata={"help": "exact (rank = sum of source ranks), compressed (rank r "
+                                                         "by truncated SVD) or full (merged model weights)",
+                                                 "choices": MODES})
+    rank: int = field(default=8, metadata={"help": "rank r of the compressed adapter (compressed mode only)"})
+    head: str = field(default="", metadata={"help": "task whose head the adapter carries (modules_to_save); "
+                                                    "empty = the first task"})
+    samples: int = field(default=128, metadata={"help": "calibration examples per task for the probability-change "
+                                                        "report (compressed mode)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing target folder"})
+
+    def validate(self) -> "ExportParams":
+        if self.mode not in MODES:
+            raise MergecoreError(f"unknown export mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        if self.mode == "compressed" and self.rank < 1:
+            raise MergecoreError(f"rank must be at least 1 for a compressed export (got {self.rank})")
+        if self.samples < 1:
+            raise MergecoreError(f"samples must be at least 1 (got {self.samples})")
+        return self
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    card: dict
+    files: list[str]
