@@ -23,7 +23,6 @@ from mergecore.analysis import (
     expected_calibration_error,
     lora_singular_values,
     mean_representation_bias,
-    merged_singular_values,
     module_spectra,
     osrm_interference,
     osrm_interference_matrix,
@@ -77,7 +76,7 @@ def test_module_spectra_tasks_and_merged_match_dense():
     spec2 = module_spectra(fs, merged_cores={"ta": core})
     torch.testing.assert_close(spec2["cores"]["ta"], spec2["merged"])
     B, A, _ = cs.to_lora(core)
-    m = merged_singular_values(B, A)
+    m = lora_singular_values(B, A)
     torch.testing.assert_close(m, torch.linalg.svdvals(fs[0].delta() + fs[2].delta())[: m.shape[0]])
 
 

@@ -15,14 +15,20 @@ from peft.utils import merge_utils as pm
 from mergecore.adapters import Adapter, AdapterSet, LoraFactors
 from mergecore.errors import MergecoreError
 from mergecore.merges import METHODS, get_method, merge_adapters, parse_params
-from mergecore.merges.base import ModuleMerge, check_weights, dense_deltas
-from mergecore.merges.core_methods import (IsoParams, KnotsParams, TsvParams, iso_core, numerical_rank, tsv_core,
-                                           weighted)
+from mergecore.merges.base import ModuleMerge, check_weights, dense_deltas, numerical_rank
+from mergecore.merges.core_methods import IsoParams, KnotsParams, TsvParams, iso_core, tsv_core, weighted
 from mergecore.merges.osrm import OsrmParams, covariance, rel_err
 from mergecore.merges.pico import PicoParams, pico_calibrate
 from mergecore.merges.task_arithmetic import NoParams
-from mergecore.merges.ties_dare import (DareParams, DareTiesParams, MagnitudeParams, TiesParams, dare_tensors,
-                                        majority_sign_mask, ties_tensors)
+from mergecore.merges.ties_dare import (
+    DareParams,
+    DareTiesParams,
+    MagnitudeParams,
+    TiesParams,
+    dare_tensors,
+    majority_sign_mask,
+    ties_tensors,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mergecore.merges.base import ModuleMerge
-from mergecore.forward.spectral import SpectralCoefs, thin_svd
+from mergecore.forward.spectral import SpectralCoefs
+from mergecore.merges.base import ModuleMerge, thin_svd
 
 
 def _factored(out, r, inp, seed=0, scale=1.0):

@@ -23,7 +23,6 @@ from mergecore.analysis.spectra import (
     effective_rank,
     energy_at_rank,
     lora_singular_values,
-    merged_singular_values,
     module_spectra,
 )
 from mergecore.analysis.stability import stability
@@ -43,7 +42,7 @@ __all__ = [
     "ReliabilityBins", "a_overlap_matrix", "agreement", "b_overlap_matrix", "confidence_summary",
     "confidently_wrong_share", "divergence_matrix", "effective_rank", "energy_at_rank",
     "expected_calibration_error", "lora_singular_values", "mean_divergence",
-    "mean_representation_bias", "merged_singular_values", "module_spectra", "orthonormal_basis",
+    "mean_representation_bias", "module_spectra", "orthonormal_basis",
     "osrm_interference", "osrm_interference_matrix", "principal_angles", "reliability_bins",
     "representation_bias", "shared_output_directions", "spearman_with_scores", "stability",
     "subspace_overlap", "task_vector_cosine",

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from mergecore.analysis.spectra import effective_rank, energy_at_rank, lora_singular_values, merged_singular_values
+from mergecore.analysis.spectra import effective_rank, energy_at_rank, lora_singular_values
 from mergecore.analysis.subspaces import (
     a_overlap_matrix,
     b_overlap_matrix,
@@ -37,7 +37,7 @@ from mergecore.forward.coefs import block_index
 from mergecore.forward.features import collect_features
 from mergecore.forward.workbench import bench_key
 from mergecore.merged import run_merge
-from mergecore.merges.base import ModuleMerge
+from mergecore.merges.base import ModuleMerge, numerical_rank, singular_values
 
 LENS_VERSION = 2  # bump when a lens's output changes: cached results of older code are not served
 
@@ -98,18 +98,10 @@ def block_labels(modules: list[str]) -> list[str]:
     return [labels[g] for g in group.tolist()]
 
 
-def merge_spectrum(m: ModuleMerge) -> torch.Tensor:
-    """Singular values of one merged update, float64 descending: thin QR of the factors when
-    factored; a dense SVD only for element-wise merges (TIES, DARE) that are dense by nature."""
-    if m.is_factored:
-        return merged_singular_values(m.B, m.A)
-    return torch.linalg.svdvals(m.dense.double())
-
-
 def _spectrum_row(module: str, block: str, model: str, kind: str, s: torch.Tensor, r: int) -> dict:
     return {"module": module, "block": block, "model": model, "kind": kind,
             "effective_rank": effective_rank(s), "energy_at_r": energy_at_rank(s, r), "r": r,
-            "top": float(s.max()) if s.numel() else 0.0, "rank": int((s > s.max() * 1e-10).sum()) if s.numel() else 0}
+            "top": float(s.max()) if s.numel() else 0.0, "rank": numerical_rank(s)}
 
 
 def spectra_of(adapters, merge: dict[str, ModuleMerge] | None = None, label: str = "run",
@@ -136,7 +128,7 @@ def spectra_of(adapters, merge: dict[str, ModuleMerge] | None = None, label: str
             if merge is None or module not in merge:  # the run's merged spectrum is sigma * |scale|
                 spectra[label] = torch.sort((sigma * scale).abs(), descending=True).values
         if merge is not None and module in merge:
-            spectra[label] = merge_spectrum(merge[module])
+            spectra[label] = singular_values(merge[module])
         if label in spectra:
             out["rows"].append(_spectrum_row(module, block, label, "run", spectra[label], r))
         out["spectra"][module] = {k: v.tolist() for k, v in spectra.items()}

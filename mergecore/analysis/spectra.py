@@ -13,21 +13,13 @@ import torch
 
 from mergecore.adapters import LoraFactors
 from mergecore.core_space import core_space
+from mergecore.merges.base import ModuleMerge, singular_values
 
 
 def lora_singular_values(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Singular values (min(out, in, r),) float64, descending, of ``scale * B @ A``.
-
-    B (out, r), A (r, in). Cost O((out + in) r^2), never a dense out x in matrix.
-    """
-    _, Rb = torch.linalg.qr(B.double())  # (min(out, r), r)
-    _, Ra = torch.linalg.qr(A.double().T)  # (min(in, r), r)
-    return torch.linalg.svdvals(Rb @ Ra.T) * abs(float(scale))
-
-
-def merged_singular_values(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """Singular values of a merged LoRA ``B @ A`` (scale already folded into B), float64."""
-    return lora_singular_values(B, A, 1.0)
+    """Singular values (min(out, in, r),) float64, descending, of ``scale * B @ A``; B (out, r), A (r, in).
+    Cost O((out + in) r^2), never a dense out x in matrix."""
+    return singular_values(ModuleMerge("lora-factors", B=B, A=A)) * abs(float(scale))
 
 
 def module_spectra(

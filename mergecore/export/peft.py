@@ -13,7 +13,7 @@ from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
 from mergecore.files import safe_name, save_tensors
 from mergecore.merged import Merge
-from mergecore.merges.base import ModuleMerge
+from mergecore.merges.base import ModuleMerge, thin_svd
 
 PREFIX = "base_model.model."
 
@@ -35,13 +35,7 @@ def truncate(m: ModuleMerge, rank: int) -> tuple[torch.Tensor, torch.Tensor, tor
 
     Factored: thin QR of B and A^T, SVD of the small core R_B R_A^T (float64). Dense: SVD of the delta.
     """
-    if m.is_factored:
-        Qb, Rb = torch.linalg.qr(m.B.double().cpu())
-        Qa, Ra = torch.linalg.qr(m.A.double().cpu().T)
-        P, S, Qh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)
-        left, right = Qb @ P, Qh @ Qa.T
-    else:
-        left, S, right = torch.linalg.svd(m.dense.double().cpu(), full_matrices=False)
+    left, S, right = (x.cpu() for x in thin_svd(m, drop_zero=False))
     r = min(rank, S.shape[0])
     return (left[:, :r] * S[:r]).float().contiguous(), right[:r].float().contiguous(), S
 

@@ -16,22 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mergecore.merges.base import ModuleMerge
-
-RANK_RTOL = 1e-7  # singular values below RANK_RTOL * max are dropped (numerically zero directions)
-
-
-def thin_svd(m: ModuleMerge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(U (out, r), sigma (r,), Vt (r, in)) of a merged delta, float64, zero directions dropped."""
-    if m.is_factored:
-        Qb, Rb = torch.linalg.qr(m.B.double())  # B = Qb Rb
-        Qa, Ra = torch.linalg.qr(m.A.double().T)  # A^T = Qa Ra
-        P, S, Qh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)  # small core
-        U, Vt = Qb @ P, Qh @ Qa.T
-    else:  # dense-only starting merges (TIES, DARE): the delta is dense anyway
-        U, S, Vt = torch.linalg.svd(m.dense.double(), full_matrices=False)
-    keep = S > RANK_RTOL * S.max().clamp_min(1e-300)
-    return U[:, keep], S[keep], Vt[keep]
+from mergecore.merges.base import ModuleMerge, thin_svd
 
 
 class SpectralCoefs(nn.Module):

@@ -58,6 +58,41 @@ class ModuleMerge:
         return self.B.double() @ self.A.double() if self.is_factored else self.dense.double()
 
 
+def numerical_rank(S: torch.Tensor) -> int:
+    """Number of singular values (descending) above RANK_RTOL * S[0]; 0 for an all-zero S."""
+    if S.numel() == 0:
+        return 0
+    return int((S > RANK_RTOL * S[0]).sum())  # all-zero S: nothing is above 0
+
+
+def _qr_core(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B @ A = Qb core Qa^T from thin QRs of B (out, r) and A^T (in, r): a small (r, r) core, float64."""
+    Qb, Rb = torch.linalg.qr(B.double())
+    Qa, Ra = torch.linalg.qr(A.double().T)
+    return Qb, Rb @ Ra.T, Qa
+
+
+def singular_values(m: ModuleMerge) -> torch.Tensor:
+    """Every singular value of the module's delta, float64 descending; a factored delta is never formed
+    densely (cost O((out + in) r^2)); a dense one (TIES, DARE) is SVD'd as it is."""
+    if not m.is_factored:
+        return torch.linalg.svdvals(m.dense.double())
+    return torch.linalg.svdvals(_qr_core(m.B, m.A)[1])
+
+
+def thin_svd(m: ModuleMerge, drop_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U (out, q), S (q,), Vt (q, in)) of the module's delta, float64, S descending; directions with
+    S <= RANK_RTOL * S[0] dropped unless ``drop_zero`` is False."""
+    if m.is_factored:
+        Qb, core, Qa = _qr_core(m.B, m.A)
+        P, S, Qh = torch.linalg.svd(core, full_matrices=False)
+        U, Vt = Qb @ P, Qh @ Qa.T
+    else:
+        U, S, Vt = torch.linalg.svd(m.dense.double(), full_matrices=False)
+    q = numerical_rank(S) if drop_zero else S.shape[0]
+    return U[:, :q], S[:q], Vt[:q]
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     """One registered merge method."""

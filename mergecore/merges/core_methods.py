@@ -28,17 +28,18 @@ import torch
 from mergecore.adapters import LoraFactors
 from mergecore.core_space import CoreSpace, core_space
 from mergecore.errors import MergecoreError
-from mergecore.merges.base import RANK_RTOL, MergeMethod, ModuleMerge, check_choice, check_density, lam_weights, present
+from mergecore.merges.base import (
+    MergeMethod,
+    ModuleMerge,
+    check_choice,
+    check_density,
+    lam_weights,
+    numerical_rank,
+    present,
+)
 from mergecore.merges.ties_dare import SIGN_METHODS, ties_tensors
 
 # ----------------------------------------------------------------------------- shared helpers
-
-
-def numerical_rank(S: torch.Tensor) -> int:
-    """Number of singular values (descending) above RANK_RTOL * S[0]; 0 for an all-zero S."""
-    if S.numel() == 0:
-        return 0
-    return int((S > RANK_RTOL * S[0]).sum())  # all-zero S: nothing is above 0
 
 
 def polar(X: torch.Tensor) -> torch.Tensor:

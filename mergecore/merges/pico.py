@@ -28,8 +28,16 @@ import torch
 from mergecore.adapters import LoraFactors
 from mergecore.core_space import core_space
 from mergecore.errors import MergecoreError
-from mergecore.merges.base import MergeMethod, ModuleMerge, check_choice, check_density, dense_deltas, present
-from mergecore.merges.core_methods import factored, iso_core, numerical_rank, ta_core, tsv_core, tsv_keep
+from mergecore.merges.base import (
+    MergeMethod,
+    ModuleMerge,
+    check_choice,
+    check_density,
+    dense_deltas,
+    numerical_rank,
+    present,
+)
+from mergecore.merges.core_methods import factored, iso_core, ta_core, tsv_core, tsv_keep
 from mergecore.merges.ties_dare import SIGN_METHODS, ties_tensors
 
 BASES = ("ta", "ties", "tsv_m", "iso_c")
