@@ -36,6 +36,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from mergecore.errors import MergecoreError
+from mergecore.files import atomic_folder
 
 FAMILIES = ("classifier", "seq2seq", "causal")
 PEFT_TASK_TYPES = {"SEQ_CLS": "classifier", "SEQ_2_SEQ_LM": "seq2seq", "CAUSAL_LM": "causal"}
@@ -134,10 +135,9 @@ def smollm_dir(cache: str | Path) -> Path:
         del config.quantization_config  # de-quantised already; a plain float32 model from here on
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # no GGUF quantizer attached
     model.load_state_dict(loaded.state_dict())
-    tmp = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    tmp.rename(folder)  # atomic: a half-written conversion is never mistaken for a cached one
+    with atomic_folder(folder, overwrite=True) as tmp:  # a half-written conversion is never taken for a cached one
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     return folder
 
 

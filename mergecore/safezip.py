@@ -11,11 +11,11 @@ from __future__ import annotations
 import io
 import shutil
 import stat
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from mergecore.errors import MergecoreError
+from mergecore.files import atomic_folder
 
 MAX_BYTES = 512 * 2**20
 MAX_FILES = 2000
@@ -46,19 +46,16 @@ def extract_zip(data: bytes, dest: str | Path, max_bytes: int = MAX_BYTES, max_f
     if sum(i.file_size for i in infos) > max_bytes:
         raise MergecoreError(f"the zip unpacks to more than {max_bytes // 2**20} MiB; upload smaller adapters")
     names = [_check(i) for i in infos]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=dest.parent))
     try:
-        for info, name in zip(infos, names):
-            target = tmp.joinpath(*name.parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-        tmp.rename(dest)
+        with atomic_folder(dest) as tmp:
+            for info, name in zip(infos, names):
+                target = tmp.joinpath(*name.parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
     except (OSError, zipfile.BadZipFile) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise MergecoreError(f"could not unpack the zip ({exc}); check the archive and free disk space") from None
     return sorted(p.parent for p in dest.rglob("adapter_config.json"))

@@ -22,6 +22,7 @@ from mergecore.data.metrics import METRICS
 from mergecore.data.taskfiles import Columns, file_task, generative_task
 from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
+from mergecore.files import write_text_atomic
 
 KINDS = ("demo", "glue", "files")
 
@@ -182,8 +183,5 @@ def save_mapping(specs, folder: str | Path) -> Path:
     text = json.dumps(specs, indent=1, sort_keys=True)
     path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, text)
     return path

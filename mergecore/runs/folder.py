@@ -9,7 +9,6 @@ safetensors file per artifact), so a run can travel without its workspace.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import load
 
 from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
+from mergecore.files import atomic_folder
 from mergecore.merged import Merge
 from mergecore.numbers import dumps
 from mergecore.runs.store import RunRecord
@@ -25,21 +25,15 @@ from mergecore.runs.store import RunRecord
 
 def write_run_folder(out: Path, store, run_id: str) -> None:
     """run.json (config + result), events.jsonl and coefs.safetensors, written atomically."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     rec = store.get(run_id)
-    (tmp / "run.json").write_text(dumps({"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.status,
-                                         "config": rec.config, "result": rec.result}, indent=2, default=float))
-    with open(tmp / "events.jsonl", "w") as f:
-        for e in store.events(run_id):
-            f.write(dumps(e) + "\n")
-    for artifact in store.artifacts(run_id):  # coefs, merged (static / spectral), spectral gains
-        (tmp / f"{artifact}.safetensors").write_bytes(store.get_blob(run_id, artifact))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_folder(Path(out), overwrite=True) as tmp:
+        (tmp / "run.json").write_text(dumps({"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.status,
+                                             "config": rec.config, "result": rec.result}, indent=2, default=float))
+        with open(tmp / "events.jsonl", "w") as f:
+            for e in store.events(run_id):
+                f.write(dumps(e) + "\n")
+        for artifact in store.artifacts(run_id):  # coefs, merged (static / spectral), spectral gains
+            (tmp / f"{artifact}.safetensors").write_bytes(store.get_blob(run_id, artifact))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
