@@ -234,6 +234,12 @@ def _missing(name: str, exc: Exception) -> MergecoreError:
                           "with --base-model PATH, or go online")
 
 
+def base_family(name: str, base_path: str | None = None, trust_remote_code: bool = False) -> str:
+    """The family of a base model from its config alone (config.json: no weights are read)."""
+    _quiet_transformers()
+    return detect_family(_config(resolve(name, base_path), name, trust_remote_code))
+
+
 def load_base(name: str, family: str | None = None, trust_remote_code: bool = False,
               base_path: str | None = None, num_labels: int = 2):
     """(model, tokenizer, family) for ``name``; ``family`` None means detect it from the config."""

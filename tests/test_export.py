@@ -308,6 +308,7 @@ def test_cli_export_force_and_exit_codes(env, tmp_path, monkeypatch, capsys):
 
     bench, store, runs, _ = env
     monkeypatch.setattr(cx, "open_bench", lambda args: bench)
+    monkeypatch.setattr(cx, "open_inputs", lambda args: bench)  # exact mode: a workbench serves as ExportInputs
 
     def run(*argv) -> int:
         with pytest.raises(SystemExit) as exc:
@@ -323,3 +324,30 @@ def test_cli_export_force_and_exit_codes(env, tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "o" / "merge_card.json").read_text())["export"]["head"] == "gamma"
     assert run("--force", "--rank", "2", "--full-weights") == 2
     assert run("--force", "--rank", "0") == 2
+
+
+def test_cli_exact_export_never_loads_the_base(env, tmp_path, monkeypatch):
+    """`export` in exact mode reads the adapters, the tasks and the run, never the base model, and writes the
+    same adapter as an export from the open workbench."""
+    import mergecore.bases
+    import mergecore.cli.common as cc
+    import mergecore.forward.workbench as wb
+    from mergecore.cli import main
+
+    bench, store, runs, _ = env
+
+    def no_base(*args, **kwargs):
+        raise AssertionError("the base model was loaded")
+
+    monkeypatch.setattr(wb, "load_base", no_base)
+    monkeypatch.setattr(mergecore.bases, "load_base", no_base)
+    monkeypatch.setattr(cc, "load_tasks", lambda names, source: bench.tasks)  # the tiny tasks are not demo tasks
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--run", runs["task"], "--workspace", str(store.workspace), "--out", str(tmp_path / "cli")])
+    assert exc.value.code == 0
+    export_run(bench, load_run(runs["task"], store, bench.adapters), tmp_path / "api")
+    cli, api = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("cli", "api"))
+    assert cli.keys() == api.keys() and all(torch.equal(cli[k], api[k]) for k in cli)
+    configs = [json.loads((tmp_path / d / "adapter_config.json").read_text()) for d in ("cli", "api")]
+    assert configs[0] == configs[1]
+

@@ -15,9 +15,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mergecore.adapters import load_adapters
+from mergecore.bases import base_family, family_of_adapters
 from mergecore.data.sources import TaskSource, load_tasks, record
 from mergecore.demo.kit import demo_adapter_dirs
 from mergecore.errors import MergecoreError
+from mergecore.export.params import ExportInputs
 from mergecore.forward.workbench import Workbench, open_workbench
 from mergecore.numbers import dumps
 from mergecore.runs import compare
@@ -80,6 +82,18 @@ def open_bench(args: argparse.Namespace) -> Workbench:
                            trust_remote_code=args.trust_remote_code, family=args.family, base_path=args.base_path)
     bench.task_source = record(source, bench.tasks.names)  # recorded in run configs: `--run` reuses it
     return bench
+
+
+def open_inputs(args: argparse.Namespace) -> ExportInputs:
+    """Adapters, tasks, family and base name from the flags, without loading the base model (the family from
+    --family, the adapters' PEFT task_type, else the base's config.json)."""
+    adapters = load_adapters(args.adapters or demo_adapter_dirs(), allow_bin=args.allow_bin, base_model=args.base_model)
+    name = args.base_model or adapters.base_model
+    if not name and not args.base_path:
+        raise MergecoreError("the adapters name no base model; pass --base-model PATH_OR_HUB_ID")
+    family = args.family or family_of_adapters(adapters) or base_family(name or args.base_path, args.base_path,
+                                                                      args.trust_remote_code)
+    return ExportInputs(adapters, load_tasks(adapters.names, task_source(args)), family, name or args.base_path)
 
 
 def open_store(args):

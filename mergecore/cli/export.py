@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergecore.cli.common import add_source_args, emit_json, open_bench, open_store, run_sources
+from mergecore.cli.common import add_source_args, emit_json, open_bench, open_inputs, open_store, run_sources
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportParams
 from mergecore.export.writer import export_run
+from mergecore.files import check_target
 from mergecore.runs.folder import load_run
 
 
@@ -30,9 +31,10 @@ def run(args) -> int:
     mode, rank = export_mode(args)
     params = ExportParams(mode=mode, rank=rank, head=args.head or "", samples=args.samples,
                           overwrite=args.force).validate()
+    check_target(args.out, params.overwrite)  # before anything is loaded
     store = open_store(args)
     run_sources(args.run, store, args)  # the run's adapters and tasks unless given
-    bench = open_bench(args)
+    bench = open_inputs(args) if mode == "exact" else open_bench(args)  # exact: no base model needed
     run = load_run(args.run, store, bench.adapters)
     res = export_run(bench, run, args.out, params)
     ex = res.card["export"]

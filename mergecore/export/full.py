@@ -11,8 +11,8 @@ from mergecore.merged import Merge
 
 
 def bench_family(bench) -> str:
-    """The bench's model family: 'classifier', 'seq2seq' or 'causal' (its reader's)."""
-    family = getattr(bench.reader, "family", None)
+    """The bench's model family: 'classifier', 'seq2seq' or 'causal' (``ExportInputs.family``, a workbench's reader's)."""
+    family = getattr(bench, "family", None) or getattr(getattr(bench, "reader", None), "family", None)
     return family if family in ("classifier", "seq2seq", "causal") else "classifier"
 
 

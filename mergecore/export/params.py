@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mergecore.adapters import AdapterSet
+from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
 
 MODES = ("exact", "compressed", "full")
@@ -40,3 +42,15 @@ class ExportResult:
     path: Path
     card: dict
     files: list[str]
+
+
+@dataclass(frozen=True)
+class ExportInputs:
+    """What an export reads besides the run: the adapters (their factors and saved heads), the tasks (names and
+    labels), the model family and the base model's name. No base model: enough for the exact adapter. A
+    ``Workbench`` has the same fields and also serves the modes that need the model (compressed, full)."""
+
+    adapters: AdapterSet
+    tasks: TaskSet
+    family: str  # "classifier" | "seq2seq" | "causal"
+    base_name: str

@@ -59,6 +59,11 @@ class Workbench:
         return len(self.model.layers)
 
     @property
+    def family(self) -> str:
+        """The model family: 'classifier', 'seq2seq' or 'causal' (the reader's)."""
+        return self.reader.family
+
+    @property
     def device(self) -> torch.device:
         return self.model.device
 
