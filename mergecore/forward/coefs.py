@@ -121,7 +121,7 @@ class RowRouting:
 
 
 def coefficient_transform(clamp: bool, softmax: bool):
-    """The optional switches of issue 'Every objective': clamp to [0, 1], softmax over tasks."""
+    """Optional coefficient transforms: clamp to [0, 1], or softmax over tasks."""
     if clamp and softmax:
         raise MergecoreError("choose at most one of clamp and softmax for the coefficients")
     if clamp:

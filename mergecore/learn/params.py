@@ -74,7 +74,7 @@ class LearnParams:
         return 1.0 / num_tasks if self.init < 0 else self.init
 
 
-# Paper presets: hyperparameters as each paper reports them (see ../shared/papers); tests/test_learn_oracle.py
+# Paper presets: hyperparameters as each paper reports them (the section of each paper is cited per entry); tests/test_learn_oracle.py
 # checks every field against the values quoted there.
 LORADV_EPOCHS = 10  # LoRA-DV Sec. 5.1 / App. A.1.4: 3 rethinking iterations, each of 10 epochs over 32 samples
 
