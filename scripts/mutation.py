@@ -27,10 +27,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ["mergecore/adapters.py", "mergecore/peft_config.py", "mergecore/forward/model.py", "mergecore/forward/coefs.py",
-        "mergecore/divergences.py", "mergecore/learn/learner.py", "mergecore/merged.py", "mergecore/core_space.py",
-        "mergecore/forward/spectral.py", "mergecore/merges", "mergecore/export/writer.py"]
-TESTS = ["tests/test_objectives.py", "tests/test_learn_oracle.py", "tests/test_learn.py", "tests/test_model.py",
-         "tests/test_gpt2.py", "tests/test_merges.py", "tests/test_export.py", "tests/conformance",
+        "mergecore/forward/spectral.py", "mergecore/divergences.py", "mergecore/learn", "mergecore/merged.py",
+        "mergecore/core_space.py", "mergecore/merges", "mergecore/export", "mergecore/files.py", "mergecore/runs/folder.py"]
+TESTS = ["tests/test_objectives.py", "tests/test_learn_oracle.py", "tests/test_learn.py", "tests/test_learn_units.py",
+         "tests/test_learn_run.py", "tests/test_model.py", "tests/test_gpt2.py", "tests/test_adapters.py",
+         "tests/test_peft_config.py", "tests/test_coefs.py", "tests/test_core_space.py", "tests/test_spectral.py",
+         "tests/test_merged.py", "tests/test_merges.py", "tests/test_merges_edges.py", "tests/test_export.py",
+         "tests/test_export_card.py", "tests/test_export_families.py", "tests/conformance",
          "tests/reliability/test_bad_input.py"]
 
 

@@ -225,7 +225,7 @@ class Learner:
             parts = [(k, e, ctx["sampler"].take(k, min(p.batch_size, len(e)))) for k, e in enumerate(ctx["encoded"])]
             loss, per_task = self._step_loss(parts, ctx["refs"])
             if not torch.isfinite(loss):
-                return "failed", f"loss became {float(loss)} at step {step}; kept the coefficients of step {step - 1}", step - 1
+                return "failed", f"loss became {float(loss.detach())} at step {step}; kept the coefficients of step {step - 1}", step - 1
             lr = opt.param_groups[0]["lr"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
