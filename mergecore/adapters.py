@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import huggingface_hub
 import torch
-from huggingface_hub import snapshot_download
 from safetensors.torch import load as load_st
 
 from mergecore.errors import MergecoreError
@@ -211,7 +211,7 @@ def _resolve(path: str | Path) -> Path:
 
 def _download(repo_id: str) -> Path:
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
     except Exception as exc:  # offline, unknown repo, auth
         raise MergecoreError(
             f"could not fetch adapter {repo_id!r} from the hub ({type(exc).__name__}); "

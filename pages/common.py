@@ -105,7 +105,7 @@ def analysis_inputs(title: str, need_runs: bool = True):
     if bench is None:
         st.stop()
     store = current_registry().store
-    runs = {r.id: r.label for r in merge_runs(store.list())}
+    runs = {r.id: r.label for r in merge_runs(store)}
     if need_runs and not runs:
         st.info("No finished run yet: learn or merge on the Learn page (or `python -m mergecore learn`), then come back.")
         st.stop()

@@ -25,7 +25,7 @@ bench = current_bench()
 if bench is None:
     st.stop()
 store = current_registry().store
-runs = merge_runs(store.list())
+runs = merge_runs(store)
 if not runs:
     st.info("No finished runs in this workspace yet: learn coefficients on the Learn page or store a static merge.")
     st.stop()

@@ -54,11 +54,12 @@ class RunRecord:
         return f"{self.name}:{self.id[-6:]}"
 
 
-def merge_runs(records: list[RunRecord]) -> list[RunRecord]:
-    """The runs that carry a scored merged update (learned coefficients or a static merge), finished or stopped
-    by the user after learning began: what the analysis, export and compare views offer."""
-    return [r for r in records if r.kind in ("learned", "static") and r.status in ("done", "cancelled")
-            and r.result.get("scores")]
+def merge_runs(store) -> list[RunRecord]:
+    """The runs that carry a merged update (learned coefficients or a static merge, stored as an artifact),
+    finished or stopped by the user: what the analysis and export views offer. A run stopped before its first
+    step has no update."""
+    return [r for r in store.list() if r.kind in ("learned", "static") and r.status in ("done", "cancelled")
+            and store.artifacts(r.id)]
 
 
 def default_workspace() -> Path:
