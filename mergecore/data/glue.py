@@ -146,7 +146,7 @@ def local_splits(s: GlueSpec, folder: Path) -> tuple[Split, Split]:
 
 def hub_splits(s: GlueSpec) -> tuple[Split, Split]:
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # optional and heavy (~2 s): only for GLUE from the hub
 
         ds = load_dataset("nyu-mll/glue", s.hf_config)
     except Exception as exc:  # offline, no cache

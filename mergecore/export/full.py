@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from mergecore.bases import load_base
 from mergecore.errors import MergecoreError
 from mergecore.merged import Merge
 
@@ -26,8 +27,6 @@ def base_folder(bench) -> str | None:
 def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor]):
     """A fresh base model of the bench's family (the base's own class: classifier with ``head_task``'s
     head, seq2seq LM or causal LM with its lm_head) with the merged delta added to its weights."""
-    from mergecore.bases import load_base
-
     family = bench_family(bench)
     task = bench.tasks.by_name(head_task)
     model, tokenizer, _ = load_base(base_name(bench), family, base_path=base_folder(bench),

@@ -45,7 +45,7 @@ from mergecore.export.peft import (
     write_adapter,
 )
 from mergecore.files import atomic_folder, check_target, inside, save_tensors, sha256_file
-from mergecore.merged import Merge
+from mergecore.merged import Merge, MergedSource
 from mergecore.numbers import dumps
 from mergecore.runs.folder import RunSource, check_run_adapters
 
@@ -54,8 +54,6 @@ def probability_change(bench, full: Merge, approx: Merge, samples: int) -> dict:
     """Largest |p_full - p_approx| over the calibration inputs, per label task and overall.
 
     Generative tasks have no label probabilities: they are left out and named in ``left_out``."""
-    from mergecore.merged import MergedSource
-
     left_out = [t.name for t in bench.tasks if t.generative]
     if len(left_out) == bench.num_tasks:
         return {"per_task": {}, "max": None, "samples": samples, "left_out": left_out}

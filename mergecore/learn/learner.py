@@ -17,6 +17,7 @@ sink callback; ``stop`` (a threading.Event) is checked between steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, replace
@@ -26,8 +27,11 @@ import torch
 
 from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import MatrixCoefs, block_coefs, coefficient_transform, layer_coefs, task_coefs
+from mergecore.forward.evaluate import task_scores
+from mergecore.forward.spectral import SpectralCoefs
 from mergecore.learn.objectives import get_objective, l2_pull
 from mergecore.learn.params import GENERATIVE_OBJECTIVES, GRANULARITIES, LearnParams
+from mergecore.merged import coefs_to_merge
 
 
 def l2_anchor(gamma: torch.Tensor, target: str, num_tasks: int) -> torch.Tensor:
@@ -92,16 +96,14 @@ def references(bench, params: LearnParams) -> list:
             if t.calibration.labels is None:
                 raise MergecoreError(f"the ce objective needs labels; task {t.name} has an unlabeled calibration split")
             refs[k] = t.class_ids(t.calibration.labels[: params.labeled]).to(bench.device)  # regression: nearest bin
-    gen = replace(bench.gen_params, divergence=params.objective)
-    for k in generative:  # DivMerge App. B.1: expert k decodes its own task's prompts once
+    for k in generative:  # DivMerge App. B.1: expert k decodes its own task's prompts once (decoding settings only)
         prompts = [bench.tasks[k].render(f) for f in bench.tasks[k].calibration.inputs[: params.samples]]
-        refs[k] = bench.generator.expert_outputs(k, prompts, gen)
+        refs[k] = bench.generator.expert_outputs(k, prompts, bench.gen_params)
     return refs
 
 
 def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -> dict:
     """Metric, mean confidence, agreement with the expert and confidently-wrong share per task."""
-    from mergecore.forward.evaluate import task_scores
 
     probs = bench.predict(source, "evaluation", limit=limit)
     ks = bench.label_tasks  # generative tasks have no label confidence; they are scored at the end (ROUGE-1)
@@ -120,8 +122,6 @@ def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -
 
 def precision_context(precision: str, device: torch.device):
     """bf16 autocast on CUDA when asked; TF32 matmuls on CUDA unless fp32 is asked; no-op on CPU."""
-    import contextlib
-
     if device.type != "cuda":
         return contextlib.nullcontext()
     torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
@@ -145,8 +145,6 @@ class Learner:
         self.gen_params = replace(bench.gen_params, divergence=params.objective)  # generative tasks' token divergence
         K = bench.num_tasks
         if params.granularity == "spectral":
-            from mergecore.merged import coefs_to_merge
-
             self.merge = start_merge or coefs_to_merge(bench.adapters, torch.full((bench.num_modules, K), 1.0 / K))
             self._new_source(self.merge)
         else:
@@ -156,8 +154,6 @@ class Learner:
             self.gamma0 = l2_anchor(self.source.gamma, params.l2_target, K)
 
     def _new_source(self, merge: dict) -> None:
-        from mergecore.forward.spectral import SpectralCoefs
-
         self.source = SpectralCoefs(merge, self.bench.adapters.modules, self.bench.device)
         self.gamma0 = torch.ones_like(self.source.gamma).detach()  # the L2 pull is toward Lambda = 1 (the start merge)
 

@@ -18,7 +18,7 @@ from safetensors.torch import load
 from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
 from mergecore.files import atomic_folder
-from mergecore.merged import Merge
+from mergecore.merged import Merge, coefs_to_merge, run_merge, tensors_to_merge
 from mergecore.numbers import dumps
 from mergecore.runs.store import RunRecord
 
@@ -149,8 +149,6 @@ def load_run(ref: str | Path, store, adapters: AdapterSet) -> RunSource:
         return read_run_folder(folder, adapters)
     if store is None:
         raise MergecoreError(f"{ref} is neither a run folder nor a run id with a workspace; pass --workspace")
-    from mergecore.merged import run_merge
-
     rec = store.get(str(ref))
     check_run_adapters(rec.config, adapters, rec.id)
     return RunSource(rec.id, rec.name, rec.kind, rec.config, rec.result, run_merge(store, rec.id, adapters))
@@ -158,8 +156,6 @@ def load_run(ref: str | Path, store, adapters: AdapterSet) -> RunSource:
 
 def read_run_folder(folder: Path, adapters: AdapterSet) -> RunSource:
     """run.json + merged.safetensors (any run) or coefs.safetensors (learned coefficients)."""
-    from mergecore.merged import coefs_to_merge, tensors_to_merge
-
     try:
         meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
         rid, config = str(meta["id"]), dict(meta["config"])
