@@ -27,10 +27,11 @@ from mergecore.errors import MergecoreError
 from mergecore.forward.evaluate import predictions
 from mergecore.forward.generative import generate_texts, rouge1
 from mergecore.forward.verbalizer import accepts
+from mergecore.forward.workbench import Workbench
 from mergecore.merged import MergedSource, run_merge
 
 
-def run_source(bench, store, run_id: str):
+def run_source(bench: Workbench, store, run_id: str):
     """A coefficient source running run ``run_id``'s merged update."""
     return MergedSource(run_merge(store, run_id, bench.adapters), bench.device)
 
@@ -39,7 +40,7 @@ def generative_note(task) -> dict:
     return {"task": task.name, "reason": "generative task: no label distribution to read (left out)"}
 
 
-def label_tasks_or_refuse(bench, lens: str) -> list[int]:
+def label_tasks_or_refuse(bench: Workbench, lens: str) -> list[int]:
     """The label tasks of the bench; a one-line refusal when every task is generative."""
     if not bench.label_tasks:
         raise MergecoreError(f"--what {lens} reads label distributions but every task is generative; "
@@ -51,7 +52,7 @@ def label_tasks_or_refuse(bench, lens: str) -> list[int]:
 
 
 @torch.no_grad()
-def cross_expert_probs(bench, i: int, split: str = "evaluation", limit: int | None = None,
+def cross_expert_probs(bench: Workbench, i: int, split: str = "evaluation", limit: int | None = None,
                        max_rows: int = 256) -> list[torch.Tensor]:
     """Every expert j's label probabilities (n_i, C_i) on label task i's inputs, with task i's head
     (classifier) or task i's verbalizers (seq2seq / causal: one distribution per example over the
@@ -72,7 +73,7 @@ def cross_expert_probs(bench, i: int, split: str = "evaluation", limit: int | No
 
 
 @torch.no_grad()
-def generative_cross(bench, i: int, split: str = "evaluation", limit: int | None = None,
+def generative_cross(bench: Workbench, i: int, split: str = "evaluation", limit: int | None = None,
                      max_rows: int = 256) -> dict:
     """Generative task i (DivMerge App. B.1): expert i decodes greedily on task i's inputs; every
     expert j is teacher-forced on that output. D[kind][j] = mean over inputs of the per-token
@@ -101,7 +102,7 @@ def generative_cross(bench, i: int, split: str = "evaluation", limit: int | None
     return out
 
 
-def divergence_of(bench, split: str = "evaluation", limit: int | None = None, max_rows: int = 256) -> dict:
+def divergence_of(bench: Workbench, split: str = "evaluation", limit: int | None = None, max_rows: int = 256) -> dict:
     """D_{X_i}(theta_i || theta_j) for JS and KL (DivMerge Fig. 5), the cross-task score matrix
     S[i, j] (metric of expert j on task i) and their Spearman correlations (DivMerge Table 2:
     divergence vs score drop S[i, i] - S[i, j]).
@@ -134,7 +135,7 @@ def divergence_of(bench, split: str = "evaluation", limit: int | None = None, ma
     return out
 
 
-def divergence_lens(bench, store=None, params: LensParams = LensParams()) -> dict:
+def divergence_lens(bench: Workbench, store=None, params: LensParams = LensParams()) -> dict:
     """Divergence lens of the workbench's experts (no run needed), on the evaluation split."""
     return cached(store, lens_key(bench, "divergence", None, params),
                   lambda: divergence_of(bench, "evaluation", params.limit, params.max_rows))
@@ -144,7 +145,7 @@ def divergence_lens(bench, store=None, params: LensParams = LensParams()) -> dic
 
 
 @torch.no_grad()
-def state_groups(bench, source, segments, inputs) -> list[tuple[str, tuple[torch.Tensor, ...], torch.Tensor]]:
+def state_groups(bench: Workbench, source, segments, inputs) -> list[tuple[str, tuple[torch.Tensor, ...], torch.Tensor]]:
     """Hidden states under ``source`` as [(group, states (embeddings + every layer, each (N, T, d)),
     mask (N, T))]: one group ("") for encoders and decoder-only LMs; "encoder" and "decoder" for
     seq2seq models (their outputs carry encoder_hidden_states / decoder_hidden_states)."""
@@ -163,13 +164,13 @@ def state_groups(bench, source, segments, inputs) -> list[tuple[str, tuple[torch
     return [("", out.hidden_states, inputs["attention_mask"])]
 
 
-def hidden_states(bench, source, segments, inputs) -> tuple[torch.Tensor, ...]:
+def hidden_states(bench: Workbench, source, segments, inputs) -> tuple[torch.Tensor, ...]:
     """Hidden states (embeddings + every layer) under ``source``, each (N, T, d); seq2seq: the
     encoder's then the decoder's."""
     return tuple(h for _, states, _ in state_groups(bench, source, segments, inputs) for h in states)
 
 
-def representation_of(bench, source, split: str = "evaluation", limit: int | None = None,
+def representation_of(bench: Workbench, source, split: str = "evaluation", limit: int | None = None,
                       max_rows: int = 256) -> dict:
     """Representation bias of ``source`` vs each label task's expert on the task's own inputs:
     mean over real tokens of the per-token mean |h_merged - h_expert|, per layer (LoRA-DV Fig. 2b).
@@ -198,7 +199,7 @@ def representation_of(bench, source, split: str = "evaluation", limit: int | Non
     return out
 
 
-def representation_lens(bench, store, run_id: str, params: LensParams = LensParams()) -> dict:
+def representation_lens(bench: Workbench, store, run_id: str, params: LensParams = LensParams()) -> dict:
     return cached(store, lens_key(bench, "representation", run_id, params),
                   lambda: representation_of(bench, run_source(bench, store, run_id), "evaluation",
                                             params.limit, params.max_rows))
@@ -211,7 +212,7 @@ def _text(fields: tuple[str, ...]) -> str:
     return " | ".join(fields)
 
 
-def calibration_of(bench, source, limit: int | None = None, n_bins: int = 10, threshold: float = 0.9) -> dict:
+def calibration_of(bench: Workbench, source, limit: int | None = None, n_bins: int = 10, threshold: float = 0.9) -> dict:
     """Confidence diagnostics of ``source`` against the experts on the evaluation split: per-task
     summary (ECE, confidently-wrong share, agreement with the expert, ...), reliability bins per
     task and pooled ("all"), and one row per example for the table and the histograms.
@@ -256,7 +257,7 @@ def _bins(conf: torch.Tensor, correct: torch.Tensor, n_bins: int) -> dict:
             "accuracy": b.accuracy.tolist(), "ece": expected_calibration_error(conf, correct, n_bins)}
 
 
-def calibration_lens(bench, store, run_id: str, params: LensParams = LensParams()) -> dict:
+def calibration_lens(bench: Workbench, store, run_id: str, params: LensParams = LensParams()) -> dict:
     return cached(store, lens_key(bench, "calibration", run_id, params),
                   lambda: calibration_of(bench, run_source(bench, store, run_id), params.limit,
                                          params.n_bins, params.threshold))

@@ -35,7 +35,7 @@ from mergecore.analysis.subspaces import (
 from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import block_index
 from mergecore.forward.features import collect_features
-from mergecore.forward.workbench import bench_key
+from mergecore.forward.workbench import Workbench, bench_key
 from mergecore.merged import run_merge
 from mergecore.merges.base import ModuleMerge, numerical_rank, singular_values
 
@@ -69,7 +69,7 @@ class LensParams:
 # ----------------------------------------------------------------------------- caching
 
 
-def lens_key(bench, lens: str, run_id: str | None, params: LensParams) -> str:
+def lens_key(bench: Workbench, lens: str, run_id: str | None, params: LensParams) -> str:
     payload = json.dumps({"bench": bench_key(bench), "params": asdict(params), "version": LENS_VERSION}, sort_keys=True)
     return f"lens:{lens}:{run_id or '-'}:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -135,7 +135,7 @@ def spectra_of(adapters, merge: dict[str, ModuleMerge] | None = None, label: str
     return out
 
 
-def spectra_lens(bench, store=None, run_id: str | None = None, params: LensParams = LensParams()) -> dict:
+def spectra_lens(bench: Workbench, store=None, run_id: str | None = None, params: LensParams = LensParams()) -> dict:
     """Task spectra, plus run ``run_id``'s merged spectrum (and LoRA-DV scales) when given."""
     def compute() -> dict:
         if run_id is None:
@@ -181,7 +181,7 @@ def subspaces_of(adapters, features: dict | None = None, threshold: float = 2.0,
     return out
 
 
-def subspaces_lens(bench, store=None, params: LensParams = LensParams()) -> dict:
+def subspaces_lens(bench: Workbench, store=None, params: LensParams = LensParams()) -> dict:
     """Subspace lens of the workbench's adapters (no run needed), OSRM features included
     (label tasks only: a generative task's interference row is NaN and it is listed in ``skipped``)."""
     skipped = [{"task": t.name, "reason": "generative task: no OSRM features collected (interference row left out)"}

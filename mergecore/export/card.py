@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 
 from mergecore.export.full import base_name, bench_family
-from mergecore.export.params import ExportParams
+from mergecore.export.params import ExportInputs, ExportParams
 from mergecore.export.peft import CARD_FILE, README_FILE, head_modules, num_labels
+from mergecore.forward.workbench import Workbench
 from mergecore.numbers import fmt
 from mergecore.runs.folder import RunSource
 from mergecore.version import __version__
@@ -21,7 +22,7 @@ def run_coefficients(run: RunSource):
     return run.config.get("weights")
 
 
-def merge_card(bench, run: RunSource, params: ExportParams, head: str, files: dict[str, str],
+def merge_card(bench: Workbench | ExportInputs, run: RunSource, params: ExportParams, head: str, files: dict[str, str],
                ranks: dict[str, int], report: dict) -> dict:
     cfg = run.config
     return {

@@ -8,23 +8,24 @@ import torch
 
 from mergecore.bases import load_base
 from mergecore.errors import MergecoreError
+from mergecore.forward.workbench import Workbench
 from mergecore.merged import Merge
 
 
-def bench_family(bench) -> str:
+def bench_family(bench: Workbench) -> str:
     """The bench's model family: 'classifier', 'seq2seq' or 'causal' (``ExportInputs.family``, a workbench's reader's)."""
     family = getattr(bench, "family", None) or getattr(getattr(bench, "reader", None), "family", None)
     return family if family in ("classifier", "seq2seq", "causal") else "classifier"
 
 
-def base_folder(bench) -> str | None:
+def base_folder(bench: Workbench) -> str | None:
     """The local folder the bench's base model was read from (``--base-path`` included), when there is one."""
     config = getattr(getattr(bench.model, "model", None), "config", None)
     path = str(getattr(config, "_name_or_path", "") or "")
     return path if path and Path(path).is_dir() else None
 
 
-def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor]):
+def full_model(bench: Workbench, merge: Merge, head_task: str, head: dict[str, torch.Tensor]):
     """A fresh base model of the bench's family (the base's own class: classifier with ``head_task``'s
     head, seq2seq LM or causal LM with its lm_head) with the merged delta added to its weights."""
     family = bench_family(bench)
@@ -46,5 +47,5 @@ def full_model(bench, merge: Merge, head_task: str, head: dict[str, torch.Tensor
     return model, tokenizer
 
 
-def base_name(bench) -> str:
+def base_name(bench: Workbench) -> str:
     return bench.base_name or bench.adapters.base_model

@@ -11,7 +11,9 @@ import torch
 
 from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
+from mergecore.export.params import ExportInputs
 from mergecore.files import safe_name, save_tensors
+from mergecore.forward.workbench import Workbench
 from mergecore.merged import Merge
 from mergecore.merges.base import ModuleMerge, thin_svd
 
@@ -71,17 +73,17 @@ def head_files(task_names: list[str]) -> dict[str, str]:
     return files
 
 
-def task_heads(bench) -> dict[str, dict[str, torch.Tensor]]:
+def task_heads(bench: Workbench | ExportInputs) -> dict[str, dict[str, torch.Tensor]]:
     """Task -> its adapter's saved head tensors (``classifier.weight`` ...); task k pairs with adapter k."""
     return {t: {k: v.float().cpu().contiguous() for k, v in a.extra.items()}
             for t, a in zip(bench.tasks.names, bench.adapters.adapters)}
 
 
-def head_modules(bench) -> list[str]:
+def head_modules(bench: Workbench | ExportInputs) -> list[str]:
     return sorted({h for a in bench.adapters.adapters for h in a.head_modules})
 
 
-def pick_head(bench, head: str) -> str:
+def pick_head(bench: Workbench | ExportInputs, head: str) -> str:
     names = bench.tasks.names
     if not head:
         return names[0]
@@ -90,7 +92,7 @@ def pick_head(bench, head: str) -> str:
     return head
 
 
-def num_labels(bench) -> dict[str, int]:
+def num_labels(bench: Workbench | ExportInputs) -> dict[str, int]:
     return {t.name: t.num_labels for t in bench.tasks}
 
 

@@ -32,7 +32,7 @@ import torch
 
 from mergecore.export.card import card_readme, loading_snippet, merge_card
 from mergecore.export.full import base_name, full_model
-from mergecore.export.params import ExportParams, ExportResult
+from mergecore.export.params import ExportInputs, ExportParams, ExportResult
 from mergecore.export.peft import (
     CARD_FILE,
     README_FILE,
@@ -45,12 +45,13 @@ from mergecore.export.peft import (
     write_adapter,
 )
 from mergecore.files import atomic_folder, check_target, inside, save_tensors, sha256_file
+from mergecore.forward.workbench import Workbench
 from mergecore.merged import Merge, MergedSource
 from mergecore.numbers import dumps
 from mergecore.runs.folder import RunSource, check_run_adapters
 
 
-def probability_change(bench, full: Merge, approx: Merge, samples: int) -> dict:
+def probability_change(bench: Workbench | ExportInputs, full: Merge, approx: Merge, samples: int) -> dict:
     """Largest |p_full - p_approx| over the calibration inputs, per label task and overall.
 
     Generative tasks have no label probabilities: they are left out and named in ``left_out``."""
@@ -64,7 +65,7 @@ def probability_change(bench, full: Merge, approx: Merge, samples: int) -> dict:
     return {"per_task": per_task, "max": max(per_task.values()), "samples": samples, "left_out": left_out}
 
 
-def prepare(bench, run: RunSource, params: ExportParams) -> tuple[dict | None, dict]:
+def prepare(bench: Workbench | ExportInputs, run: RunSource, params: ExportParams) -> tuple[dict | None, dict]:
     """Factors to write (None for full weights) and the report (energy, probability change)."""
     if params.mode == "exact":
         return exact_factors(run.merge), {}
@@ -75,7 +76,7 @@ def prepare(bench, run: RunSource, params: ExportParams) -> tuple[dict | None, d
     return factors, {"energy": energy, "probability_change": change}
 
 
-def export_run(bench, run: RunSource, out: str | Path, params: ExportParams = ExportParams()) -> ExportResult:
+def export_run(bench: Workbench | ExportInputs, run: RunSource, out: str | Path, params: ExportParams = ExportParams()) -> ExportResult:
     """Write the run as a PEFT adapter folder (or full weights) + heads + merge card, atomically."""
     params = params.validate()
     check_target(out, params.overwrite)

@@ -10,6 +10,7 @@ import torch
 from mergecore.data.metrics import score
 from mergecore.data.tasks import Task
 from mergecore.forward.generative import generate_texts, rouge1
+from mergecore.forward.workbench import Workbench
 from mergecore.numbers import as_float
 
 
@@ -43,7 +44,7 @@ def anp(scores: dict[str, float], expert_scores: dict[str, float]) -> float:
     return float(np.mean(ratios)) if ratios else math.nan
 
 
-def evaluate(bench, source) -> dict[str, float]:
+def evaluate(bench: Workbench, source) -> dict[str, float]:
     """Scores of one coefficient source on every task's evaluation split (ROUGE-1 for generative tasks)."""
     probs = bench.predict(source, "evaluation")
     label = task_scores([bench.tasks[k] for k in bench.label_tasks], [probs[k] for k in bench.label_tasks])
@@ -51,7 +52,7 @@ def evaluate(bench, source) -> dict[str, float]:
             for k, t in enumerate(bench.tasks)}
 
 
-def generative_score(bench, source, k: int) -> float:
+def generative_score(bench: Workbench, source, k: int) -> float:
     """ROUGE-1 F1 (percent) of greedy outputs against the task's references (NaN without references)."""
     task = bench.tasks[k]
     if not task.references:
@@ -62,7 +63,7 @@ def generative_score(bench, source, k: int) -> float:
     return rouge1(texts, list(task.references))
 
 
-def baselines(bench) -> dict[str, dict[str, float]]:
+def baselines(bench: Workbench) -> dict[str, dict[str, float]]:
     """Pre-trained (no adapters, each task's head), each expert on its own task, uniform 1/K."""
     return {
         "pre-trained": evaluate(bench, bench.pretrained()),

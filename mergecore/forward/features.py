@@ -6,10 +6,11 @@ import torch
 
 from mergecore.errors import MergecoreError
 from mergecore.forward.verbalizer import accepts
+from mergecore.forward.workbench import Workbench
 
 
 @torch.no_grad()
-def collect_features(bench, samples: int = 64, max_rows: int = 256) -> dict[str, dict[int, torch.Tensor]]:
+def collect_features(bench: Workbench, samples: int = 64, max_rows: int = 256) -> dict[str, dict[int, torch.Tensor]]:
     """OSRM's H: the input of every wrapped layer on each label task's calibration data under the
     pre-trained model, ONE row per example: the mean of the layer's input over the example's real
     tokens (attention mask: no padding) in the reader's example-level forward (the prompt; no repeat

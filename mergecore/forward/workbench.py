@@ -163,7 +163,7 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def bench_config(bench) -> dict:
+def bench_config(bench: Workbench) -> dict:
     """What identifies the inputs of a run: adapters (with content hashes; local folders as absolute paths),
     tasks (with data hashes), modules, and where the tasks came from when the bench knows it
     (``bench.task_source``: demo / glue with its folder, names and sizes / task-files mapping, absolute),
@@ -183,5 +183,5 @@ def bench_config(bench) -> dict:
     return config
 
 
-def bench_key(bench) -> str:
+def bench_key(bench: Workbench) -> str:
     return "baselines:" + hashlib.sha256(json.dumps(bench_config(bench), sort_keys=True).encode()).hexdigest()[:24]

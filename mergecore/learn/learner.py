@@ -29,6 +29,7 @@ from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import MatrixCoefs, block_coefs, coefficient_transform, layer_coefs, task_coefs
 from mergecore.forward.evaluate import task_scores
 from mergecore.forward.spectral import SpectralCoefs
+from mergecore.forward.workbench import Workbench
 from mergecore.learn.objectives import get_objective, l2_pull
 from mergecore.learn.params import GENERATIVE_OBJECTIVES, GRANULARITIES, LearnParams
 from mergecore.merged import coefs_to_merge
@@ -67,7 +68,7 @@ class BatchSampler:
         return idx
 
 
-def make_source(bench, granularity: str, init: torch.Tensor) -> MatrixCoefs:
+def make_source(bench: Workbench, granularity: str, init: torch.Tensor) -> MatrixCoefs:
     """A learnable coefficient source; ``init`` is (K,) or (L, K)."""
     L = bench.num_modules
     if granularity == "task":
@@ -79,7 +80,7 @@ def make_source(bench, granularity: str, init: torch.Tensor) -> MatrixCoefs:
     raise MergecoreError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
 
 
-def references(bench, params: LearnParams) -> list:
+def references(bench: Workbench, params: LearnParams) -> list:
     """What each task's loss compares against: expert probabilities (Stage 1), labels, nothing, or
     (generative tasks) the expert's cached greedy outputs and top-k token distributions."""
     kind = get_objective(params.objective).reference
@@ -102,7 +103,7 @@ def references(bench, params: LearnParams) -> list:
     return refs
 
 
-def periodic_eval(bench, source, expert_probs: list[torch.Tensor], limit: int) -> dict:
+def periodic_eval(bench: Workbench, source, expert_probs: list[torch.Tensor], limit: int) -> dict:
     """Metric, mean confidence, agreement with the expert and confidently-wrong share per task."""
 
     probs = bench.predict(source, "evaluation", limit=limit)
@@ -138,7 +139,7 @@ class Learner:
     ``start_merge``: the merged update spectral learning starts from (default: uniform 1/K).
     """
 
-    def __init__(self, bench, params: LearnParams, start: torch.Tensor | None = None,
+    def __init__(self, bench: Workbench, params: LearnParams, start: torch.Tensor | None = None,
                  start_merge: dict | None = None):
         self.bench, self.params = bench, params.validate()
         self.objective = get_objective(params.objective)

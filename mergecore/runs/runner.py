@@ -17,7 +17,7 @@ from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import FixedCoefs
 from mergecore.forward.evaluate import anp, average, baselines, evaluate
 from mergecore.forward.features import collect_features
-from mergecore.forward.workbench import bench_config, bench_key
+from mergecore.forward.workbench import Workbench, bench_config, bench_key
 from mergecore.learn.learner import Learner
 from mergecore.learn.params import LearnParams
 from mergecore.merged import MergedSource, coefs_to_merge, merge_to_tensors, run_merge
@@ -26,7 +26,7 @@ from mergecore.numbers import as_float, dumps
 from mergecore.runs.store import RunStore
 
 
-def cached_baselines(bench, store: RunStore | None = None) -> dict[str, dict[str, float]]:
+def cached_baselines(bench: Workbench, store: RunStore | None = None) -> dict[str, dict[str, float]]:
     """Pre-trained / experts / uniform scores: once per workbench, and once per workspace when a store is given."""
     if bench.baselines is None:
         cached = store.cache_get(bench_key(bench)) if store else None
@@ -39,18 +39,18 @@ def cached_baselines(bench, store: RunStore | None = None) -> dict[str, dict[str
     return bench.baselines
 
 
-def summarize(bench, scores: dict[str, float], store: RunStore | None = None) -> dict:
+def summarize(bench: Workbench, scores: dict[str, float], store: RunStore | None = None) -> dict:
     base = cached_baselines(bench, store)
     return {"scores": scores, "average": average(scores), "anp": anp(scores, base["experts"]),
             "uniform": base["uniform"], "baselines": base}
 
 
-def create_learning_run(bench, params: LearnParams, store: RunStore, name: str | None = None) -> str:
+def create_learning_run(bench: Workbench, params: LearnParams, store: RunStore, name: str | None = None) -> str:
     name = name or f"{params.objective}-{params.granularity}"
     return store.create(name, "learned", {"method": "learned", "params": asdict(params), **bench_config(bench)})
 
 
-def run_learning(bench, params: LearnParams, store: RunStore | None = None, name: str | None = None,
+def run_learning(bench: Workbench, params: LearnParams, store: RunStore | None = None, name: str | None = None,
                  on_event: Callable[[str, int, dict], None] | None = None, stop=None,
                  start: torch.Tensor | None = None, run_id: str | None = None) -> tuple[str | None, dict]:
     """Learn coefficients, evaluate them, and record everything; returns (run id, result).
@@ -85,7 +85,7 @@ def run_learning(bench, params: LearnParams, store: RunStore | None = None, name
     return run_id, result
 
 
-def _learned_result(bench, res, store) -> dict:
+def _learned_result(bench: Workbench, res, store) -> dict:
     source = MergedSource(res.merge, bench.device) if res.merge is not None else FixedCoefs(res.coefs)
     result = {**summarize(bench, evaluate(bench, source), store), "status": res.status, "message": res.message,
               "steps": res.steps_done, "seconds": res.seconds}
@@ -96,7 +96,7 @@ def _learned_result(bench, res, store) -> dict:
     return result
 
 
-def resolve_start(bench, params: LearnParams, store: RunStore | None, start: torch.Tensor | None):
+def resolve_start(bench: Workbench, params: LearnParams, store: RunStore | None, start: torch.Tensor | None):
     """(start coefficients, start merge) from ``params.start``: 'uniform', a stored run id, or a method name."""
     spectral = params.granularity == "spectral"
     key = params.start.strip()
@@ -115,7 +115,7 @@ def resolve_start(bench, params: LearnParams, store: RunStore | None, start: tor
     return store.get_tensors(key, "coefs")["coefs"], None
 
 
-def record_baselines(bench, store: RunStore) -> str:
+def record_baselines(bench: Workbench, store: RunStore) -> str:
     """Store pre-trained / experts / uniform as one 'baseline' run (Compare shows it)."""
     t0 = time.perf_counter()
     base = cached_baselines(bench, store)
@@ -124,7 +124,7 @@ def record_baselines(bench, store: RunStore) -> str:
     return run_id
 
 
-def run_static(bench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,
+def run_static(bench: Workbench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,
                name: str | None = None) -> tuple[str | None, dict]:
     """Apply a static merge method, evaluate it, and store it as a run (artifact 'merged')."""
     t0 = time.perf_counter()
