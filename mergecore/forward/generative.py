@@ -113,9 +113,9 @@ class Generator:
         return [o if o else [self.eos_id] for o in outs]
 
     @torch.no_grad()
-    def expert_outputs(self, task: int, prompts: list[str], params: GenParams, expert: int | None = None) -> ExpertOutputs:
-        """Expert ``expert`` (default: ``task``) decodes and its top-k distributions are cached."""
-        self.mm.set_source(RowRouting(self.mm.slot, self.mm.num_tasks, None if expert is None else [expert] * (task + 1)))
+    def expert_outputs(self, task: int, prompts: list[str], params: GenParams) -> ExpertOutputs:
+        """Expert ``task`` decodes its task's prompts (rows routed to it) and its top-k distributions are cached."""
+        self.mm.set_source(RowRouting(self.mm.slot, self.mm.num_tasks))
         ids = self.encode(prompts)
         outputs = self.greedy(task, ids, params.max_new_tokens)
         logits, keep, _ = self.forced(task, ids, outputs)
