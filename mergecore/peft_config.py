@@ -22,6 +22,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from peft import LoraConfig
+from peft.utils.other import get_pattern_key
+
 from mergecore.errors import MergecoreError
 
 # init_lora_weights values that rewrite the base weights (the adapter is relative to a changed base)
@@ -44,16 +47,12 @@ VARIANT_FIELDS = {
 @lru_cache(maxsize=1)
 def lora_defaults() -> dict[str, object]:
     """``r`` and ``lora_alpha`` defaults of the installed ``peft.LoraConfig``."""
-    from peft import LoraConfig
-
     fields = {f.name: f.default for f in dataclasses.fields(LoraConfig)}
     return {"r": fields["r"], "lora_alpha": fields["lora_alpha"]}
 
 
 def pattern_key(patterns, module: str, name: str = "rank_pattern", where: str = "adapter_config.json") -> str | None:
     """The key of pattern field ``name`` PEFT picks for ``module`` (None: no key matches)."""
-    from peft.utils.other import get_pattern_key
-
     keys = list(patterns)
     try:
         key = get_pattern_key(keys, module)
