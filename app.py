@@ -8,6 +8,7 @@ st.set_page_config(page_title="mergecore", layout="wide")
 PAGES = [
     st.Page("pages/workspace.py", title="Workspace", icon=":material/folder_open:", default=True),
     st.Page("pages/learn.py", title="Learn", icon=":material/trending_down:"),
+    st.Page("pages/merge.py", title="Merge", icon=":material/call_merge:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/equalizer:"),
     st.Page("pages/representation.py", title="Representation", icon=":material/scatter_plot:"),

@@ -2,66 +2,78 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from mergecore.runs.compare import score_table
+from mergecore.runs.follow import RunSeries, thin
 
-MAX_POINTS = 500
-
-
-def _thin(xs: list, ys: list) -> tuple[np.ndarray, np.ndarray]:
-    """Downsample a trace to at most MAX_POINTS points (keeps the last one)."""
-    x, y = np.asarray(xs), np.asarray(ys, dtype=float)
-    if len(x) > MAX_POINTS:
-        idx = np.unique(np.linspace(0, len(x) - 1, MAX_POINTS).astype(int))
-        x, y = x[idx], y[idx]
-    return x, y
+COLORS = qualitative.Plotly  # colour = task (or metric)
+RUN_COLORS = qualitative.Dark2  # colour of a run's total loss
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # dash = run
+METRICS = (("score", "score"), ("confidence", "mean confidence"), ("confidently_wrong", "confidently wrong"))
 
 
-def loss_figure(history: list, tasks: list[str]) -> go.Figure:
-    steps = [(s, p) for kind, s, p in history if kind == "step"]
-    fig = go.Figure()
-    if steps:
-        xs = [s for s, _ in steps]
-        x, y = _thin(xs, [p["loss"] for _, p in steps])
-        fig.add_trace(go.Scatter(x=x, y=y, name="total", line={"width": 3}))
-        for t in tasks:
-            x, y = _thin(xs, [p["task_loss"][t] for _, p in steps])
-            fig.add_trace(go.Scatter(x=x, y=y, name=t, line={"dash": "dot"}))
-    fig.update_layout(title="Loss (total and per task)", xaxis_title="step", yaxis_title="loss", height=360,
-                      margin={"t": 40, "b": 30})
+def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 360) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=ytitle, height=height, margin={"t": 40, "b": 30},
+                      legend={"font": {"size": 11}}, uirevision="keep")  # uirevision: zoom survives redraws
     return fig
 
 
-def coef_figure(history: list, tasks: list[str]) -> go.Figure:
-    """Coefficient trajectories: one line per task (layer-wise: mean over modules, band = min..max)."""
-    steps = [(s, np.asarray(p["coefs"], dtype=float)) for kind, s, p in history if kind == "step"]
-    fig = go.Figure()
-    if steps:
-        xs = [s for s, _ in steps]
-        labels = tasks if steps[0][1].shape[-1] == len(tasks) else ["mean gain (spectral)"]
-        for k, t in enumerate(labels):
-            x, y = _thin(xs, [c[..., k].mean() for _, c in steps])
-            fig.add_trace(go.Scatter(x=x, y=y, name=t))
-    fig.update_layout(title="Merge coefficients (mean over modules)", xaxis_title="step", yaxis_title="coefficient",
-                      height=360, margin={"t": 40, "b": 30})
-    return fig
+def _run_legend(fig: go.Figure, series: list[RunSeries]) -> None:
+    """One legend entry per run showing its dash (the traces themselves are named by task or quantity)."""
+    for i, s in enumerate(series):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=s.label, legendgroup="runs",
+                                 legendgrouptitle_text="runs", line={"color": "#444", "dash": DASHES[i % len(DASHES)]}))
 
 
-def collapse_figure(evals: list, tasks: list[str]) -> go.Figure:
-    """Metric vs confidence vs confidently-wrong share over training (the collapse signature)."""
+def loss_figure(series: list[RunSeries]) -> go.Figure:
+    """Total loss per run, colour and dash = run (one run: also each task's loss, dotted)."""
     fig = go.Figure()
-    xs = [s for s, _ in evals]
-    for key, dash in (("score", "solid"), ("confidence", "dash"), ("confidently_wrong", "dot")):
-        scale = 1.0 if key == "score" else 100.0
-        ys = [np.mean([p[key][t] for t in tasks]) * scale for _, p in evals]
-        fig.add_trace(go.Scatter(x=np.asarray(xs), y=np.asarray(ys), name=key.replace("_", " ") + " (avg %)",
-                                 line={"dash": dash}, mode="lines+markers"))
-    fig.update_layout(title="Score, confidence and confidently-wrong share (evaluation split)",
-                      xaxis_title="step", yaxis_title="percent", height=320, margin={"t": 40, "b": 30})
-    return fig
+    for i, s in enumerate(series):
+        x, y = thin(s.steps, s.loss)
+        fig.add_trace(go.Scatter(x=x, y=y, name=s.label if len(series) > 1 else "total",
+                                 line={"width": 3, "dash": DASHES[i % len(DASHES)], "color": RUN_COLORS[i % len(RUN_COLORS)]}))
+        if len(series) == 1:
+            for k, (task, ys) in enumerate(s.task_loss.items()):
+                x, y = thin(s.steps, ys)
+                fig.add_trace(go.Scatter(x=x, y=y, name=task, line={"dash": "dot", "color": COLORS[k % len(COLORS)]}))
+    return _layout(fig, "Loss (total" + (" per run)" if len(series) > 1 else " and per task)"), "loss")
+
+
+def coef_figure(series: list[RunSeries], tasks: list[str]) -> go.Figure:
+    """Coefficient trajectories, mean over modules: colour = task, dash = run (spectral: the mean gain)."""
+    fig = go.Figure()
+    for i, s in enumerate(series):
+        if not s.coefs:
+            continue
+        width = len(s.coefs[-1])
+        labels = tasks if width == len(tasks) else ["mean gain (spectral)"]
+        for k, task in enumerate(labels):
+            ys = [c[k] if width == len(tasks) else float(c.mean()) for c in s.coefs]
+            x, y = thin(s.steps, ys)
+            fig.add_trace(go.Scatter(x=x, y=y, name=task, legendgroup=task, showlegend=i == 0,
+                                     line={"color": COLORS[k % len(COLORS)], "dash": DASHES[i % len(DASHES)]}))
+    if len(series) > 1:
+        _run_legend(fig, series)
+    return _layout(fig, "Merge coefficients (mean over modules)", "coefficient")
+
+
+def collapse_figure(series: list[RunSeries]) -> go.Figure:
+    """The collapse signature from the periodic evaluations: score, mean confidence and confidently-wrong
+    share (averaged over tasks, percent); colour = quantity, dash = run."""
+    fig = go.Figure()
+    for i, s in enumerate(series):
+        xs = [step for step, _ in s.evals]
+        for k, (key, title) in enumerate(METRICS):
+            scale = 1.0 if key == "score" else 100.0
+            ys = [values[key] * scale for _, values in s.evals]
+            fig.add_trace(go.Scatter(x=xs, y=ys, name=title, legendgroup=key, showlegend=i == 0, mode="lines+markers",
+                                     line={"color": COLORS[k], "dash": DASHES[i % len(DASHES)]}))
+    if len(series) > 1:
+        _run_legend(fig, series)
+    return _layout(fig, "Score, confidence and confidently-wrong share (evaluation split, avg %)", "percent", 320)
 
 
 def score_frame(result: dict) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Learn: choose objective and granularity, start/stop, watch loss and coefficients live."""
+"""Learn: start one run or a race of several (each in its own worker process) and watch them live."""
 
 from __future__ import annotations
 
@@ -7,90 +7,144 @@ from dataclasses import replace
 import streamlit as st
 
 from mergecore.errors import MergecoreError
-from mergecore.learn.params import PRESETS, LearnParams, apply_preset
+from mergecore.learn.objectives import OBJECTIVES
+from mergecore.learn.params import GRANULARITIES, PRESETS, LearnParams, apply_preset
+from mergecore.runs.compare import score_table
+from mergecore.runs.follow import RunSeries
 from pages import charts
-from pages.common import current_bench, current_registry, dataclass_form
+from pages.common import bench_spec, current_bench, current_registry, dataclass_form
+
+try:
+    from mergecore.learn.params import PRESET_TITLES
+except ImportError:  # titles by paper, when the params module names them
+    PRESET_TITLES = {}
+
+REFRESH_S = 1.0  # the live view reads new events and redraws at most once a second
 
 st.title("Learn merge coefficients")
 bench = current_bench()
 if bench is None:
     st.stop()
-reg = current_registry()
-live_area = st.container()  # progress, charts and scores of the current run, above the settings
+workers = current_registry()
+store = workers.store
+live_area = st.container()  # progress, charts and scores of the followed runs, above the settings
 
-with st.expander("Settings", expanded=True):
+
+def race(params: LearnParams, objectives: list[str], granularities: list[str]) -> list[LearnParams]:
+    """The form's settings once per objective x granularity."""
+    return [replace(params, objective=o, granularity=g) for o in objectives for g in granularities]
+
+
+def follow(run_ids: list[str]) -> None:
+    st.session_state["learn_runs"] = run_ids
+    st.query_params["runs"] = ",".join(run_ids)
+
+
+def followed() -> list[str]:
+    ids = st.session_state.get("learn_runs") or (st.query_params.get("runs") or st.query_params.get("run") or "").split(",")
+    return [i for i in ids if i]
+
+
+with st.expander("Settings", expanded=not followed()):
     preset = st.selectbox("Paper preset", ["(none)"] + list(PRESETS), key="learn_preset",
+                          format_func=lambda p: PRESET_TITLES.get(p, p),
                           help="loads a paper's hyperparameters into the form")
     base = apply_preset(LearnParams(), None if preset == "(none)" else preset)
     with st.form("learn_form"):
         params = dataclass_form(LearnParams, f"learn_{preset}", base)
         name = st.text_input("Run name (optional)", key="learn_name")
-        c1, c2 = st.columns([1, 4])
-        start = c1.form_submit_button("Start", type="primary")
-        pair = c2.form_submit_button("Entropy vs JS",
-                                     help="same settings, entropy then JS, then Compare opens on the pair")
+        st.caption("A race runs the settings above once per objective x granularity, all at once, on shared axes.")
+        c1, c2 = st.columns(2)
+        objectives = c1.multiselect("Race: objectives", list(OBJECTIVES), default=["entropy", "js"], key="race_objectives")
+        granularities = c2.multiselect("Race: granularities", list(GRANULARITIES), default=["layer"], key="race_gran")
+        b1, b2, b3 = st.columns([1, 1, 3])
+        start = b1.form_submit_button("Start", type="primary")
+        start_race = b2.form_submit_button("Start race")
+        pair = b3.form_submit_button("Entropy vs JS", help="entropy and JS at once, layer-wise (SourceJS's headline "
+                                     "setting), the other settings from the form")
 
-if start or pair:
+if start or start_race or pair:
+    if start:
+        runs, names = [params], [name or None]
+    else:
+        runs = race(params, ["entropy", "js"], ["layer"]) if pair else race(params, objectives, granularities)
+        names = [f"{p.objective}-{p.granularity}" for p in runs]
     try:
-        if pair:
-            runs = [replace(params, objective=o) for o in ("entropy", "js")]
-            jobs = reg.start_sequence(bench, runs, [f"{o}-{params.granularity}" for o in ("entropy", "js")])
-            st.session_state["learn_pair"] = [j.run_id for j in jobs]
-            st.session_state["pair_opened"] = False
-        else:
-            jobs = [reg.start(bench, params, name=name or None)]
-            st.session_state["learn_pair"] = None
-        st.session_state["learn_run"] = jobs[0].run_id
-        st.query_params["run"] = jobs[0].run_id
+        if not runs:
+            raise MergecoreError("pick at least one objective and one granularity for the race")
+        follow(workers.start_learning(bench, bench_spec(bench), runs, names))
     except MergecoreError as exc:
         st.error(str(exc))
 
-run_id = st.session_state.get("learn_run") or st.query_params.get("run")
-pair_ids = st.session_state.get("learn_pair") or []
-if pair_ids:  # follow whichever run of the pair is going
-    pending = [r for r in pair_ids if reg.get(r) is not None and not reg.get(r).done]
-    run_id = pending[0] if pending else pair_ids[-1]
-job = reg.get(run_id) if run_id else None
-if pair_ids and job is not None and job.done and not st.session_state.get("pair_opened"):
-    st.session_state["pair_opened"] = True
-    st.switch_page("pages/compare.py", query_params={"runs": ",".join(pair_ids)})
+run_ids = followed()
+cache: dict = st.session_state.setdefault("learn_series", {})
+series: list[RunSeries] = []
+for run_id in run_ids:
+    try:
+        series.append(cache.setdefault(run_id, RunSeries(run_id)))
+        series[-1].update(store)
+    except MergecoreError as exc:
+        st.error(str(exc))
+        series.pop()
+        cache.pop(run_id, None)
 
 
-def render(snapshot: dict) -> None:
-    history, steps = snapshot["history"], snapshot["steps"]
-    done = sum(1 for kind, _, _ in history if kind == "step")
-    st.progress(min(done / max(steps, 1), 1.0), text=f"{snapshot['name']}: step {done}/{steps} ({snapshot['status']})")
+def progress(s: RunSeries) -> None:
+    if s.steps:
+        st.progress(min(s.steps_done / max(s.total_steps, 1), 1.0),
+                    text=f"{s.label}: step {s.steps_done}/{s.total_steps} ({s.status})"
+                    + (f", {s.stage}" if s.stage_key == "evaluating" and not s.done else ""))
+    else:
+        st.progress(0.0, text=f"{s.label}: {s.stage or 'starting a worker process'} ({s.status})")
+
+
+@st.fragment(run_every=REFRESH_S if any(not s.done for s in series) else None)
+def live() -> None:
+    workers.reap()
+    for s in series:
+        s.update(store)
+    running = [s for s in series if not s.done]
+    for s in series:
+        progress(s)
+    if running and st.button("Stop", key="stop_button", help="stops every followed run after its current step"):
+        for s in running:
+            workers.stop(s.run_id)
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(charts.loss_figure(history, bench.tasks.names), key="loss_chart", width="stretch")
+        st.plotly_chart(charts.loss_figure(series), key="loss_chart", width="stretch")
     with right:
-        st.plotly_chart(charts.coef_figure(history, bench.tasks.names), key="coef_chart", width="stretch")
-    evals = [(s, p) for kind, s, p in history if kind == "eval"]
-    if evals:
-        st.plotly_chart(charts.collapse_figure(evals, bench.tasks.names), key="collapse_chart", width="stretch")
+        st.plotly_chart(charts.coef_figure(series, bench.tasks.names), key="coef_chart", width="stretch")
+    if any(s.evals for s in series):
+        st.plotly_chart(charts.collapse_figure(series), key="collapse_chart", width="stretch")
+    final_key = "final_" + ",".join(s.run_id for s in series)
+    if not running and not st.session_state.get(final_key):
+        st.session_state[final_key] = True
+        st.rerun()  # a full rerun stops the timer and shows the final tables
 
 
-@st.fragment(run_every=0.5 if job is not None and not job.done else None)
-def live() -> None:
-    if job is None:
+def finals(series: list[RunSeries]) -> None:
+    for s in series:
+        if s.status in ("failed", "interrupted") or s.message:
+            (st.error if s.status in ("failed", "interrupted") else st.warning)(f"{s.label}: {s.message}")
+    results = [s for s in series if s.result.get("scores")]
+    if not results:
         return
-    snap = job.snapshot()
-    if not job.done and st.button("Stop", key="stop_button"):
-        job.cancel()
-    render(snap)
-    if job.done and not st.session_state.get(f"final_{job.run_id}"):
-        st.session_state[f"final_{job.run_id}"] = True
-        st.rerun()
+    st.subheader("Per-task scores")
+    if len(results) == 1:
+        st.dataframe(charts.score_style(charts.score_frame(results[0].result)), key="final_scores")
+    else:
+        base = results[0].result.get("baselines", {})
+        cols = {**{k: base[k] for k in ("pre-trained", "experts", "uniform") if k in base},
+                **{s.label: s.result["scores"] for s in results}}
+        t = score_table(cols, base.get("experts"))
+        frame = charts.pd.DataFrame(t.values, index=list(t.index), columns=list(t.columns)).round(3)
+        st.dataframe(charts.score_style(frame), key="final_scores")
+    if st.button("Open these runs in Compare", key="to_compare"):
+        st.switch_page("pages/compare.py", query_params={"runs": ",".join(s.run_id for s in results)})
 
 
 with live_area:
-    live()
-    if job is not None and job.done:
-        snap = job.snapshot()
-        if snap["status"] == "failed" or snap["message"]:
-            (st.error if snap["status"] == "failed" else st.warning)(snap["message"])
-        if snap["result"]:
-            st.subheader("Per-task scores")
-            st.dataframe(charts.score_style(charts.score_frame(snap["result"])), key="final_scores")
-    elif job is None and run_id:
-        st.info(f"Run {run_id} is not running in this server; open it on the Compare page.")
+    if series:
+        live()
+        if all(s.done for s in series):
+            finals(series)

@@ -11,8 +11,8 @@ forward per generative task); the loss is the sum over tasks of the mean per-exa
 start point with ``l2_target='start'``, toward gains of 1 (the start merge) for spectral runs.
 A step whose loss or gradient is not finite stops the run ("failed") before the optimizer moves.
 
-Events (step, loss, per-task loss, lr, coefficients, grad norm, seconds, periodic eval) go to a
-sink callback; ``stop`` (a threading.Event) is checked between steps.
+Events (stage: Stage 1 / Stage 2 starting; step: loss, per-task loss, lr, coefficients, grad norm, seconds;
+eval: the periodic evaluation) go to a sink callback; ``stop`` (a threading.Event) is checked between steps.
 """
 
 from __future__ import annotations
@@ -182,11 +182,13 @@ class Learner:
 
     def run(self, sink: Callable[[str, int, dict], None] | None = None, stop=None) -> LearnResult:
         p, bench, t0 = self.params, self.bench, time.perf_counter()
-        ctx = {"sink": sink or (lambda kind, step, payload: None), "stop": stop, "t0": t0,
-               "refs": references(bench, p)}
+        sink = sink or (lambda kind, step, payload: None)
+        sink("stage", 0, {"stage": "references", "text": "Stage 1: the experts' predictions on the calibration inputs"})
+        ctx = {"sink": sink, "stop": stop, "t0": t0, "refs": references(bench, p)}
         ctx["encoded"] = self._encoded(ctx["refs"])
-        ctx["expert_eval"] = bench.predict(bench.routing(), "evaluation", limit=p.eval_limit) if p.eval_every else []
+        ctx["expert_eval"] = None  # the experts on the evaluation split: computed at the first periodic evaluation
         ctx["sampler"] = BatchSampler([len(e) for e in ctx["encoded"]], p.seed)
+        sink("stage", 0, {"stage": "learning", "text": f"Stage 2: {p.steps} steps of {p.objective}, {p.granularity}-wise"})
         phases = p.iterations if p.granularity == "spectral" else 1
         per_phase = math.ceil(p.steps / phases)
         status, message, step = "done", "", 0
@@ -240,6 +242,8 @@ class Learner:
             if float(coefs.abs().max()) > 100:
                 message = f"coefficients are exploding (max |c| = {float(coefs.abs().max()):.3g}); lower lr or raise l2"
             if p.eval_every and (step % p.eval_every == 0 or step == p.steps):
+                if ctx["expert_eval"] is None:
+                    ctx["expert_eval"] = bench.predict(bench.routing(), "evaluation", limit=p.eval_limit)
                 sink("eval", step, periodic_eval(bench, self.source, ctx["expert_eval"], p.eval_limit))
                 bench.model.set_source(self.source)
         return "done", message, step

@@ -1,113 +1,164 @@
-"""Background learning jobs for long-lived processes (the app), without any UI dependency.
+"""Jobs: each learning run and static merge a long-lived process (the app) starts runs in its own OS process.
 
-A ``JobRegistry`` lives once per server process. Each job is a daemon thread running
-``run_learning``; it appends events to an append-only history under a lock (and to the run
-store). Readers take ``snapshot()``s, so any number of pages or tabs can follow one job.
-Cancel sets a ``threading.Event`` the learner checks between steps.
+The server creates the run in the store (so a page can follow it before the worker has imported torch),
+writes a ``JobSpec`` next to the store and starts ``python -m mergecore.runs.worker SPEC`` in a new session:
+a run goes on when its tab closes, when the server restarts, and a Ctrl-C of the server does not reach it.
+The worker records its pid in the store and every event there; the server only starts, stops and reads.
+Stop is SIGTERM to the recorded pid (the worker stops between steps and marks the run cancelled); a worker
+that dies is marked interrupted by ``RunStore.mark_interrupted`` once its pid is gone.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
+from mergecore.adapters import load_adapters
+from mergecore.data.sources import from_record, load_tasks
+from mergecore.forward.workbench import Workbench, open_workbench
 from mergecore.learn.params import LearnParams
-from mergecore.runs.runner import create_learning_run, resolve_start, run_learning
+from mergecore.merges import get_method
+from mergecore.merges.base import check_weights
+from mergecore.runs.runner import create_learning_run, create_static_run, resolve_start
 from mergecore.runs.store import RunStore
 
-MAX_FINISHED = 20  # finished jobs kept in memory; older ones live only in the run store
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """How a worker reopens the workbench a page shows: adapter folders or hub ids, a base-model override,
+    the task source as ``data.sources.record`` writes it, and the device."""
+
+    adapters: tuple[str, ...]
+    task_source: dict = field(default_factory=lambda: {"kind": "demo"})
+    base_model: str = ""
+    device: str = "cpu"
+
+    def open(self) -> Workbench:
+        adapters = load_adapters(list(self.adapters), base_model=self.base_model or None)
+        bench = open_workbench(adapters, load_tasks(adapters.names, from_record(self.task_source)), device=self.device)
+        bench.task_source = dict(self.task_source)
+        return bench
 
 
-@dataclass
-class Job:
+@dataclass(frozen=True)
+class JobSpec:
+    """One worker's job: learn (``params`` = LearnParams fields) or a static merge (``method`` and its
+    parameters as ``key=value`` strings, parsed by the registry as the CLI parses them)."""
+
     run_id: str
-    name: str
-    params: LearnParams
-    stop: threading.Event = field(default_factory=threading.Event)
-    history: list = field(default_factory=list)  # append-only: (kind, step, payload)
-    status: str = "running"
-    message: str = ""
-    result: dict | None = None
-    started: float = field(default_factory=time.time)
-    thread: threading.Thread | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    workspace: str
+    kind: str  # learn | merge
+    bench: BenchSpec
+    params: dict = field(default_factory=dict)
+    method: str = ""
+    method_params: tuple[str, ...] = ()
+    weights: tuple[float, ...] | None = None
+    threads: int = 0  # torch threads in the worker; 0: torch's default
 
-    @property
-    def done(self) -> bool:
-        return self.status not in ("running", "queued")
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.run_id}.json"
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
 
-    def snapshot(self) -> dict:
-        with self.lock:
-            return {"run_id": self.run_id, "name": self.name, "status": self.status, "message": self.message,
-                    "history": list(self.history), "result": self.result, "steps": self.params.steps}
+    @staticmethod
+    def read(path: str | Path) -> "JobSpec":
+        d = json.loads(Path(path).read_text())
+        raw = d.pop("bench")
+        bench = BenchSpec(tuple(raw["adapters"]), raw["task_source"], raw["base_model"], raw["device"])
+        weights = d.pop("weights")
+        return JobSpec(bench=bench, weights=None if weights is None else tuple(weights),
+                       method_params=tuple(d.pop("method_params")), **d)
 
-    def cancel(self) -> None:
-        self.stop.set()
+
+def thread_share(parallel: int) -> int:
+    """Torch threads per worker when ``parallel`` runs share the machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(parallel, 1))
 
 
-class JobRegistry:
+def devices_for(device: str, n: int) -> list[str]:
+    """``n`` runs on ``device``; 'cuda' with several GPUs places them round-robin on cuda:0, cuda:1, ..."""
+    if device == "cuda":
+        import torch
+
+        count = torch.cuda.device_count()
+        if count > 1:
+            return [f"cuda:{i % count}" for i in range(n)]
+    return [device] * n
+
+
+class Workers:
+    """Starts worker processes and reaps the ones this server started (a child that exits stays a zombie
+    until waited for, and a zombie's pid still looks alive)."""
+
     def __init__(self, store: RunStore):
         self.store = store
-        self.jobs: dict[str, Job] = {}
-        self.lock = threading.Lock()
+        self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, bench, params: LearnParams, name: str | None = None, start_coefs=None) -> Job:
-        return self.start_sequence(bench, [params], [name], start_coefs)[0]
+    @property
+    def folder(self) -> Path:
+        return self.store.workspace / "jobs"
 
-    def start_sequence(self, bench, params_list: list[LearnParams], names: list[str | None],
-                       start_coefs=None) -> list[Job]:
-        """Runs one after the other in one thread (e.g. entropy then JS); all runs exist from the start."""
-        for params in params_list:
-            resolve_start(bench, params.validate(), self.store, start_coefs)  # refuse bad input before any write
-        jobs = []
-        for params, name in zip(params_list, names):
-            run_id = create_learning_run(bench, params, self.store, name)
-            jobs.append(Job(run_id, name or f"{params.objective}-{params.granularity}", params))
-        for job in jobs[1:]:
-            job.status = "queued"
-        thread = threading.Thread(target=self._work_all, args=(jobs, bench, start_coefs), daemon=True,
-                                  name=f"learn-{jobs[0].run_id}")
-        with self.lock:
-            for job in jobs:
-                job.thread = thread
-                self.jobs[job.run_id] = job
-            self._prune()
-        thread.start()
-        return jobs
+    def spawn(self, spec: JobSpec) -> None:
+        path = spec.write(self.folder)
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding mergecore/, whatever the cwd
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]),
+               **({"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {})}
+        with open(self.folder / f"{spec.run_id}.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "mergecore.runs.worker", str(path)], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.store.set_pid(spec.run_id, proc.pid)
+        self.procs[spec.run_id] = proc
 
-    def _work_all(self, jobs: list[Job], bench, start_coefs) -> None:
-        for job in jobs:
-            if job.stop.is_set():
-                job.status, job.message = "cancelled", "cancelled before it started"
-                self.store.finish(job.run_id, "cancelled", {}, job.message)
+    def reap(self) -> None:
+        """Wait for finished children; runs whose worker died become 'interrupted'."""
+        for run_id, proc in list(self.procs.items()):
+            if proc.poll() is None:
                 continue
-            job.status = "running"
-            self._work(job, bench, start_coefs)
+            del self.procs[run_id]
+            if proc.returncode == -signal.SIGTERM and self.store.get(run_id).status == "running":
+                # stopped before the worker installed its handler (still importing): the user's stop, not a crash
+                self.store.finish(run_id, "cancelled", {}, "stopped by the user before the worker started")
+        self.store.mark_interrupted()
 
-    def _work(self, job: Job, bench, start_coefs) -> None:
-        def on_event(kind, step, payload):
-            with job.lock:
-                job.history.append((kind, step, payload))
-
+    def stop(self, run_id: str) -> bool:
+        """Ask the run's worker to stop (SIGTERM); False when the run is not running."""
+        self.reap()
+        pid = self.store.pid(run_id)
+        if self.store.get(run_id).status != "running" or not pid or pid == os.getpid():
+            return False
         try:
-            _, result = run_learning(bench, job.params, self.store, on_event=on_event, stop=job.stop,
-                                     start=start_coefs, run_id=job.run_id)
-            with job.lock:
-                job.result, job.status, job.message = result, result["status"], result["message"]
-        except Exception as exc:  # the run is marked failed in the store by run_learning
-            with job.lock:
-                job.status, job.message = "failed", f"{type(exc).__name__}: {exc}"
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            self.reap()
+            return False
+        return True
 
-    def get(self, run_id: str) -> Job | None:
-        with self.lock:
-            return self.jobs.get(run_id)
+    def start_learning(self, bench: Workbench, spec: BenchSpec, runs: list[LearnParams],
+                       names: list[str | None] | None = None) -> list[str]:
+        """One worker per run, all at once (a race); bad input is refused before anything is written."""
+        names = names or [None] * len(runs)
+        for params in runs:
+            resolve_start(bench, params.validate(), self.store, None)
+        ids = [create_learning_run(bench, p, self.store, n) for p, n in zip(runs, names)]
+        threads = thread_share(len(runs))
+        for run_id, params, device in zip(ids, runs, devices_for(spec.device, len(runs))):
+            self.spawn(JobSpec(run_id, str(self.store.workspace), "learn", replace(spec, device=device),
+                               params=asdict(params), threads=threads))
+        return ids
 
-    def running(self) -> list[Job]:
-        with self.lock:
-            return [j for j in self.jobs.values() if not j.done]
-
-    def _prune(self) -> None:
-        finished = [j for j in self.jobs.values() if j.done]
-        for j in sorted(finished, key=lambda j: j.started)[:-MAX_FINISHED or None]:
-            del self.jobs[j.run_id]
+    def start_merge(self, bench: Workbench, spec: BenchSpec, method: str, params=None,
+                    weights: list[float] | None = None, name: str | None = None) -> str:
+        m = get_method(method)
+        params = params or m.params_cls()
+        weights = None if weights is None else check_weights(weights, bench.num_tasks)
+        run_id = create_static_run(bench, m.name, params, self.store, weights, name)
+        items = tuple(f"{k}={v}" for k, v in asdict(params).items())
+        self.spawn(JobSpec(run_id, str(self.store.workspace), "merge", spec, method=m.name, method_params=items,
+                           weights=None if weights is None else tuple(weights), threads=thread_share(1)))
+        return run_id

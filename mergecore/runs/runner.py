@@ -70,6 +70,8 @@ def run_learning(bench: Workbench, params: LearnParams, store: RunStore | None =
 
     try:
         res = Learner(bench, params, start=start_coefs, start_merge=start_merge).run(sink, stop)
+        sink("stage", res.steps_done, {"stage": "evaluating", "text": "scoring the merge on the evaluation split"
+                                       + ("" if bench.baselines else " (and the baselines, once per workspace)")})
         result = _learned_result(bench, res, store)
     except Exception as exc:
         if store:
@@ -124,24 +126,56 @@ def record_baselines(bench: Workbench, store: RunStore) -> str:
     return run_id
 
 
+def static_config(bench: Workbench, method: str, params, weights: list[float] | None) -> dict:
+    return {"method": method, "params": asdict(params), "weights": weights, **bench_config(bench)}
+
+
+def create_static_run(bench: Workbench, method: str, params, store: RunStore, weights: list[float] | None = None,
+                      name: str | None = None) -> str:
+    return store.create(name or method, "static", static_config(bench, method, params, weights))
+
+
 def run_static(bench: Workbench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,
-               name: str | None = None) -> tuple[str | None, dict]:
-    """Apply a static merge method, evaluate it, and store it as a run (artifact 'merged')."""
-    t0 = time.perf_counter()
+               name: str | None = None, run_id: str | None = None,
+               on_event: Callable[[str, int, dict], None] | None = None) -> tuple[str | None, dict]:
+    """Apply a static merge method, evaluate it, and store it as a run (artifact 'merged').
+
+    ``run_id``: a run already created with ``create_static_run`` (a worker's job: stage events go to it and a
+    failure marks it failed); without one the run is created only once the merge has succeeded."""
     m = get_method(method)
     params = params or m.params_cls()
+
+    def stage(key: str, text: str) -> None:
+        if store and run_id:
+            store.add_event(run_id, "stage", 0, {"stage": key, "text": text})
+        if on_event:
+            on_event("stage", 0, {"stage": key, "text": text})
+
+    try:
+        merge, result = _static_merge(bench, m, params, weights, store, stage)
+    except Exception as exc:
+        if store and run_id:
+            store.finish(run_id, "failed", {}, str(exc) if isinstance(exc, MergecoreError) else f"{type(exc).__name__}: {exc}")
+        raise
+    if store:
+        run_id = run_id or create_static_run(bench, m.name, params, store, weights, name)
+        store.put_tensors(run_id, "merged", merge_to_tensors(merge))
+        store.finish(run_id, "done", result)
+    return run_id, result
+
+
+def _static_merge(bench: Workbench, m, params, weights, store, stage) -> tuple[dict, dict]:
+    t0 = time.perf_counter()
+    if m.needs_features:
+        stage("features", "collecting the layer inputs the method needs")
     features = collect_features(bench) if m.needs_features else None
+    stage("merging", f"merging with {m.name}")
     merge = merge_adapters(bench.adapters, m.name, params, weights=weights, features=features)
+    stage("evaluating", "scoring the merge and the baselines on the evaluation split")
     scores = evaluate(bench, MergedSource(merge, bench.device))
     info = {k: v.info for k, v in merge.items() if v.info}
     result = {**summarize(bench, scores, store), "status": "done", "message": "", "seconds": time.perf_counter() - t0,
               "space": m.space, "dense": any(not v.is_factored for v in merge.values()),
               "info": {k: {kk: (vv if isinstance(vv, (int, float, str)) else str(vv)) for kk, vv in v.items()}
                        for k, v in info.items()}}
-    run_id = None
-    if store:
-        config = {"method": m.name, "params": asdict(params), "weights": weights, **bench_config(bench)}
-        run_id = store.create(name or m.name, "static", config)
-        store.put_tensors(run_id, "merged", merge_to_tensors(merge))
-        store.finish(run_id, "done", result)
-    return run_id, result
+    return merge, result

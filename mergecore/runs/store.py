@@ -125,6 +125,16 @@ class RunStore:
             c.execute("UPDATE runs SET status=?, message=?, result=?, updated=? WHERE id=?",
                       (status, message, dumps(result or {}), time.time(), run_id))
 
+    def set_pid(self, run_id: str, pid: int) -> None:
+        """The process that runs ``run_id`` (a worker claims the run it was started for)."""
+        with self._conn() as c:
+            c.execute("UPDATE runs SET pid=? WHERE id=?", (pid, run_id))
+
+    def pid(self, run_id: str) -> int | None:
+        with self._conn() as c:
+            row = c.execute("SELECT pid FROM runs WHERE id=?", (run_id,)).fetchone()
+        return None if row is None else row[0]
+
     def mark_interrupted(self) -> int:
         """Runs left 'running' by a dead process become 'interrupted'; returns how many."""
         with self._conn() as c:
@@ -160,6 +170,14 @@ class RunStore:
             seq = c.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
             c.execute("INSERT INTO events VALUES (?,?,?,?,?)", (run_id, seq, step, kind, dumps(payload)))
             c.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+
+    def events_since(self, run_id: str, after: int = -1) -> list[tuple[int, str, int, dict]]:
+        """(seq, kind, step, payload) of the events after sequence number ``after``: what a live view has not
+        seen yet (its cost grows with what changed, not with the run)."""
+        with self._conn() as c:
+            rows = c.execute("SELECT seq, kind, step, payload FROM events WHERE run_id=? AND seq>? ORDER BY seq",
+                             (run_id, after)).fetchall()
+        return [(q, k, s, json.loads(p)) for q, k, s, p in rows]
 
     def events(self, run_id: str, kind: str | None = None) -> list[dict]:
         with self._conn() as c:

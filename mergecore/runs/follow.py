@@ -1,0 +1,89 @@
+"""Following a run live: a compact series grown from the events not seen yet.
+
+A live view keeps one ``RunSeries`` per run and calls ``update(store)`` about once a second: it reads only
+the events after the last sequence number it saw, and keeps per step only what the charts draw (total and
+per-task loss, the coefficients averaged over modules, the periodic evaluations averaged over tasks), so
+the work of a refresh grows with what changed, not with the length of the run. ``thin`` caps what a chart
+draws at ``MAX_POINTS`` per trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mergecore.runs.store import FINAL, RunStore
+
+MAX_POINTS = 400  # per trace: enough for a smooth curve, bounded for the browser
+
+
+@dataclass
+class RunSeries:
+    run_id: str
+    name: str = ""
+    label: str = ""
+    status: str = "running"
+    message: str = ""
+    total_steps: int = 0
+    stage: str = ""  # the text of the last stage event (loading, Stage 1, Stage 2, evaluating, merging, ...)
+    stage_key: str = ""
+    seq: int = -1  # last event seen
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    task_loss: dict[str, list[float]] = field(default_factory=dict)
+    coefs: list[np.ndarray] = field(default_factory=list)  # per step: (K,) mean over modules, or (1,) mean gain
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, {score, confidence, cw})
+    result: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def steps_done(self) -> int:
+        return self.steps[-1] if self.steps else 0
+
+    def update(self, store: RunStore) -> bool:
+        """Read what is new; True when anything changed (events or status)."""
+        rec = store.get(self.run_id)
+        new = store.events_since(self.run_id, self.seq)
+        for seq, kind, step, payload in new:
+            self.seq = seq
+            self._add(kind, step, payload)
+        changed = bool(new) or rec.status != self.status or not self.name
+        self.name, self.label, self.message = rec.name, rec.label, rec.message
+        self.total_steps = int((rec.config.get("params") or {}).get("steps") or 0) if rec.kind == "learned" else 0
+        if rec.status in FINAL and not self.done:
+            self.result = rec.result
+        self.status = rec.status
+        return changed
+
+    def _add(self, kind: str, step: int, payload: dict) -> None:
+        if kind == "stage":
+            self.stage_key = payload.get("stage", "")
+            self.stage = payload.get("text", self.stage_key)
+        elif kind == "step":
+            self.steps.append(step)
+            self.loss.append(float(payload["loss"]))
+            for task, value in payload.get("task_loss", {}).items():
+                self.task_loss.setdefault(task, []).append(float(value) if value is not None else float("nan"))
+            c = np.asarray(payload["coefs"], dtype=float)
+            self.coefs.append(c.reshape(-1, c.shape[-1]).mean(0) if c.ndim else c.reshape(1))
+        elif kind == "eval":
+            self.evals.append((step, {key: _mean(payload.get(key) or {})
+                                      for key in ("score", "confidence", "confidently_wrong")}))
+
+
+def _mean(values: dict) -> float:
+    xs = [float(v) for v in values.values() if v is not None]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def thin(xs, ys) -> tuple[np.ndarray, np.ndarray]:
+    """At most MAX_POINTS points, evenly spaced over the run, the last one kept."""
+    x, y = np.asarray(xs), np.asarray(ys, dtype=float)
+    if len(x) > MAX_POINTS:
+        idx = np.unique(np.linspace(0, len(x) - 1, MAX_POINTS).round().astype(int))
+        x, y = x[idx], y[idx]
+    return x, y

@@ -1,0 +1,79 @@
+"""One job in its own process: ``python -m mergecore.runs.worker SPEC.json`` (started by ``runs.jobs.Workers``).
+
+The run already exists in the store; the worker claims it (its pid), reopens the workbench from the spec,
+runs the learner or the static merge, and writes every event and the result to the store. SIGTERM asks it to
+stop: between steps once learning has started (the run ends 'cancelled' with the coefficients of the last
+step, as a stop from the CLI would), at once before that (loading, Stage 1, a static merge).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import traceback
+
+import torch
+
+from mergecore.errors import MergecoreError
+from mergecore.learn.params import LearnParams
+from mergecore.merges import parse_params
+from mergecore.runs.jobs import JobSpec
+from mergecore.runs.runner import run_learning, run_static
+from mergecore.runs.store import RunStore
+
+
+class Cancelled(BaseException):
+    """Raised by the SIGTERM handler outside the step loop (a BaseException: run code's `except Exception`
+    blocks do not turn it into a failure)."""
+
+
+def _stop_handler(stop: threading.Event, in_steps: dict):
+    def handler(signum, frame):
+        stop.set()
+        if not in_steps["yes"]:
+            raise Cancelled()
+    return handler
+
+
+def run_job(spec: JobSpec, store: RunStore) -> None:
+    stop, in_steps = threading.Event(), {"yes": False}
+    signal.signal(signal.SIGTERM, _stop_handler(stop, in_steps))
+    store.add_event(spec.run_id, "stage", 0, {"stage": "loading", "text": "loading the base model and the adapters"})
+    bench = spec.bench.open()
+    if spec.kind == "learn":
+        def on_event(kind: str, step: int, payload: dict) -> None:
+            if kind == "stage" and payload.get("stage") == "learning":
+                in_steps["yes"] = True  # from here a stop ends the run between steps, keeping its coefficients
+
+        run_learning(bench, LearnParams(**spec.params), store, on_event=on_event, stop=stop, run_id=spec.run_id)
+    else:
+        params = parse_params(spec.method, list(spec.method_params))
+        weights = None if spec.weights is None else list(spec.weights)
+        run_static(bench, spec.method, params, store, weights, run_id=spec.run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = JobSpec.read(argv[0])
+    store = RunStore(spec.workspace)
+    store.set_pid(spec.run_id, os.getpid())
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        run_job(spec, store)
+    except Cancelled:
+        store.finish(spec.run_id, "cancelled", {}, "stopped by the user before the first step")
+    except MergecoreError as exc:
+        store.finish(spec.run_id, "failed", {}, str(exc))
+        return 2
+    except Exception as exc:  # the traceback goes to the job's log next to the spec
+        traceback.print_exc()
+        store.finish(spec.run_id, "failed", {}, f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

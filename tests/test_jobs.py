@@ -1,0 +1,191 @@
+"""Jobs in worker processes (mergecore/runs/jobs.py, worker.py): a run is its own OS process writing to the
+store; stop, a dead worker, a server that goes away, races and static merges, on tiny BERT adapters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_adapter, texts, tiny_bert_base
+
+from mergecore.adapters import load_adapters
+from mergecore.data.sources import TaskSource, load_tasks, record
+from mergecore.errors import MergecoreError
+from mergecore.forward.workbench import open_workbench
+from mergecore.learn.params import LearnParams
+from mergecore.runs.jobs import BenchSpec, JobSpec, Workers, devices_for, thread_share
+from mergecore.runs.store import FINAL, RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = dict(batch_size=2, samples=6, eval_every=0, eval_limit=6)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    """Two tiny BERT adapters, their task files, the BenchSpec a page would hand to a worker, and the bench."""
+    root = tmp_path_factory.mktemp("jobs")
+    base = tiny_bert_base(root / "base")
+    dirs = [make_adapter(base, root / "a0", 2, 2, ["query", "value"], seed=1),
+            make_adapter(base, root / "a1", 3, 2, ["query", "value"], seed=2)]
+    specs = []
+    for k, n in enumerate((2, 3)):
+        f = root / f"t{k}.csv"
+        f.write_text("text,label\n" + "".join(f"{t},{i % n}\n" for i, t in enumerate(texts(8, seed=k))))
+        specs.append({"train": str(f), "eval": str(f), "text": ["text"], "label": "label",
+                      "labels": [f"l{i}" for i in range(n)]})
+    (root / "tasks.json").write_text(json.dumps(specs))
+    source = TaskSource("files", mapping=str(root / "tasks.json"))
+    adapters = load_adapters([str(d) for d in dirs])
+    bench = open_workbench(adapters, load_tasks(adapters.names, source), device="cpu")
+    bench.task_source = record(source, bench.tasks.names)
+    return bench, BenchSpec(tuple(str(d) for d in dirs), bench.task_source)
+
+
+def wait(store: RunStore, workers: Workers | None, run_id: str, until, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if workers:
+            workers.reap()
+        if until(store.get(run_id), store.events(run_id)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id}: {store.get(run_id).status} after {timeout} s; log: "
+                         + (store.workspace / "jobs" / f"{run_id}.log").read_text()[-2000:])
+
+
+def finished(rec, events) -> bool:
+    return rec.status in FINAL
+
+
+def test_race_runs_in_two_worker_processes_without_mixing(kit, tmp_path):
+    bench, spec = kit
+    workers = Workers(RunStore(tmp_path))
+    runs = [LearnParams(steps=4, objective="entropy", granularity="task", seed=1, **QUICK),
+            LearnParams(steps=6, objective="js", granularity="layer", seed=2, **QUICK)]
+    ids = workers.start_learning(bench, spec, runs, ["a", "b"])
+    pids = {workers.procs[i].pid for i in ids}
+    assert len(pids) == 2 and os.getpid() not in pids  # one process per run, not the caller
+    store = workers.store
+    for run_id, params in zip(ids, runs):
+        wait(store, workers, run_id, finished)
+        rec = store.get(run_id)
+        assert rec.status == "done", rec.message
+        assert store.pid(run_id) in pids  # the worker claimed its run
+        stages = [e["stage"] for e in store.events(run_id, "stage")]
+        assert stages == ["loading", "references", "learning", "evaluating"]
+        steps = store.events(run_id, "step")
+        assert [e["step"] for e in steps] == list(range(1, params.steps + 1))
+        final = store.get_tensors(run_id, "coefs")["coefs"]  # (L, K): the last step's coefficients, nothing crossed
+        assert torch.allclose(final, torch.tensor(steps[-1]["coefs"]).expand_as(final), atol=1e-6)
+        assert rec.result["scores"].keys() == set(bench.tasks.names)
+    for proc in list(workers.procs.values()):
+        proc.wait(60)  # the workers exit once their runs are stored
+    workers.reap()
+    assert not workers.procs  # reaped: no zombie left behind
+    # the same run in this process gives the same first-step loss (the worker reopened the same inputs)
+    from mergecore.runs.runner import run_learning
+
+    _, _ = run_learning(bench, runs[1], store, name="here")
+    here = next(r for r in store.list() if r.name == "here")
+    assert store.events(here.id, "step")[0]["loss"] == pytest.approx(store.events(ids[1], "step")[0]["loss"], rel=1e-5)
+
+
+def test_stop_ends_a_run_between_steps_keeping_its_coefficients(kit, tmp_path):
+    bench, spec = kit
+    workers = Workers(RunStore(tmp_path))
+    (run_id,) = workers.start_learning(bench, spec, [LearnParams(steps=100000, **QUICK)])
+    wait(workers.store, workers, run_id, lambda rec, ev: sum(e["kind"] == "step" for e in ev) >= 2)
+    assert workers.stop(run_id)
+    wait(workers.store, workers, run_id, finished)
+    rec = workers.store.get(run_id)
+    n = len(workers.store.events(run_id, "step"))
+    assert rec.status == "cancelled" and rec.message == f"stopped by the user after {n} steps"
+    assert "coefs" in workers.store.artifacts(run_id)
+    assert not workers.stop(run_id)  # a finished run has nothing to stop
+
+
+def test_stop_before_the_first_step_and_a_killed_worker(kit, tmp_path):
+    bench, spec = kit
+    workers = Workers(RunStore(tmp_path))
+    early, killed = workers.start_learning(bench, spec, [LearnParams(steps=100000, **QUICK)] * 2, ["early", "killed"])
+    assert workers.stop(early)  # at once: the worker is still importing or loading
+    wait(workers.store, workers, early, finished)
+    assert workers.store.get(early).status == "cancelled"
+    assert "stopped by the user before" in workers.store.get(early).message
+    wait(workers.store, workers, killed, lambda rec, ev: any(e["kind"] == "step" for e in ev))
+    os.kill(workers.store.pid(killed), signal.SIGKILL)
+    wait(workers.store, workers, killed, finished, timeout=30)
+    assert workers.store.get(killed).status == "interrupted"
+
+
+SERVER = textwrap.dedent('''
+    import sys
+    sys.path[:0] = [{tests!r}, {root!r}]
+    from test_jobs import kit_from
+    from mergecore.learn.params import LearnParams
+    from mergecore.runs.jobs import Workers
+    from mergecore.runs.store import RunStore
+    bench, spec = kit_from({dirs!r}, {mapping!r})
+    ids = Workers(RunStore({ws!r})).start_learning(bench, spec, [LearnParams(steps=5, batch_size=2, samples=6,
+                                                                            eval_every=0)])
+    print(ids[0])
+''')
+
+
+def kit_from(dirs: list[str], mapping: str):
+    source = TaskSource("files", mapping=mapping)
+    adapters = load_adapters(dirs)
+    bench = open_workbench(adapters, load_tasks(adapters.names, source), device="cpu")
+    bench.task_source = record(source, bench.tasks.names)
+    return bench, BenchSpec(tuple(dirs), bench.task_source)
+
+
+def test_a_run_outlives_the_server_that_started_it(kit, tmp_path):
+    _, spec = kit
+    code = SERVER.format(tests=str(ROOT / "tests"), root=str(ROOT), dirs=list(spec.adapters),
+                         mapping=spec.task_source["path"], ws=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_id = out.stdout.split()[-1]
+    store = RunStore(tmp_path)  # a new server opens the store: the run is still running, in its own process
+    wait(store, None, run_id, finished)
+    assert store.get(run_id).status == "done", store.get(run_id).message
+    assert [e["step"] for e in store.events(run_id, "step")] == [1, 2, 3, 4, 5]
+
+
+def test_static_merge_job_and_refusals_before_any_write(kit, tmp_path):
+    from mergecore.merges import parse_params
+
+    bench, spec = kit
+    workers = Workers(RunStore(tmp_path))
+    run_id = workers.start_merge(bench, spec, "ties", parse_params("ties", ["density=0.5"]), weights=[0.7, 0.4])
+    wait(workers.store, workers, run_id, finished)
+    rec = workers.store.get(run_id)
+    assert rec.status == "done", rec.message
+    assert rec.config["params"]["density"] == 0.5 and rec.config["weights"] == [0.7, 0.4]
+    assert [e["stage"] for e in workers.store.events(run_id, "stage")] == ["loading", "merging", "evaluating"]
+    assert "merged" in workers.store.artifacts(run_id) and rec.result["scores"].keys() == set(bench.tasks.names)
+    before = len(workers.store.list())
+    with pytest.raises(MergecoreError, match="got 3 weights for 2 adapters"):
+        workers.start_merge(bench, spec, "ties", weights=[1, 1, 1])
+    with pytest.raises(MergecoreError, match="unknown merge method 'nope'"):
+        workers.start_merge(bench, spec, "nope")
+    with pytest.raises(MergecoreError, match="steps must be at least 1"):
+        workers.start_learning(bench, spec, [LearnParams(steps=0)])
+    assert len(workers.store.list()) == before and set(workers.procs) <= {run_id}  # no new run, no new process
+
+
+def test_job_spec_round_trip_and_placement(tmp_path):
+    spec = JobSpec("r1", str(tmp_path), "merge", BenchSpec(("a", "b"), {"kind": "demo"}, "base", "cpu"),
+                   method="ties", method_params=("density=0.2",), weights=(0.5, 0.5), threads=1)
+    assert JobSpec.read(spec.write(tmp_path)) == spec
+    assert thread_share(1) == (os.cpu_count() or 1) and thread_share(10 ** 6) == 1
+    assert devices_for("cpu", 3) == ["cpu"] * 3
