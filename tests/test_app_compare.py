@@ -78,11 +78,31 @@ def test_compare_page_from_query_params(workspace, monkeypatch):
     assert list(stab.index) == labels[:2]
 
 
+def test_compare_page_opens_on_the_two_most_recent_finished_runs(workspace, monkeypatch):
+    """Without ?runs=, Compare preselects the two newest runs that finished (oldest first); a failed or
+    running run newer than them is left out."""
+    ws, store, ent, js, ta = workspace
+    failed = store.create("broken", "learned", {"method": "learned"})
+    store.finish(failed, "failed", {}, "boom")
+    running = store.create("going", "learned", {"method": "learned"})
+    try:
+        at = _app(ws, monkeypatch)
+        at.switch_page("pages/compare.py").run()
+        assert not at.exception, at.exception
+        assert at.multiselect(key="compare_runs").value == [js, ta]
+        assert at.query_params["runs"] in ([f"{js},{ta}"], f"{js},{ta}")
+        assert len(at.get("plotly_chart")) >= 4  # js has coefficients: the figures are drawn at once
+    finally:
+        store.delete(failed)
+        store.delete(running)
+
+
 def test_compare_page_choose_runs(workspace, monkeypatch):
     ws, store, ent, js, ta = workspace
     at = _app(ws, monkeypatch)
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
+    at.multiselect(key="compare_runs").set_value([]).run()
     assert any("Choose runs" in i.value for i in at.info)
     at.multiselect(key="compare_runs").select(ta).run()
     assert not at.exception, at.exception

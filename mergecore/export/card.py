@@ -22,6 +22,14 @@ def run_coefficients(run: RunSource):
     return run.config.get("weights")
 
 
+def shown_params(cfg: dict) -> dict | None:
+    """The run's parameters as the card shows them: a learned run's unset start value reads '1/K'."""
+    params = cfg.get("params")
+    if cfg.get("method") == "learned" and isinstance(params, dict) and "init" in params and params["init"] is None:
+        return {**params, "init": "1/K"}
+    return params
+
+
 def merge_card(bench: Workbench | ExportInputs, run: RunSource, params: ExportParams, head: str, files: dict[str, str],
                ranks: dict[str, int], report: dict) -> dict:
     cfg = run.config
@@ -31,7 +39,7 @@ def merge_card(bench: Workbench | ExportInputs, run: RunSource, params: ExportPa
         "run": {"id": run.id, "name": run.name, "kind": run.kind, "status": run.result.get("status")},
         "sources": [{"name": a.name, "source": a.source, "sha256": a.sha256, "ranks": sorted(set(a.ranks.values())),
                      "target_modules": sorted(a.factors)} for a in bench.adapters.adapters],
-        "method": cfg.get("method"), "parameters": cfg.get("params"),
+        "method": cfg.get("method"), "parameters": shown_params(cfg),
         "objective": (cfg.get("params") or {}).get("objective") if run.kind == "learned" else None,
         "coefficients": run_coefficients(run),
         "data": [{"task": t.get("name"), "fingerprint": t.get("fingerprint"), "metric": t.get("metric")}

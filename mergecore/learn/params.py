@@ -19,40 +19,81 @@ L2_TARGETS = ("uniform", "start")
 GENERATIVE_OBJECTIVES = ("js", "kl")  # token-level divergences on the expert's outputs (generative tasks)
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
+def _meta(label: str, text: str, advanced: bool = False, **extra) -> dict:
+    """Field metadata the CLI, the app's form and the merge card read: a human label, help in the papers' words,
+    ``advanced`` (folded in the form), and optional ``choices`` / ``choice_labels`` / ``none_label``."""
+    return {"label": label, "help": text, "advanced": advanced, **extra}
+
+
+OBJECTIVE_LABELS = {name: f"{name}: {o.summary}" for name, o in OBJECTIVES.items()}
+GRANULARITY_LABELS = {"task": "task-wise: one coefficient per task",
+                      "layer": "layer-wise: one per task and LoRA module",
+                      "block": "block-wise: one per task and transformer block",
+                      "spectral": "spectral: a gain per singular value (LoRA-DV)"}
 
 
 @dataclass(frozen=True)
 class LearnParams:
     """Hyperparameters of coefficient learning; defaults from SourceJS (lr 0.02 cosine, lambda 2e-4, 128 samples)."""
 
-    objective: str = field(default="js", metadata=_help("training objective", choices=tuple(OBJECTIVES)))
-    granularity: str = field(default="task", metadata=_help(
-        "one coefficient per task, per LoRA module (layer), per block, or a gain per singular value (spectral)",
-                                                             choices=GRANULARITIES))
-    steps: int = field(default=150, metadata=_help("optimisation steps"))
-    lr: float = field(default=0.02, metadata=_help("Adam learning rate (cosine schedule)"))
-    l2: float = field(default=2e-4, metadata=_help("lambda: weight of the L2 pull ||Gamma - Gamma_0||^2 (SourceJS Eq. 7)"))
-    l2_target: str = field(default="uniform", metadata=_help(
-        "Gamma_0 of the L2 pull: 'uniform' = 1/K for every coefficient (SourceJS Eq. 7), 'start' = the start point "
-        "(a stored run's coefficients or init); spectral runs always pull the gains toward 1 (the start merge)",
-        choices=L2_TARGETS))
-    init: float = field(default=-1.0, metadata=_help("start value of every coefficient; -1 means 1/K (SourceJS)"))
-    samples: int = field(default=128, metadata=_help("unlabeled calibration examples per task"))
-    batch_size: int = field(default=4, metadata=_help("examples per task in each step (DivMerge: 4 x tasks)"))
-    labeled: int = field(default=64, metadata=_help("labeled examples per task for the supervised (ce) objective"))
-    clamp: bool = field(default=False, metadata=_help("clamp coefficients to [0, 1]"))
-    softmax: bool = field(default=False, metadata=_help("softmax-normalise coefficients over tasks"))
-    eval_every: int = field(default=50, metadata=_help("evaluate metric and confidence every N steps (0: never)"))
-    eval_limit: int = field(default=100, metadata=_help("evaluation examples per task for the periodic evaluation"))
-    seed: int = field(default=0, metadata=_help("seed of the batch sampler"))
-    precision: str = field(default="auto", metadata=_help(
-        "auto: TF32 matmuls on CUDA, float32 on CPU; bf16: bf16 autocast on CUDA (coefficients and losses stay float32)",
-        choices=("auto", "fp32", "bf16")))
-    iterations: int = field(default=3, metadata=_help("spectral only: rethinking iterations T (LoRA-DV)"))
-    start: str = field(default="uniform", metadata=_help(
-        "start point: 'uniform', a stored run id, or a static method name (spectral starts from its merge)"))
+    objective: str = field(default="js", metadata=_meta(
+        "Objective",
+        "what the merge coefficients minimise on unlabeled inputs: js = Jensen-Shannon divergence between the merged "
+        "model's and each task expert's predictions (SourceJS, DivMerge: anchored to the experts); kl / rkl = KL "
+        "divergence to / from the expert (DivMerge); entropy = the merged model's prediction entropy (AdaMerging: "
+        "no reference, can become confidently wrong); ce = cross-entropy on a few labels (supervised reference)",
+        choices=tuple(OBJECTIVES), choice_labels=OBJECTIVE_LABELS))
+    granularity: str = field(default="task", metadata=_meta(
+        "Coefficient granularity",
+        "task-wise: one coefficient per task (K numbers); layer-wise: one per task and LoRA module (SourceJS Sec. 3.4, "
+        "its 83.10 headline); block-wise: one per task and transformer block; spectral: a gain per singular value "
+        "of the merged update (LoRA-DV's spectral rethinking)",
+        choices=GRANULARITIES, choice_labels=GRANULARITY_LABELS))
+    steps: int = field(default=150, metadata=_meta(
+        "Optimisation steps", "Adam steps over the calibration batches (SourceJS: ~300; DivMerge: 4 epochs)"))
+    lr: float = field(default=0.02, metadata=_meta(
+        "Learning rate (Adam, cosine schedule)", "Adam's step size, decayed to 0 by a cosine schedule (SourceJS: 0.02; "
+        "DivMerge: 0.01; AdaMerging: 0.001; LoRA-DV: 0.005)"))
+    l2: float = field(default=2e-4, metadata=_meta(
+        "L2 pull toward uniform (lambda)", "weight lambda of the penalty lambda ||Gamma - Gamma_0||^2 that keeps "
+        "coefficients from extreme values (SourceJS Eq. 7: 2e-4; 0 = none, as DivMerge and AdaMerging)"))
+    l2_target: str = field(default="uniform", metadata=_meta(
+        "L2 pull target (Gamma_0)",
+        "'uniform' = 1/K for every coefficient (SourceJS Eq. 7), 'start' = the start point "
+        "(a stored run's coefficients or the start value); spectral runs always pull the gains toward 1 (the start "
+        "merge)", advanced=True, choices=L2_TARGETS))
+    init: float | None = field(default=None, metadata=_meta(
+        "Start value of every coefficient", "1/K = uniform average of the K experts (SourceJS, DivMerge Alg. 1), or "
+        "a number (DivMerge / AdaMerging Table 9: 0.5)", none_label="1/K"))
+    samples: int = field(default=128, metadata=_meta(
+        "Calibration examples per task", "unlabeled inputs per task the coefficients are learned on "
+        "(SourceJS: 128; DivMerge: 200; LoRA-DV: 32)"))
+    batch_size: int = field(default=4, metadata=_meta(
+        "Batch size per task", "examples of each task in every step (DivMerge: 4 x number of tasks)"))
+    labeled: int = field(default=64, metadata=_meta(
+        "Labeled examples per task (ce only)", "labeled examples per task for the supervised cross-entropy objective",
+        advanced=True))
+    clamp: bool = field(default=False, metadata=_meta(
+        "Clamp coefficients to [0, 1]", "project the coefficients into [0, 1] in the forward", advanced=True))
+    softmax: bool = field(default=False, metadata=_meta(
+        "Softmax over tasks", "normalise the coefficients with a softmax over tasks (they sum to 1)", advanced=True))
+    eval_every: int = field(default=50, metadata=_meta(
+        "Evaluate every N steps", "score, confidence and confidently-wrong share on held-out examples every N steps "
+        "(the collapse curves; 0 = never)", advanced=True))
+    eval_limit: int = field(default=100, metadata=_meta(
+        "Evaluation examples per task", "held-out examples per task for the periodic evaluation", advanced=True))
+    seed: int = field(default=0, metadata=_meta("Seed", "seed of the batch sampler", advanced=True))
+    precision: str = field(default="auto", metadata=_meta(
+        "Precision",
+        "auto: TF32 matmuls on CUDA, float32 on CPU; bf16: bf16 autocast on CUDA "
+        "(coefficients and losses stay float32)",
+        advanced=True, choices=("auto", "fp32", "bf16")))
+    iterations: int = field(default=3, metadata=_meta(
+        "Rethinking iterations T (spectral)", "spectral only: LoRA-DV's rethinking iterations (Sec. 4.2: T = 3)",
+        advanced=True))
+    start: str = field(default="uniform", metadata=_meta(
+        "Start point", "'uniform', a stored run id, or a static method name (spectral starts from its merge)",
+        advanced=True))
 
     def validate(self) -> "LearnParams":
         get_objective(self.objective)
@@ -66,12 +107,14 @@ class LearnParams:
         if self.l2_target not in L2_TARGETS:
             raise MergecoreError(f"unknown l2_target {self.l2_target!r}; valid: {', '.join(L2_TARGETS)}")
         coefficient_transform(self.clamp, self.softmax)
+        if self.init is not None and not math.isfinite(self.init):
+            raise MergecoreError(f"init must be a finite number or None for 1/K (got {self.init})")
         if self.iterations < 1:
             raise MergecoreError(f"iterations must be at least 1 (got {self.iterations})")
         return self
 
     def start_value(self, num_tasks: int) -> float:
-        return 1.0 / num_tasks if self.init < 0 else self.init
+        return 1.0 / num_tasks if self.init is None else self.init
 
 
 # Paper presets: hyperparameters as each paper reports them (the section of each paper is cited per entry); tests/test_learn_oracle.py
@@ -83,7 +126,7 @@ PRESETS: dict[str, dict] = {
     # SourceJS Sec. 3.5 (Eq. 7): Adam lr 0.02 cosine, lambda 2e-4 toward uniform Gamma_0 = 1/K, 128 unlabeled
     # samples per task, ~300 steps, init 1/K; its 83.10 headline (Sec. 4.3, Table 2) is the layer-wise setting.
     "sourcejs": {"objective": "js", "granularity": "layer", "lr": 0.02, "l2": 2e-4, "l2_target": "uniform",
-                 "samples": 128, "steps": 300, "init": -1.0},
+                 "samples": 128, "steps": 300, "init": None},
     # DivMerge Table 9 (App. D), KL/JS classification, task level: batch 4 x #tasks, 4 epochs, dataset size 200
     # (read as 200 per task: 50 steps of 4 rows per task per epoch, 200 steps), lr 1e-2, init 0.5; JS is its
     # default criterion (Sec. 5.1); no regularizer in its loss (Eq. 4). Alg. 1 writes init 1/|T|: 0.5 when pairwise.
@@ -99,6 +142,15 @@ PRESETS: dict[str, dict] = {
     "loradv": {"objective": "entropy", "granularity": "spectral", "lr": 0.005, "samples": 32, "batch_size": 4,
                "iterations": 3, "steps": 3 * LORADV_EPOCHS * math.ceil(32 / 4), "l2": 0.0},
 }
+
+
+PRESET_TITLES: dict[str, str] = {
+    "sourcejs": "SourceJS (JS, layer-wise, Sec. 3.5)",
+    "divmerge": "DivMerge (JS, task-wise, Table 9)",
+    "adamerging": "AdaMerging as DivMerge runs it (entropy, Table 9)",
+    "loradv": "LoRA-DV (entropy, spectral, Sec. 4.4)",
+}
+assert set(PRESET_TITLES) == set(PRESETS), "every preset has a title"
 
 
 def apply_preset(params: LearnParams, preset: str | None) -> LearnParams:

@@ -115,14 +115,18 @@ def knots_align(cores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 @dataclass(frozen=True)
 class KnotsParams:
-    merge: str = field(default="ties", metadata={"help": (
+    merge: str = field(default="ties", metadata={
+        "label": "Merge of the aligned representations", "advanced": False, "choices": ("ties", "ta"), "help": (
         "how the aligned task representations are merged: 'ties' (KnOTS-TIES, the paper's best) or "
         "'ta'")})
-    density: float = field(default=0.2, metadata={"help": (
-        "ties only: fraction of each aligned representation's entries kept")})
-    majority_sign_method: str = field(default="total", metadata={"help": (
-        "ties only: 'total' or 'frequency' sign election")})
-    lam: float = field(default=1.0, metadata={"help": "weight of every task when no explicit weights are given"})
+    density: float = field(default=0.2, metadata={
+        "label": "Density (ties: share of entries kept)", "advanced": False,
+        "help": "ties only: fraction of each aligned representation's entries kept"})
+    majority_sign_method: str = field(default="total", metadata={
+        "label": "Sign election (ties)", "advanced": True, "choices": SIGN_METHODS, "help": (
+            "ties only: 'total' (sum of values) or 'frequency' (count of signs) sign election")})
+    lam: float = field(default=1.0, metadata={"label": "Task weight (lambda)", "advanced": False,
+                                              "help": "weight of every task when no explicit weights are given"})
 
     def __post_init__(self):
         check_choice("knots", "merge", self.merge, ("ties", "ta"))
@@ -132,9 +136,11 @@ class KnotsParams:
 
 @dataclass(frozen=True)
 class TsvParams:
-    fraction: float | None = field(default=None, metadata={"help": (
-        "fraction of each task's rank r_k kept (ceil); none = 1/K (TSV-M paper)")})
-    alpha: float = field(default=1.0, metadata={"help": "global scale of the merged update (TSV-M paper: 1.0)"})
+    fraction: float | None = field(default=None, metadata={
+        "label": "Rank fraction kept per task", "advanced": False, "none_label": "1/K", "help": (
+            "fraction of each task's rank r_k kept (ceil); 1/K = the TSV-M paper's choice")})
+    alpha: float = field(default=1.0, metadata={"label": "Scale of the merged update (alpha)", "advanced": False,
+                                                "help": "global scale of the merged update (TSV-M paper: 1.0)"})
 
     def __post_init__(self):
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
@@ -143,7 +149,8 @@ class TsvParams:
 
 @dataclass(frozen=True)
 class IsoParams:
-    alpha: float = field(default=1.0, metadata={"help": (
+    alpha: float = field(default=1.0, metadata={"label": "Scale of the merged update (alpha)", "advanced": False,
+                                                "help": (
         "scale of the isotropic merged update (Iso-C tunes it; default 1.0)")})
 
 

@@ -72,10 +72,11 @@ def rel_err(B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tens
 
 @dataclass(frozen=True)
 class OsrmParams:
-    lam: float = field(default=0.3, metadata={"help": (
+    lam: float = field(default=0.3, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
         "task-arithmetic weight of every recovered adapter when no explicit weights are given (same"
         " default as task_arithmetic)")})
-    fit_on_features: bool = field(default=True, metadata={"help": (
+    fit_on_features: bool = field(default=True, metadata={"label": "Fit on the task's features", "advanced": True,
+                                                          "help": (
         "fit B' on the task's own features when they are given (else Frobenius fit)")})
 
 

@@ -19,7 +19,7 @@ from mergecore.merges.base import MergeMethod, ModuleMerge, lam_weights, present
 
 @dataclass(frozen=True)
 class TaskArithmeticParams:
-    lam: float = field(default=0.3, metadata={"help": (
+    lam: float = field(default=0.3, metadata={"label": "Task-vector weight (lambda)", "advanced": False, "help": (
         "coefficient of every task vector when no explicit weights are given (Ilharco et al.; 0.3 "
         "is the usual default)")})
 

@@ -90,11 +90,13 @@ def magnitude_tensors(stacked: torch.Tensor, weights: list[float], density: floa
 
 @dataclass(frozen=True)
 class TiesParams:
-    density: float = field(default=0.2, metadata={"help": (
+    density: float = field(default=0.2, metadata={"label": "Density (share of entries kept)", "advanced": False,
+                                                  "help": (
         "fraction of each task's entries kept by magnitude (TIES paper: top-20%)")})
-    majority_sign_method: str = field(default="total", metadata={"help": (
-        "sign election: 'total' (sum of values, TIES paper) or 'frequency' (count of signs)")})
-    lam: float = field(default=1.0, metadata={"help": (
+    majority_sign_method: str = field(default="total", metadata={
+        "label": "Sign election", "advanced": True, "choices": SIGN_METHODS, "help": (
+            "sign election: 'total' (sum of values, TIES paper) or 'frequency' (count of signs)")})
+    lam: float = field(default=1.0, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
         "weight of every task when no explicit weights are given (TIES paper lambda = 1)")})
 
     def __post_init__(self):
@@ -104,13 +106,15 @@ class TiesParams:
 
 @dataclass(frozen=True)
 class DareParams:
-    density: float = field(default=0.1, metadata={"help": (
+    density: float = field(default=0.1, metadata={"label": "Keep probability (1 - drop rate p)", "advanced": False,
+                                                  "help": (
         "keep probability of each entry (PEFT's density; DARE paper drop rate p = 0.9 -> 0.1)")})
-    rescale: bool = field(default=True, metadata={"help": (
+    rescale: bool = field(default=True, metadata={"label": "Rescale kept entries by 1/density", "advanced": True,
+                                                  "help": (
         "divide kept entries by density (DARE; PEFT always rescales)")})
-    lam: float = field(default=0.3, metadata={"help": (
+    lam: float = field(default=0.3, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
         "weight of every task when no explicit weights are given (0.3, as task arithmetic)")})
-    seed: int = field(default=0, metadata={"help": (
+    seed: int = field(default=0, metadata={"label": "Seed of the drop masks", "advanced": True, "help": (
         "seed of the torch.Generator that draws the masks (mixed with the module name)")})
 
     def __post_init__(self):
@@ -119,9 +123,11 @@ class DareParams:
 
 @dataclass(frozen=True)
 class DareTiesParams(DareParams):
-    lam: float = field(default=1.0, metadata={"help": (
+    lam: float = field(default=1.0, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
         "weight of every task when no explicit weights are given (TIES lambda = 1)")})
-    majority_sign_method: str = field(default="total", metadata={"help": "sign election: 'total' or 'frequency'"})
+    majority_sign_method: str = field(default="total", metadata={
+        "label": "Sign election", "advanced": True, "choices": SIGN_METHODS, "help": (
+            "sign election after the drop: 'total' (sum of values, TIES) or 'frequency' (count of signs)")})
 
     def __post_init__(self):
         check_density("dare_ties", self.density)
@@ -130,8 +136,9 @@ class DareTiesParams(DareParams):
 
 @dataclass(frozen=True)
 class MagnitudeParams:
-    density: float = field(default=0.2, metadata={"help": "fraction of each task's entries kept by magnitude"})
-    lam: float = field(default=0.3, metadata={"help": (
+    density: float = field(default=0.2, metadata={"label": "Density (share of entries kept)", "advanced": False,
+                                                  "help": "fraction of each task's entries kept by magnitude"})
+    lam: float = field(default=0.3, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
         "weight of every task when no explicit weights are given (as task arithmetic)")})
 
     def __post_init__(self):
