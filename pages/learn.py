@@ -50,7 +50,7 @@ with st.expander("Settings", expanded=not followed()):
                           format_func=lambda p: PRESET_TITLES.get(p, p),
                           help="loads a paper's hyperparameters into the form")
     base = apply_preset(LearnParams(), None if preset == "(none)" else preset)
-    with st.form("learn_form"):
+    with st.form("learn_form", enter_to_submit=False):  # Enter in a field must not start a run
         params = dataclass_form(LearnParams, f"learn_{preset}", base)
         name = st.text_input("Run name (optional)", key="learn_name")
         st.caption("A race runs the settings above once per objective x granularity, all at once, on shared axes.")

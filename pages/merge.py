@@ -35,10 +35,10 @@ def parse_weights(text: str) -> list[float] | None:
 
 
 method = st.selectbox("Method", list(METHODS), key="merge_method",
-                      format_func=lambda n: f"{n}: {METHODS[n].summary.split('.')[0]}")
+                      format_func=lambda n: f"{n} ({SPACES.get(METHODS[n].space, METHODS[n].space)})")
 m = get_method(method)
-st.caption(f"{m.summary} Works in the {SPACES.get(m.space, m.space)}.")
-with st.form("merge_form"):
+st.caption(f"{m.summary.rstrip('.')}. Works in the {SPACES.get(m.space, m.space)}.")
+with st.form("merge_form", enter_to_submit=False):
     try:
         params = dataclass_form(m.params_cls, f"merge_{method}")
     except MergecoreError as exc:

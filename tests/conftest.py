@@ -91,3 +91,22 @@ def one_thread():
 def texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(n)]
+
+
+def stop_workers(workspace) -> None:
+    """Kill the worker processes still running runs of ``workspace`` (runs outlive their server by design, so a
+    test that starts runs it does not finish cleans them up)."""
+    import signal
+
+    from mergecore.runs.store import RunStore
+
+    if not (Path(workspace) / "runs.sqlite").exists():
+        return
+    store = RunStore(workspace)
+    for run in store.list():
+        pid = store.pid(run.id)
+        if run.status == "running" and pid and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

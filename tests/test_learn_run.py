@@ -48,12 +48,14 @@ def test_step_events_and_result(bench):
 
     def sink(kind, step, payload):
         kinds.append(kind)
+        if kind == "stage":
+            return
         events.append({**payload, "step": step, "gamma": learner.source.gamma.detach().clone(),
                        "grad": learner.source.gamma.grad.clone()})
 
     res = learner.run(sink)
     wall = time.perf_counter() - t0
-    assert kinds == ["step"] * 3 and [e["step"] for e in events] == [1, 2, 3]
+    assert kinds == ["stage", "stage"] + ["step"] * 3 and [e["step"] for e in events] == [1, 2, 3]
     assert (res.status, res.message, res.steps_done) == ("done", "", 3)
     for e in events:
         assert set(e) - {"step", "gamma", "grad"} == {"loss", "task_loss", "lr", "coefs", "grad_norm", "seconds"}
@@ -217,7 +219,7 @@ def test_spectral_phases_split_the_steps(bench, steps, iterations, lrs):
     learner, _ = learner_and_start(bench, "spectral", steps=steps, lr=lr, iterations=iterations)
     events = []
     t0 = time.perf_counter()
-    res = learner.run(lambda kind, step, payload: events.append({**payload, "step": step}))
+    res = learner.run(lambda kind, step, payload: kind == "step" and events.append({**payload, "step": step}))
     wall = time.perf_counter() - t0
     assert [e["step"] for e in events] == list(range(1, steps + 1))
     np.testing.assert_allclose([e["lr"] for e in events], [lr * f for f in lrs], rtol=1e-9)
@@ -257,7 +259,7 @@ def test_nan_loss_names_the_step_and_keeps_the_previous_coefficients(bench, bad_
 
     learner._step_loss = step_loss
     events = []
-    res = learner.run(lambda kind, step, payload: events.append(payload))
+    res = learner.run(lambda kind, step, payload: kind == "step" and events.append(payload))
     assert (res.status, res.steps_done) == ("failed", bad_step - 1)
     assert res.message == f"loss became nan at step {bad_step}; kept the coefficients of step {bad_step - 1}"
     assert len(events) == bad_step - 1

@@ -24,30 +24,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def start_server(workspace: Path) -> tuple[subprocess.Popen, str]:
+    """A Streamlit server on a free port over ``workspace``; (process, url) once healthy."""
     port = _free_port()
-    env = {**os.environ, "MERGECORE_WORKSPACE": str(tmp_path_factory.mktemp("ws")), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "MERGECORE_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
          "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
+    for _ in range(240):
         try:
             if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
-                break
+                return proc, url
         except OSError:
             time.sleep(0.25)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy")
-    yield url
+    proc.kill()
+    pytest.fail("streamlit did not become healthy")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ws")
+
+
+@pytest.fixture(scope="session")
+def server(workspace):
+    from conftest import stop_workers
+
+    proc, url = start_server(workspace)
+    yield url
+    stop_server(proc)
+    stop_workers(workspace)  # runs outlive their server by design; the suite's do not
 
 
 @pytest.fixture(scope="session")
