@@ -29,7 +29,7 @@ def registry(workspace: str):
     from mergecore.runs.jobs import Workers
     from mergecore.runs.store import RunStore
 
-    return Workers(RunStore(workspace))
+    return Workers(RunStore(workspace), spare=True)
 
 
 @st.cache_resource(show_spinner="Loading the base model and adapters...", max_entries=4)

@@ -98,6 +98,17 @@ def progress(s: RunSeries) -> None:
         st.progress(0.0, text=f"{s.label}: {s.stage or 'starting a worker process'} ({s.status})")
 
 
+def figures(series: list[RunSeries]):
+    """The three live figures, rebuilt only when an event arrived since the last refresh."""
+    key = tuple((s.run_id, s.seq, s.status) for s in series)
+    cached = st.session_state.get("learn_figures")
+    if cached is None or cached[0] != key:
+        collapse = charts.collapse_figure(series) if any(s.evals for s in series) else None
+        cached = (key, (charts.loss_figure(series), charts.coef_figure(series, bench.tasks.names), collapse))
+        st.session_state["learn_figures"] = cached
+    return cached[1]
+
+
 @st.fragment(run_every=REFRESH_S if any(not s.done for s in series) else None)
 def live() -> None:
     workers.reap()
@@ -109,13 +120,14 @@ def live() -> None:
     if running and st.button("Stop", key="stop_button", help="stops every followed run after its current step"):
         for s in running:
             workers.stop(s.run_id)
+    loss, coefs, collapse = figures(series)
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(charts.loss_figure(series), key="loss_chart", width="stretch")
+        st.plotly_chart(loss, key="loss_chart", width="stretch")
     with right:
-        st.plotly_chart(charts.coef_figure(series, bench.tasks.names), key="coef_chart", width="stretch")
-    if any(s.evals for s in series):
-        st.plotly_chart(charts.collapse_figure(series), key="collapse_chart", width="stretch")
+        st.plotly_chart(coefs, key="coef_chart", width="stretch")
+    if collapse is not None:
+        st.plotly_chart(collapse, key="collapse_chart", width="stretch")
     final_key = "final_" + ",".join(s.run_id for s in series)
     if not running and not st.session_state.get(final_key):
         st.session_state[final_key] = True

@@ -189,3 +189,18 @@ def test_job_spec_round_trip_and_placement(tmp_path):
     assert JobSpec.read(spec.write(tmp_path)) == spec
     assert thread_share(1) == (os.cpu_count() or 1) and thread_share(10 ** 6) == 1
     assert devices_for("cpu", 3) == ["cpu"] * 3
+
+
+def test_a_spare_worker_takes_the_next_job_and_exits_with_its_server(kit, tmp_path):
+    bench, spec = kit
+    workers = Workers(RunStore(tmp_path), spare=True)
+    spare = workers.spare
+    (run_id,) = workers.start_learning(bench, spec, [LearnParams(steps=2, **QUICK)])
+    assert workers.store.pid(run_id) == spare.pid  # the job went to the process started ahead
+    wait(workers.store, workers, run_id, finished)
+    assert workers.store.get(run_id).status == "done", workers.store.get(run_id).message
+    assert "Traceback" not in (tmp_path / "jobs" / f"{run_id}.log").read_text()
+    following = workers.spare
+    assert following is not None and following.pid != spare.pid and following.poll() is None
+    following.stdin.close()  # what the server's exit does to the pipe
+    assert following.wait(60) == 0

@@ -92,28 +92,61 @@ def devices_for(device: str, n: int) -> list[str]:
     return [device] * n
 
 
+def _env(threads: int = 0) -> dict:
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding mergecore/, whatever the cwd
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]),
+            **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+
+
 class Workers:
     """Starts worker processes and reaps the ones this server started (a child that exits stays a zombie
-    until waited for, and a zombie's pid still looks alive)."""
+    until waited for, and a zombie's pid still looks alive).
 
-    def __init__(self, store: RunStore):
+    ``spare=True`` (the app) keeps one worker started ahead, its imports done (torch, transformers and peft
+    take ~5 s on the 2-core CPU), waiting on its stdin for the next job's spec: a run's first chart comes that
+    much sooner. The spare exits when its stdin closes (the server is gone)."""
+
+    def __init__(self, store: RunStore, spare: bool = False):
         self.store = store
         self.procs: dict[str, subprocess.Popen] = {}
+        self.keep_spare = spare
+        self.spare: subprocess.Popen | None = None
+        if spare:
+            self._start_spare()
 
     @property
     def folder(self) -> Path:
         return self.store.workspace / "jobs"
 
+    def _start_spare(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "spare.log", "ab") as log:
+            self.spare = subprocess.Popen([sys.executable, "-m", "mergecore.runs.worker", "--wait"], stdin=subprocess.PIPE,
+                                          stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+
+    def _take_spare(self, path: Path) -> subprocess.Popen | None:
+        proc, self.spare = self.spare, None
+        if proc is None or proc.poll() is not None:
+            return None
+        try:
+            proc.stdin.write(f"{path}\n".encode())
+            proc.stdin.close()
+        except OSError:  # it died meanwhile
+            return None
+        return proc
+
     def spawn(self, spec: JobSpec) -> None:
         path = spec.write(self.folder)
-        root = str(Path(__file__).resolve().parents[2])  # the folder holding mergecore/, whatever the cwd
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]),
-               **({"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {})}
-        with open(self.folder / f"{spec.run_id}.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "mergecore.runs.worker", str(path)], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = self._take_spare(path)
+        if proc is None:
+            with open(self.folder / f"{spec.run_id}.log", "ab") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "mergecore.runs.worker", str(path)],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        env=_env(spec.threads), start_new_session=True)
         self.store.set_pid(spec.run_id, proc.pid)
         self.procs[spec.run_id] = proc
+        if self.keep_spare:
+            self._start_spare()
 
     def reap(self) -> None:
         """Wait for finished children; runs whose worker died become 'interrupted'."""

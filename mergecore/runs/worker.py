@@ -1,4 +1,5 @@
-"""One job in its own process: ``python -m mergecore.runs.worker SPEC.json`` (started by ``runs.jobs.Workers``).
+"""One job in its own process: ``python -m mergecore.runs.worker SPEC.json`` (started by ``runs.jobs.Workers``),
+or ``--wait``: a spare that has done its imports and reads the spec path from stdin.
 
 The run already exists in the store; the worker claims it (its pid), reopens the workbench from the spec,
 runs the learner or the static merge, and writes every event and the result to the store. SIGTERM asks it to
@@ -54,9 +55,26 @@ def run_job(spec: JobSpec, store: RunStore) -> None:
         run_static(bench, spec.method, params, store, weights, run_id=spec.run_id)
 
 
+def wait_for_spec() -> str | None:
+    """A spare worker (``--wait``): imports done, it blocks until the server writes a spec path on stdin, then
+    logs to that run's log file; None when stdin closes first (the server is gone)."""
+    line = sys.stdin.readline().strip()
+    if not line:
+        return None
+    log = os.open(os.path.splitext(line)[0] + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    spec = JobSpec.read(argv[0])
+    path = wait_for_spec() if argv[:1] == ["--wait"] else argv[0]
+    if path is None:
+        return 0
+    spec = JobSpec.read(path)
     store = RunStore(spec.workspace)
     store.set_pid(spec.run_id, os.getpid())
     if spec.threads:
