@@ -26,6 +26,7 @@ bench = current_bench()
 if bench is None:
     st.stop()
 workers = current_registry()
+workers.ensure_spare()  # a worker with its imports done, for the next Start
 store = workers.store
 live_area = st.container()  # progress, charts and scores of the followed runs, above the settings
 
@@ -95,7 +96,7 @@ def progress(s: RunSeries) -> None:
                     text=f"{s.label}: step {s.steps_done}/{s.total_steps} ({s.status})"
                     + (f", {s.stage}" if s.stage_key == "evaluating" and not s.done else ""))
     else:
-        st.progress(0.0, text=f"{s.label}: {s.stage or 'starting a worker process'} ({s.status})")
+        st.progress(s.stage_progress, text=f"{s.label}: {s.stage or 'starting a worker process'} ({s.status})")
 
 
 def figures(series: list[RunSeries]):

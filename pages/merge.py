@@ -21,6 +21,7 @@ bench = current_bench()
 if bench is None:
     st.stop()
 workers = current_registry()
+workers.ensure_spare()  # a worker with its imports done, for the next Start
 store = workers.store
 
 

@@ -72,3 +72,15 @@ def test_thin_caps_points_evenly_and_keeps_the_ends():
     assert np.all(np.diff(tx) > 0) and np.diff(tx).max() - np.diff(tx).min() <= 1  # evenly spaced
     short = thin([1, 2, 3], [4, 5, 6])
     assert short[0].tolist() == [1, 2, 3] and short[1].tolist() == [4.0, 5.0, 6.0]
+
+
+def test_stage_progress_from_rows(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create("js", "learned", {"params": {"steps": 2}})
+    store.add_event(run_id, "stage", 0, {"stage": "references", "done": 256, "rows": 640, "text": "Stage 1, 256/640"})
+    s = RunSeries(run_id)
+    s.update(store)
+    assert s.stage_progress == pytest.approx(0.4) and s.stage == "Stage 1, 256/640"
+    store.add_event(run_id, "stage", 0, {"stage": "learning", "text": "Stage 2"})
+    s.update(store)
+    assert s.stage_progress == 0.0 and s.stage_key == "learning"

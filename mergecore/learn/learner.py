@@ -80,7 +80,7 @@ def make_source(bench: Workbench, granularity: str, init: torch.Tensor) -> Matri
     raise MergecoreError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
 
 
-def references(bench: Workbench, params: LearnParams) -> list:
+def references(bench: Workbench, params: LearnParams, progress=None) -> list:
     """What each task's loss compares against: expert probabilities (Stage 1), labels, nothing, or
     (generative tasks) the expert's cached greedy outputs and top-k token distributions."""
     kind = get_objective(params.objective).reference
@@ -91,7 +91,7 @@ def references(bench: Workbench, params: LearnParams) -> list:
     refs: list = [None] * bench.num_tasks
     if kind == "expert":
         refs = [None if p is None else p.to(bench.device)
-                for p in bench.predict(bench.routing(), "calibration", limit=params.samples)]
+                for p in bench.predict(bench.routing(), "calibration", limit=params.samples, progress=progress)]
     elif kind == "labels":
         for k, t in enumerate(bench.tasks):
             if t.calibration.labels is None:
@@ -183,8 +183,12 @@ class Learner:
     def run(self, sink: Callable[[str, int, dict], None] | None = None, stop=None) -> LearnResult:
         p, bench, t0 = self.params, self.bench, time.perf_counter()
         sink = sink or (lambda kind, step, payload: None)
-        sink("stage", 0, {"stage": "references", "text": "Stage 1: the experts' predictions on the calibration inputs"})
-        ctx = {"sink": sink, "stop": stop, "t0": t0, "refs": references(bench, p)}
+        def stage1(done: int = 0, rows: int = 0) -> None:
+            sink("stage", 0, {"stage": "references", "done": done, "rows": rows, "text": "Stage 1: the experts' "
+                              "predictions on the calibration inputs" + (f", {done}/{rows} rows" if rows else "")})
+
+        stage1()
+        ctx = {"sink": sink, "stop": stop, "t0": t0, "refs": references(bench, p, stage1)}
         ctx["encoded"] = self._encoded(ctx["refs"])
         ctx["expert_eval"] = None  # the experts on the evaluation split: computed at the first periodic evaluation
         ctx["sampler"] = BatchSampler([len(e) for e in ctx["encoded"]], p.seed)

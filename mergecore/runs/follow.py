@@ -28,6 +28,7 @@ class RunSeries:
     total_steps: int = 0
     stage: str = ""  # the text of the last stage event (loading, Stage 1, Stage 2, evaluating, merging, ...)
     stage_key: str = ""
+    stage_progress: float = 0.0  # within the current stage, when it reports rows (Stage 1)
     seq: int = -1  # last event seen
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
@@ -63,6 +64,7 @@ class RunSeries:
         if kind == "stage":
             self.stage_key = payload.get("stage", "")
             self.stage = payload.get("text", self.stage_key)
+            self.stage_progress = payload["done"] / payload["rows"] if payload.get("rows") else 0.0
         elif kind == "step":
             self.steps.append(step)
             self.loss.append(float(payload["loss"]))

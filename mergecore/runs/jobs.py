@@ -102,21 +102,25 @@ class Workers:
     """Starts worker processes and reaps the ones this server started (a child that exits stays a zombie
     until waited for, and a zombie's pid still looks alive).
 
-    ``spare=True`` (the app) keeps one worker started ahead, its imports done (torch, transformers and peft
-    take ~5 s on the 2-core CPU), waiting on its stdin for the next job's spec: a run's first chart comes that
-    much sooner. The spare exits when its stdin closes (the server is gone)."""
+    ``spare=True`` (the app) keeps one worker started ahead (from ``ensure_spare``, when a page that starts runs
+    opens), its imports done (torch, transformers and peft take ~5 s on the 2-core CPU), waiting on its stdin for
+    the next job's spec: a run's first chart comes that much sooner. The spare exits when its stdin closes
+    (the server is gone)."""
 
     def __init__(self, store: RunStore, spare: bool = False):
         self.store = store
         self.procs: dict[str, subprocess.Popen] = {}
         self.keep_spare = spare
         self.spare: subprocess.Popen | None = None
-        if spare:
-            self._start_spare()
 
     @property
     def folder(self) -> Path:
         return self.store.workspace / "jobs"
+
+    def ensure_spare(self) -> None:
+        """Start the spare now if there is none (the pages that start runs call this when they open)."""
+        if self.keep_spare and (self.spare is None or self.spare.poll() is not None):
+            self._start_spare()
 
     def _start_spare(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
