@@ -187,7 +187,8 @@ class Learner:
             sink("stage", 0, {"stage": "references", "done": done, "rows": rows, "text": "Stage 1: the experts' "
                               "predictions on the calibration inputs" + (f", {done}/{rows} rows" if rows else "")})
 
-        stage1()
+        if self.objective.reference == "expert":  # entropy and ce need no expert pass
+            stage1()
         ctx = {"sink": sink, "stop": stop, "t0": t0, "refs": references(bench, p, stage1)}
         ctx["encoded"] = self._encoded(ctx["refs"])
         ctx["expert_eval"] = None  # the experts on the evaluation split: computed at the first periodic evaluation
