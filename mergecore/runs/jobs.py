@@ -18,6 +18,8 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from mergecore.adapters import load_adapters
 from mergecore.data.sources import from_record, load_tasks
 from mergecore.forward.workbench import Workbench, open_workbench
@@ -84,8 +86,6 @@ def thread_share(parallel: int) -> int:
 def devices_for(device: str, n: int) -> list[str]:
     """``n`` runs on ``device``; 'cuda' with several GPUs places them round-robin on cuda:0, cuda:1, ..."""
     if device == "cuda":
-        import torch
-
         count = torch.cuda.device_count()
         if count > 1:
             return [f"cuda:{i % count}" for i in range(n)]
