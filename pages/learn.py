@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import streamlit as st
@@ -19,7 +20,9 @@ try:
 except ImportError:  # titles by paper, when the params module names them
     PRESET_TITLES = {}
 
-REFRESH_S = 1.0  # the live view reads new events and redraws at most once a second
+# the live view reads new events and redraws at most once a second (MERGECORE_LIVE_REFRESH_S to change it: what
+# watching costs on a 2-core machine at 1 s and 3 s is in docs/perf.md)
+REFRESH_S = float(os.environ.get("MERGECORE_LIVE_REFRESH_S", "1.0"))
 
 st.title("Learn merge coefficients")
 bench = current_bench()

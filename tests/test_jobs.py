@@ -208,6 +208,9 @@ def test_a_spare_worker_takes_the_next_job_and_exits_with_its_server(kit, tmp_pa
     wait(workers.store, workers, run_id, finished)
     assert workers.store.get(run_id).status == "done", workers.store.get(run_id).message
     assert "Traceback" not in (tmp_path / "jobs" / f"{run_id}.log").read_text()
+    assert workers.spare is None  # no new spare while a run goes: its imports would slow the run
+    workers.procs[run_id].wait(60)
+    workers.ensure_spare()
     following = workers.spare
     assert following is not None and following.pid != spare.pid and following.poll() is None
     following.stdin.close()  # what the server's exit does to the pipe

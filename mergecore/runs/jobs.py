@@ -103,7 +103,7 @@ class Workers:
     until waited for, and a zombie's pid still looks alive).
 
     ``spare=True`` (the app) keeps one worker started ahead (from ``ensure_spare``, when a page that starts runs
-    opens), its imports done (torch, transformers and peft take ~5 s on the 2-core CPU), waiting on its stdin for
+    opens while no run is going), its imports done (torch, transformers and peft take ~5 s on the 2-core CPU), waiting on its stdin for
     the next job's spec: a run's first chart comes that much sooner. The spare exits when its stdin closes
     (the server is gone)."""
 
@@ -118,8 +118,10 @@ class Workers:
         return self.store.workspace / "jobs"
 
     def ensure_spare(self) -> None:
-        """Start the spare now if there is none (the pages that start runs call this when they open)."""
-        if self.keep_spare and (self.spare is None or self.spare.poll() is not None):
+        """Start the spare now if there is none and no run of this server is going (its ~5 s of imports would
+        take the cores from a running job); the pages that start runs call this when they open."""
+        self.reap()
+        if self.keep_spare and not self.procs and (self.spare is None or self.spare.poll() is not None):
             self._start_spare()
 
     def _start_spare(self) -> None:
@@ -149,8 +151,6 @@ class Workers:
                                         env=_env(spec.threads), start_new_session=True)
         self.store.set_pid(spec.run_id, proc.pid)
         self.procs[spec.run_id] = proc
-        if self.keep_spare:
-            self._start_spare()
 
     def reap(self) -> None:
         """Wait for finished children; runs whose worker died become 'interrupted'."""
