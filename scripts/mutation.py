@@ -4,6 +4,8 @@
     python scripts/mutation.py --modules mergecore/divergences.py --tests tests/test_objectives.py
     python scripts/mutation.py --work /tmp/mut-obj --rerun ...   # reuse a folder: only changed functions,
                                                                  # unchecked mutants and the not-killed rerun
+    python scripts/mutation.py --work /tmp/mut-obj --rerun --only 'mergecore.files.*' ...
+                                                  # retry only the not-killed mutants matching these patterns
 
 Copies mergecore/, tests/ and pytest.ini to a temporary folder (the repository's top level stays as it
 is), writes mutmut's setup.cfg there, runs ``mutmut run`` (forkserver isolation and one BLAS thread:
@@ -15,6 +17,7 @@ records a run and why each survivor is equivalent or which test now kills it.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -95,11 +98,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--work", type=Path, help="reuse this scratch folder (created if missing)")
     ap.add_argument("--rerun", action="store_true", help="then rerun every mutant not killed (after new tests)")
+    ap.add_argument("--only", nargs="+", metavar="PATTERN",
+                    help="with --rerun: retry only the not-killed mutants whose names match these fnmatch patterns "
+                         "(e.g. 'mergecore.runs.folder.*'), without first running the rest of the unchecked ones")
     args = ap.parse_args()
+    if args.only and not args.rerun:
+        ap.error("--only goes with --rerun")
     work = prepare(args.work, args.modules, args.tests)
-    mutmut(work, [], args.children)
+    if not args.only:
+        mutmut(work, [], args.children)
     if args.rerun:
         names = [m["mutant"] for m in summarize(work, args.modules)["not_killed"]]
+        if args.only:
+            names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in args.only)]
         for i in range(0, len(names), 500):
             mutmut(work, names[i:i + 500], args.children)
     result = {"work": str(work), **summarize(work, args.modules)}

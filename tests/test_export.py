@@ -266,6 +266,103 @@ def test_run_folder_round_trip_and_corrupt_folder(env, tmp_path):
         load_run(tmp_path / "run", None, bench.adapters)
 
 
+def test_run_folder_store_answers_its_run_from_the_folder_and_the_rest_from_the_store(env, tmp_path):
+    """`--run <folder>` (analyze): the folder's run is read from the folder, every other call goes to the
+    workspace store; compared with the store that wrote the folder."""
+    from mergecore.runs.folder import RunFolderStore, run_config, run_store, write_run_folder
+
+    _, store, runs, _ = env
+    rid, other = runs["layer"], runs["task"]
+    write_run_folder(tmp_path / "run", store, other)
+    write_run_folder(tmp_path / "run", store, rid)  # an existing run folder is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (tmp_path / "run" / "run.json").read_text().startswith('{\n  "id": ')  # indented for people
+    wrapped, got_id = run_store(str(tmp_path / "run"), store)
+    assert isinstance(wrapped, RunFolderStore) and got_id == rid and wrapped.store is store
+    assert run_store(other, store) == (store, other)
+    want = store.get(rid)
+    assert dataclasses.replace(wrapped.get(rid), message=want.message, created=want.created,
+                               updated=want.updated) == want
+    assert (wrapped.get(rid).message, wrapped.get(rid).created, wrapped.get(rid).updated) == ("", 0.0, 0.0)
+    assert wrapped.get(other) == store.get(other)
+    assert run_config(str(tmp_path / "run"), None) == want.config and run_config(other, store) == store.get(other).config
+    with pytest.raises(MergecoreError, match=r"^no-such-run is neither a run folder nor a run id with a workspace; "
+                                             r"pass --workspace$"):
+        run_config("no-such-run", None)
+    (tmp_path / "odd").mkdir()
+    for text in ("{not json", json.dumps({"id": "x"}), json.dumps({"config": [1, 2]}), json.dumps([1])):
+        (tmp_path / "odd" / "run.json").write_text(text)
+        assert run_config(str(tmp_path / "odd"), store) == {}  # load_run then names the corrupt folder
+    # the folder's run: artifacts, blobs, tensors and events as the store has them
+    assert wrapped.artifacts(rid) == sorted(store.artifacts(rid)) == ["coefs"]
+    assert wrapped.get_blob(rid, "coefs") == store.get_blob(rid, "coefs")
+    assert {k: v.tolist() for k, v in wrapped.get_tensors(rid, "coefs").items()} == \
+        {k: v.tolist() for k, v in store.get_tensors(rid, "coefs").items()}
+    assert wrapped.events(rid) == store.events(rid) and len(store.events(rid)) > 1
+    kinds = {e["kind"] for e in store.events(rid)}
+    for kind in kinds:
+        assert wrapped.events(rid, kind) == store.events(rid, kind)
+    # what the folder holds wins over the store's record of the same id
+    from safetensors.torch import save_file
+
+    save_file({"gains": torch.ones(2)}, str(tmp_path / "run" / "gains.safetensors"))
+    assert wrapped.artifacts(rid) == ["coefs", "gains"] and torch.equal(wrapped.get_tensors(rid, "gains")["gains"],
+                                                                        torch.ones(2))
+    with pytest.raises(MergecoreError, match=r"has no artifact 'gains'"):
+        store.get_blob(rid, "gains")
+    assert sorted(store.artifacts(runs["tsv_m"])) == ["merged"] == wrapped.artifacts(runs["tsv_m"])
+    with pytest.raises(MergecoreError, match=rf"^run {runs['tsv_m']} has no artifact 'coefs'"):
+        wrapped.get_tensors(runs["tsv_m"], "coefs")
+    # a run that did not finish keeps its status through the folder
+    failed = store.create("broken", "static", {"method": "ties"})
+    store.finish(failed, "failed", {}, "boom")
+    write_run_folder(tmp_path / "failed", store, failed)
+    assert RunFolderStore(tmp_path / "failed", store).record.status == "failed" == store.get(failed).status
+    with pytest.raises(MergecoreError, match=rf"^run folder {re.escape(str(tmp_path / 'run'))} has no "
+                                             r"merged\.safetensors; write the run folder again$"):
+        wrapped.get_blob(rid, "merged")
+    # any other run: the store's answers
+    assert wrapped.artifacts(other) == store.artifacts(other)
+    assert wrapped.get_blob(other, "coefs") == store.get_blob(other, "coefs")
+    assert torch.equal(wrapped.get_tensors(other, "coefs")["coefs"], store.get_tensors(other, "coefs")["coefs"])
+    assert wrapped.events(other) == store.events(other) and wrapped.events(other, "step") == store.events(other, "step")
+    assert wrapped.events_since(other, 0) == store.events_since(other, 0)  # everything else: the store
+    # list: the store's runs with the folder's record in place of the store's record of the same id
+    assert [r.id for r in wrapped.list()] == [r.id for r in store.list() if r.id != rid] + [rid]
+    assert wrapped.list()[-1] is wrapped.record
+    assert [r.id for r in wrapped.list("static")] == [r.id for r in store.list("static")]
+    assert [r.id for r in wrapped.list("learned")] == [r.id for r in store.list("learned") if r.id != rid] + [rid]
+    # analyses of the folder's run are not cached (its id may name another run), the others are
+    wrapped.cache_put(f"lens:{rid}:x", b"mine")
+    assert store.cache_get(f"lens:{rid}:x") is None
+    store.cache_put(f"lens:{rid}:y", b"store")
+    assert wrapped.cache_get(f"lens:{rid}:y") is None
+    wrapped.cache_put(f"lens:{other}:x", b"theirs")
+    assert store.cache_get(f"lens:{other}:x") == b"theirs" == wrapped.cache_get(f"lens:{other}:x")
+    # a folder without events.jsonl has none; name / kind / status / result defaults
+    (tmp_path / "run" / "events.jsonl").unlink()
+    assert wrapped.events(rid) == []
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "run.json").write_text(json.dumps({"id": 7, "config": {"a": 1}}))
+    bare = RunFolderStore(tmp_path / "bare", store).record
+    assert (bare.id, bare.name, bare.kind, bare.status, bare.config, bare.result) == ("7", "7", "", "done", {"a": 1}, {})
+    for text, exc in (("{not json", "JSONDecodeError"), (json.dumps({"id": "x"}), "KeyError"),
+                      (json.dumps([1]), "TypeError"), (json.dumps({"id": "x", "config": 3}), "TypeError"),
+                      (json.dumps({"id": "x", "config": [1]}), "TypeError"),
+                      (json.dumps({"id": "x", "config": ["abc"]}), "ValueError")):
+        (tmp_path / "bare" / "run.json").write_text(text)
+        with pytest.raises(MergecoreError, match=rf"^{re.escape(str(tmp_path / 'bare' / 'run.json'))} is missing or "
+                                                 rf"corrupt \({exc}\); write the run folder again with `learn --out` "
+                                                 r"/ `merge --out`$"):
+            RunFolderStore(tmp_path / "bare", store)
+    (tmp_path / "bare" / "run.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(MergecoreError, match=r"is missing or corrupt \(UnicodeDecodeError\)"):
+        RunFolderStore(tmp_path / "bare", store)
+    (tmp_path / "bare" / "run.json").unlink()
+    with pytest.raises(MergecoreError, match=r"is missing or corrupt \(FileNotFoundError\)"):
+        RunFolderStore(tmp_path / "bare", store)
+
+
 def test_other_adapters_and_unknown_head_are_refused(env, tmp_path):
     bench, store, runs, _ = env
     run = load_run(runs["task"], store, bench.adapters)
@@ -290,6 +387,27 @@ def test_file_names_cannot_escape(tmp_path):
     with pytest.raises(MergecoreError, match="escapes"):
         inside(tmp_path, "../x")
     assert inside(tmp_path, "heads/a.safetensors").parent == (tmp_path / "heads").resolve()
+
+
+def test_write_text_atomic_replaces_whole_files_or_nothing(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mergecore.files import write_text_atomic
+
+    target = tmp_path / "a" / "b" / "mapping.json"
+    write_text_atomic(target, "first ü\n")  # missing parents are made
+    assert target.read_bytes() == "first ü\n".encode() and sorted(p.name for p in target.parent.iterdir()) == [
+        "mapping.json"]
+    write_text_atomic(str(target), "second")
+    assert target.read_text(encoding="utf-8") == "second" and [p.name for p in target.parent.iterdir()] == ["mapping.json"]
+
+    def fail(self, other):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_text_atomic(target, "third")
+    assert target.read_text(encoding="utf-8") == "second" and [p.name for p in target.parent.iterdir()] == ["mapping.json"]
 
 
 def test_zip_holds_the_folder(env, tmp_path):

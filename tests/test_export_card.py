@@ -30,6 +30,7 @@ from mergecore.export.peft import (
     head_files,
     pick_head,
     retained_energy,
+    write_adapter,
 )
 from mergecore.export.writer import _write_heads, probability_change
 from mergecore.files import _swap, atomic_folder, check_target, inside, safe_name, zip_folder
@@ -71,6 +72,7 @@ def test_run_coefficients_collapse_only_identical_rows():
         return RunSource("r", "n", "learned", config or {}, result, {})
 
     assert run_coefficients(run({"coefs": [[0.1, 0.2], [0.1, 0.2], [0.1, 0.2]]})) == [0.1, 0.2]  # task-wise
+    assert run_coefficients(run({"coefs": [[0.6, 0.4]]})) == [0.6, 0.4]  # one module: its row
     layer = [[0.1, 0.2], [0.3, 0.4], [0.3, 0.4]]  # only rows 2 and 3 agree: every row is kept
     assert run_coefficients(run({"coefs": layer})) == layer
     assert run_coefficients(run({"coefs": [[0.3, 0.4], [0.3, 0.4], [0.1, 0.2]]})) == [[0.3, 0.4], [0.3, 0.4], [0.1, 0.2]]
@@ -320,6 +322,22 @@ def test_compress_of_a_zero_merge_keeps_everything():
     assert energy == {"per_module": {"z": 1.0, "y": 1.0}, "overall": 1.0, "min": 1.0}
 
 
+
+def test_compress_keeps_the_asked_rank_on_rank_deficient_modules():
+    """Rank r means r directions in every module, zero ones included (a zero-rank module would make the
+    adapter's rank_pattern give r=0, which PEFT refuses): only the module's own size caps it."""
+    b = torch.tensor([[1.0], [2.0], [0.5], [-1.0]])
+    merge = {"z": ModuleMerge("dense", dense=torch.zeros(3, 2)),
+             "deficient": ModuleMerge("lora-factors", B=torch.cat([b, 2 * b], 1), A=torch.randn(2, 5)),  # rank 1
+             "small": ModuleMerge("dense", dense=torch.randn(2, 6))}
+    factors, _ = compress(merge, 2)
+    assert {n: (tuple(B.shape), tuple(A.shape)) for n, (B, A) in factors.items()} == {
+        "z": ((3, 2), (2, 2)), "deficient": ((4, 2), (2, 5)), "small": ((2, 2), (2, 6))}
+    for name, m in merge.items():
+        B, A = factors[name]
+        torch.testing.assert_close(B.double() @ A.double(), m.delta(), rtol=0, atol=1e-5)
+
+
 class FakeBench:
     """predict(): fixed label probabilities per source; records the device and arguments it was called with."""
 
@@ -493,6 +511,47 @@ def test_dense_runs_have_no_exact_form_and_heads_are_named_tasks():
 ])
 def test_class_prefix(modules, heads, prefix):
     assert class_prefix(modules, heads) == prefix
+
+
+def test_write_adapter_task_type_fan_in_and_key_layout(tmp_path):
+    """The adapter carries the first source's task type, fan_in_fan_out when any source had it (GPT-2 Conv1D),
+    and PEFT's key layout: with a task-class prefix (``bert.``) the factors twice, under the task class's
+    names and the bare model's, so PEFT loads them on both classes; without one, once."""
+    from peft import PeftConfig
+
+    def adapter(name, **cfg):
+        base = {"base_model_name_or_path": "org/base", "peft_type": "LORA", **cfg}
+        f = {"bert.encoder.layer.0.q": LoraFactors(torch.ones(1, 3), torch.ones(4, 1), 1.0)}
+        return Adapter(name, f"/src/{name}", base, f, {"classifier.weight": torch.ones(2, 4)})
+
+    g = torch.Generator().manual_seed(0)
+    B, A = torch.randn(4, 2, generator=g), torch.randn(2, 3, generator=g)
+    head = {"classifier.weight": torch.full((2, 4), 0.5), "classifier.bias": torch.zeros(2)}
+    for sources, task_type, fan_in in (((("a", "SEQ_CLS", None), ("b", None, True)), "SEQ_CLS", True),
+                                       ((("a", None, False), ("b", "SEQ_CLS", None)), None, False)):
+        adapters = AdapterSet(tuple(adapter(n, task_type=t, fan_in_fan_out=f) for n, t, f in sources))
+        out = tmp_path / f"{task_type}"
+        out.mkdir()
+        config = write_adapter(out, adapters, {"bert.encoder.layer.0.q": (B, A)}, head, "org/base")
+        assert json.loads((out / "adapter_config.json").read_text()) == config
+        assert (config["task_type"], config["fan_in_fan_out"]) == (task_type, fan_in)
+        peft = PeftConfig.from_pretrained(str(out))  # PEFT reads it as written
+        assert (peft.task_type, peft.fan_in_fan_out, peft.target_modules, peft.base_model_name_or_path) == (
+            task_type, fan_in, {"encoder.layer.0.q"}, "org/base")
+        tensors = load(out.joinpath("adapter_model.safetensors").read_bytes())
+        assert sorted(tensors) == sorted(["base_model.model.classifier.bias", "base_model.model.classifier.weight"] + [
+            f"base_model.model.{m}encoder.layer.0.q.lora_{w}.weight" for m in ("bert.", "") for w in "AB"])
+        for m in ("bert.", ""):
+            assert torch.equal(tensors[f"base_model.model.{m}encoder.layer.0.q.lora_A.weight"], A)
+            assert torch.equal(tensors[f"base_model.model.{m}encoder.layer.0.q.lora_B.weight"], B)
+        assert torch.equal(tensors["base_model.model.classifier.weight"], head["classifier.weight"])
+    # no task-class prefix (T5-like names): the factors once
+    plain = AdapterSet((Adapter("a", "/src/a", {"base_model_name_or_path": "org/base"},
+                                {"encoder.block.0.q": LoraFactors(torch.ones(1, 3), torch.ones(4, 1), 1.0)}),))
+    (tmp_path / "plain").mkdir()
+    write_adapter(tmp_path / "plain", plain, {"encoder.block.0.q": (B, A)}, {}, "org/base")
+    assert sorted(load((tmp_path / "plain" / "adapter_model.safetensors").read_bytes())) == [
+        "base_model.model.encoder.block.0.q.lora_A.weight", "base_model.model.encoder.block.0.q.lora_B.weight"]
 
 
 def test_adapter_config_is_a_scale_one_peft_config():

@@ -73,12 +73,22 @@ def check_card_files(folder) -> dict:
     return card
 
 
+def run_readme_snippet(folder, monkeypatch) -> dict:
+    """Execute the README's loading snippet as a user would, from the folder that holds the export (the
+    snippet names the export folder relatively); returns the snippet's variables."""
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(folder.parent)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    return scope
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     return lm_bench("llama", tmp_path_factory.mktemp("llama"), with_generative=True)
 
 
-def test_causal_full_weights_are_a_causal_lm(llama, tmp_path):
+def test_causal_full_weights_are_a_causal_lm(llama, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     bench, run = llama
@@ -93,6 +103,12 @@ def test_causal_full_weights_are_a_causal_lm(llama, tmp_path):
     card = check_card_files(res.path)
     assert card["export"]["family"] == "causal" and card["export"]["head"] is None
     assert "AutoModelForCausalLM" in card["snippet"] and "SequenceClassification" not in card["snippet"]
+    scope = run_readme_snippet(res.path, monkeypatch)  # loads the folder alone (no PEFT, no base), generates
+    assert "peft" not in card["snippet"] and scope["text"] and type(scope["model"]).__name__ == "LlamaForCausalLM"
+    inputs = lm_inputs(bench, SENTS[0])
+    with torch.no_grad():
+        got = scope["model"](**inputs).logits.float()
+    assert rel_err(got, merged_logits(bench, run, inputs)) <= RTOL
 
 
 def test_causal_adapter_snippet_runs_and_matches(llama, tmp_path, monkeypatch):
@@ -123,7 +139,7 @@ def test_compressed_with_a_generative_task_reports_label_tasks_only(llama, tmp_p
     check_card_files(res.path)
 
 
-def test_seq2seq_full_weights_are_a_seq2seq_lm(tmp_path):
+def test_seq2seq_full_weights_are_a_seq2seq_lm(tmp_path, monkeypatch):
     from transformers import AutoModelForSeq2SeqLM
 
     bench, run = lm_bench("t5", tmp_path / "adapters")
@@ -136,6 +152,13 @@ def test_seq2seq_full_weights_are_a_seq2seq_lm(tmp_path):
         assert rel_err(got, merged_logits(bench, run, inputs)) <= RTOL
     card = check_card_files(res.path)
     assert card["export"]["family"] == "seq2seq" and "AutoModelForSeq2SeqLM" in card["snippet"]
+    scope = run_readme_snippet(res.path, monkeypatch)
+    assert "peft" not in card["snippet"] and isinstance(scope["text"], list)
+    assert type(scope["model"]).__name__ == "T5ForConditionalGeneration"
+    inputs = lm_inputs(bench, SENTS[0])
+    with torch.no_grad():
+        got = scope["model"](**inputs).logits.float()
+    assert rel_err(got, merged_logits(bench, run, inputs)) <= RTOL
 
 
 def test_classifier_full_weights_carry_the_chosen_head(tiny_setup, tmp_path):

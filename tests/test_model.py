@@ -330,6 +330,12 @@ def test_wrap_refuses_missing_and_misshaped_modules():
         wrap_linears(_Net(), one("blocks.0.fc", D, D), Slot())
     with pytest.raises(MergecoreError, match=r"^module blocks\.0\.fc: adapter delta is 3x5 but the base layer is 3x4;"):
         wrap_linears(_Net(), one("blocks.0.fc", 3, 5), Slot())
+    # a targeted module that is not a Linear: the refusal names the adapter's module
+    net = _Net()
+    net.blocks[1].q = nn.Embedding(D, D)
+    with pytest.raises(MergecoreError, match=r"^module blocks\.1\.q is a Embedding; only Linear \(or GPT-2 Conv1D\) "
+                                             r"layers can carry LoRA$"):
+        wrap_linears(net, one("blocks.1.q", D, D), Slot())
 
 
 def test_top_level_module_and_rewrapping():

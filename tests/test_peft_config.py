@@ -114,6 +114,8 @@ def test_invalid_pattern_key_names_field_and_key():
         pattern_key({"[a": 2}, "layers.0.q")
     with pytest.raises(MergecoreError, match=r"^cfg\.json: alpha_pattern key 'q\(' is not a valid regex; fix it$"):
         module_rank_alpha({"r": 2, "alpha_pattern": {"q(": 2}}, "layers.0.q", WHERE)
+    with pytest.raises(MergecoreError, match=r"^cfg\.json: rank_pattern key 'q\(' is not a valid regex; fix it$"):
+        module_rank_alpha({"r": 2, "rank_pattern": {"q(": 2}, "alpha_pattern": {"q(": 2}}, "layers.0.q", WHERE)
 
 
 @pytest.mark.parametrize("value", [True, "8", None, float("nan"), float("inf"), [2]])

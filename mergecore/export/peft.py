@@ -133,7 +133,7 @@ def adapter_config(base_model: str, factors: dict[str, tuple[torch.Tensor, torch
 
 
 def adapter_tensors(factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                    head: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+                    head: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """PEFT's saved key layout: ``base_model.model.<module>.lora_{A,B}.weight`` + head tensors.
 
     With a class prefix the factors are written twice, under the task class's names and the bare
