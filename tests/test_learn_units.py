@@ -250,7 +250,8 @@ def test_references_live_on_the_bench_device(objective):
     tasks = [Task(f"t{k}", ("a", "b"), _split(3, (0, 1, 1)), _split(2, (0, 1))) for k in range(2)]
     expert = [torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]]) for _ in tasks]
     bench = SimpleNamespace(tasks=TaskSet(tuple(tasks)), num_tasks=2, device=torch.device("meta"),
-                            gen_params=GenParams(), routing=lambda: "routing", predict=lambda source, split, limit: [p[:limit] for p in expert])
+                            gen_params=GenParams(), routing=lambda: "routing",
+                            predict=lambda source, split, limit, progress=None: [p[:limit] for p in expert])
     refs = references(bench, LearnParams(objective=objective, samples=2, labeled=3))
     assert all(r.device.type == "meta" for r in refs)
     assert [tuple(r.shape) for r in refs] == ([(2, 2)] * 2 if objective == "js" else [(3,)] * 2)
