@@ -104,6 +104,18 @@ def current_bench():
         return None
 
 
+def job_page(title: str):
+    """Title, workbench and workers of a page that starts runs (Learn, Merge); a spare worker is started
+    ahead for the next Start. Stops the page after the error when the workbench cannot load."""
+    st.title(title)
+    bench = current_bench()
+    if bench is None:
+        st.stop()
+    workers = current_registry()
+    workers.ensure_spare()
+    return bench, workers
+
+
 def analysis_inputs(title: str, need_runs: bool = True):
     """Title, workbench, run store and {run id: label} of the finished runs the analysis pages offer.
 

@@ -9,27 +9,17 @@ import streamlit as st
 
 from mergecore.errors import MergecoreError
 from mergecore.learn.objectives import OBJECTIVES
-from mergecore.learn.params import GRANULARITIES, PRESETS, LearnParams, apply_preset
+from mergecore.learn.params import GRANULARITIES, PRESET_TITLES, PRESETS, LearnParams, apply_preset
 from mergecore.runs.compare import score_table
 from mergecore.runs.follow import RunSeries
 from pages import charts
-from pages.common import bench_spec, current_bench, current_registry, dataclass_form
-
-try:
-    from mergecore.learn.params import PRESET_TITLES
-except ImportError:  # titles by paper, when the params module names them
-    PRESET_TITLES = {}
+from pages.common import bench_spec, dataclass_form, job_page
 
 # the live view reads new events and redraws at most once a second (MERGECORE_LIVE_REFRESH_S to change it: what
 # watching costs on a 2-core machine at 1 s and 3 s is in docs/perf.md)
 REFRESH_S = float(os.environ.get("MERGECORE_LIVE_REFRESH_S", "1.0"))
 
-st.title("Learn merge coefficients")
-bench = current_bench()
-if bench is None:
-    st.stop()
-workers = current_registry()
-workers.ensure_spare()  # a worker with its imports done, for the next Start
+bench, workers = job_page("Learn merge coefficients")
 store = workers.store
 live_area = st.container()  # progress, charts and scores of the followed runs, above the settings
 

@@ -12,16 +12,11 @@ from mergecore.learn.params import LearnParams, apply_preset
 from mergecore.merges import METHODS, get_method
 from mergecore.runs.follow import RunSeries
 from pages import charts
-from pages.common import bench_spec, current_bench, current_registry, dataclass_form
+from pages.common import bench_spec, dataclass_form, job_page
 
 SPACES = {"lora-factors": "LoRA factors", "core": "shared core space", "dense": "dense delta"}
 
-st.title("Static merge")
-bench = current_bench()
-if bench is None:
-    st.stop()
-workers = current_registry()
-workers.ensure_spare()  # a worker with its imports done, for the next Start
+bench, workers = job_page("Static merge")
 store = workers.store
 
 

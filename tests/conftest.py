@@ -110,3 +110,18 @@ def stop_workers(workspace) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def label_task_files(folder: Path, label_counts=(2, 3), rows: int = 6) -> Path:
+    """A tasks.json over one CSV per task (``text,label``; the CSV is both train and eval split)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for k, n in enumerate(label_counts):
+        f = folder / f"t{k}.csv"
+        f.write_text("text,label\n" + "".join(f"{t},{i % n}\n" for i, t in enumerate(texts(rows, seed=k))))
+        specs.append({"train": str(f), "eval": str(f), "text": ["text"], "label": "label",
+                      "labels": [f"l{i}" for i in range(n)]})
+    (folder / "tasks.json").write_text(json.dumps(specs))
+    return folder / "tasks.json"

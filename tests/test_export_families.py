@@ -194,20 +194,13 @@ def _main(args, capsys) -> tuple[int, str, str]:
 
 
 def test_run_folder_reuses_adapters_and_task_files(tmp_path, capsys):
-    from conftest import make_adapter, texts, tiny_bert_base
+    from conftest import label_task_files, make_adapter, tiny_bert_base
 
     base = tiny_bert_base(tmp_path / "base")
     dirs = [make_adapter(base, tmp_path / "a0", 2, 2, ["query", "value"], seed=1),
             make_adapter(base, tmp_path / "a1", 3, 2, ["query", "value"], seed=2)]
     data = tmp_path / "data"
-    data.mkdir()
-    specs = []
-    for k, n in enumerate((2, 3)):
-        f = data / f"t{k}.csv"
-        f.write_text("text,label\n" + "".join(f"{t},{i % n}\n" for i, t in enumerate(texts(6, seed=k))))
-        specs.append({"train": str(f), "eval": str(f), "text": ["text"], "label": "label",
-                      "labels": [f"l{i}" for i in range(n)]})
-    (data / "tasks.json").write_text(json.dumps(specs))
+    label_task_files(data)
     ws, run = tmp_path / "ws", tmp_path / "run"
     code, _, err = _main(["merge", "--adapters", *dirs, "--task-files", data / "tasks.json", "--workspace", ws,
                           "--device", "cpu", "--method", "task_arithmetic", "--out", run], capsys)

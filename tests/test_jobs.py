@@ -3,7 +3,6 @@ store; stop, a dead worker, a server that goes away, races and static merges, on
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_adapter, texts, tiny_bert_base
+from conftest import label_task_files, make_adapter, tiny_bert_base
 
 from mergecore.adapters import load_adapters
 from mergecore.data.sources import TaskSource, load_tasks, record
@@ -35,14 +34,8 @@ def kit(tmp_path_factory):
     base = tiny_bert_base(root / "base")
     dirs = [make_adapter(base, root / "a0", 2, 2, ["query", "value"], seed=1),
             make_adapter(base, root / "a1", 3, 2, ["query", "value"], seed=2)]
-    specs = []
-    for k, n in enumerate((2, 3)):
-        f = root / f"t{k}.csv"
-        f.write_text("text,label\n" + "".join(f"{t},{i % n}\n" for i, t in enumerate(texts(8, seed=k))))
-        specs.append({"train": str(f), "eval": str(f), "text": ["text"], "label": "label",
-                      "labels": [f"l{i}" for i in range(n)]})
-    (root / "tasks.json").write_text(json.dumps(specs))
-    source = TaskSource("files", mapping=str(root / "tasks.json"))
+    mapping = label_task_files(root, rows=8)
+    source = TaskSource("files", mapping=str(mapping))
     adapters = load_adapters([str(d) for d in dirs])
     bench = open_workbench(adapters, load_tasks(adapters.names, source), device="cpu")
     bench.task_source = record(source, bench.tasks.names)
