@@ -12,7 +12,7 @@ from mergecore.learn.objectives import OBJECTIVES
 from mergecore.learn.params import GRANULARITIES, PRESET_TITLES, PRESETS, LearnParams, apply_preset
 from mergecore.runs.compare import score_table
 from mergecore.runs.follow import RunSeries
-from pages import charts
+from pages import charts, live_view
 from pages.common import bench_spec, dataclass_form, job_page
 
 # the live view reads new events and redraws at most once a second (MERGECORE_LIVE_REFRESH_S to change it: what
@@ -84,12 +84,14 @@ for run_id in run_ids:
 
 
 def progress(s: RunSeries) -> None:
-    if s.steps:
-        st.progress(min(s.steps_done / max(s.total_steps, 1), 1.0),
-                    text=f"{s.label}: step {s.steps_done}/{s.total_steps} ({s.status})"
-                    + (f", {s.stage}" if s.stage_key == "evaluating" and not s.done else ""))
-    else:
-        st.progress(s.stage_progress, text=f"{s.label}: {s.stage or 'starting a worker process'} ({s.status})")
+    fraction, text = s.progress()
+    st.progress(fraction, text=text)
+
+
+def stop_button(running: list[RunSeries]) -> None:
+    if running and st.button("Stop", key="stop_button", help="stops every followed run after its current step"):
+        for s in running:
+            workers.stop(s.run_id)
 
 
 def figures(series: list[RunSeries]):
@@ -105,15 +107,15 @@ def figures(series: list[RunSeries]):
 
 @st.fragment(run_every=REFRESH_S if any(not s.done for s in series) else None)
 def live() -> None:
+    """Progress, charts and Stop from Python: the final view, and the live view where the JSON route of
+    pages/live_view.py is not served (AppTest): then this fragment reruns every REFRESH_S."""
     workers.reap()
     for s in series:
         s.update(store)
     running = [s for s in series if not s.done]
     for s in series:
         progress(s)
-    if running and st.button("Stop", key="stop_button", help="stops every followed run after its current step"):
-        for s in running:
-            workers.stop(s.run_id)
+    stop_button(running)
     loss, coefs, collapse = figures(series)
     left, right = st.columns(2)
     with left:
@@ -150,7 +152,10 @@ def finals(series: list[RunSeries]) -> None:
 
 
 with live_area:
-    if series:
+    if series and live_view.SERVED and any(not s.done for s in series):
+        stop_button([s for s in series if not s.done])  # the browser polls; no rerun until every run ends
+        live_view.show(workers, series, bench.tasks.names, REFRESH_S)
+    elif series:
         live()
         if all(s.done for s in series):
             finals(series)

@@ -84,3 +84,48 @@ def test_stage_progress_from_rows(tmp_path):
     store.add_event(run_id, "stage", 0, {"stage": "learning", "text": "Stage 2"})
     s.update(store)
     assert s.stage_progress == 0.0 and s.stage_key == "learning"
+
+
+def test_progress_is_the_stage_until_steps_come_then_the_step_count(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create("js", "learned", {"params": {"steps": 4}})
+    s = RunSeries(run_id)
+    s.update(store)
+    assert s.progress() == (0.0, f"js:{run_id[-6:]}: starting a worker process (running)")
+    store.add_event(run_id, "stage", 0, {"stage": "references", "done": 3, "rows": 12, "text": "Stage 1, 3/12 rows"})
+    s.update(store)
+    assert s.progress() == (0.25, f"js:{run_id[-6:]}: Stage 1, 3/12 rows (running)")
+    step(store, run_id, 1, [0.5, 0.5])
+    store.add_event(run_id, "stage", 0, {"stage": "evaluating", "text": "final evaluation"})
+    s.update(store)
+    assert s.progress() == (0.25, f"js:{run_id[-6:]}: step 1/4 (running), final evaluation")
+    for k in (2, 3, 4, 5):  # more steps than planned (a resumed count) never overflow the bar
+        step(store, run_id, k, [0.5, 0.5])
+    store.finish(run_id, "done", {})
+    s.update(store)
+    assert s.progress() == (1.0, f"js:{run_id[-6:]}: step 5/4 (done)")
+
+
+def test_delta_is_what_a_chart_that_drew_some_of_the_run_lacks(tmp_path):
+    import json
+
+    store = RunStore(tmp_path)
+    run_id = store.create("js", "learned", {"params": {"steps": 3}})
+    for k in (1, 2, 3):
+        step(store, run_id, k, [[0.1 * k, 0.3], [0.3 * k, 0.5]])
+    store.add_event(run_id, "eval", 2, {"score": {"a": 60.0}, "confidence": {"a": 0.5},
+                                        "confidently_wrong": {"a": 0.25}})
+    s = RunSeries(run_id)
+    s.update(store)
+    full = s.delta()
+    assert json.loads(json.dumps(full, allow_nan=False)) == full  # valid JSON: NaN became null
+    assert full["steps"] == [1, 2, 3] and full["loss"] == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert full["task_loss"] == {"a": [0.5, 0.25, pytest.approx(0.5 / 3)], "b": [None, None, None]}
+    assert full["coefs"] == [pytest.approx([0.2 * k, 0.4]) for k in (1, 2, 3)]  # mean over modules, per task
+    assert full["evals"] == [[2, 60.0, 0.5, 0.25]]
+    assert (full["id"], full["status"], full["done"]) == (run_id, "running", False)
+    later = s.delta(2, 1)
+    assert later["steps"] == [3] and later["loss"] == [pytest.approx(1 / 3)] and later["task_loss"]["b"] == [None]
+    assert later["coefs"] == [pytest.approx([0.6, 0.4])] and later["evals"] == []
+    assert later["progress"] == 1.0 and later["text"].endswith("step 3/3 (running)")
+    assert s.delta(3, 1)["steps"] == [] and s.delta(3, 1)["coefs"] == []

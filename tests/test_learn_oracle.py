@@ -275,6 +275,43 @@ def test_references_are_each_experts_own_probabilities(bench):
     assert references(bench, LearnParams(objective="entropy")) == [None] * K
 
 
+def test_stage1_on_demand_computes_each_row_once_as_expert_k_on_task_k(bench, monkeypatch):
+    """The learner's ExpertReferences: a batch's new rows only, each one the routed expert's probabilities
+    (as the eager Stage 1 has them), rows not seen yet untouched, and the learner's source back afterwards."""
+    from mergecore.learn.learner import ExpertReferences
+
+    eager = references(bench, LearnParams(objective="js", samples=ROWS))
+    lazy = references(bench, LearnParams(objective="js", samples=ROWS), lazy=True)
+    assert isinstance(lazy, ExpertReferences) and all(lazy[k] is None for k in range(bench.num_tasks))
+    rows, real = [], bench.reader.label_logits
+    monkeypatch.setattr(bench.reader, "label_logits", lambda mm, seg, inputs: rows.append(
+        [e - s for _, s, e in seg.spans]) or real(mm, seg, inputs))
+    encoded = [bench.encoded(k, "calibration", limit=ROWS) for k in range(bench.num_tasks)]
+    source = bench.uniform()
+    lazy.fill([(k, enc, torch.tensor([3, 0, 3, 5])) for k, enc in enumerate(encoded)], source)
+    lazy.fill([(k, enc, torch.tensor([5, 7])) for k, enc in enumerate(encoded)], source)
+    lazy.fill([(k, enc, torch.tensor([0, 7])) for k, enc in enumerate(encoded)], source)  # nothing new: no forward
+    assert rows == [[3] * bench.num_tasks, [1] * bench.num_tasks]
+    assert bench.model.slot.source is source
+    for k in range(bench.num_tasks):
+        seen = torch.tensor([0, 3, 5, 7])
+        torch.testing.assert_close(lazy[k][seen].cpu(), eager[k][seen].cpu(), rtol=1e-5, atol=1e-6)
+        assert lazy[k].shape == eager[k].shape and not lazy[k][1].any()  # row 1: no batch held it yet
+
+
+def test_a_run_with_stage1_on_demand_equals_one_with_stage1_up_front(bench, monkeypatch):
+    """Same rows, same references, same steps: the coefficients agree with an eager Stage 1 run."""
+    from mergecore.learn import learner as learner_module
+
+    params = LearnParams(objective="js", granularity="layer", samples=ROWS, batch_size=4, steps=6, eval_every=0)
+    lazy = Learner(bench, params).run()
+    real = learner_module.references
+    monkeypatch.setattr(learner_module, "references", lambda b, p, progress=None, lazy=False: real(b, p))
+    eager = Learner(bench, params).run()
+    torch.testing.assert_close(lazy.coefs, eager.coefs, rtol=1e-5, atol=1e-6)
+    assert (lazy.coefs - 1 / bench.num_tasks).abs().max() > 1e-4  # the coefficients moved
+
+
 # ----------------------------------------------------------------------------- 6. the loss falls
 
 

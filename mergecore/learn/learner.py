@@ -1,8 +1,11 @@
 """Learner: merge coefficients from unlabeled data (SourceJS / DivMerge / AdaMerging).
 
-Stage 1 caches each expert's label distribution on its own task's calibration inputs, in one
-routed pass (row i of task k goes through expert k only); for a generative task it caches the
-expert's greedy outputs and their top-k token distributions (DivMerge App. B.1, generative.py).
+Stage 1 caches each expert's label distribution on its own task's calibration inputs, routed (row i
+of task k goes through expert k only). The learner runs it on demand (``ExpertReferences``): a row's
+distribution is computed the first time a batch holds it, so the first step waits for its own rows
+only, not for every row (the first point of a live chart comes seconds earlier; the total work is the
+same). For a generative task it caches the expert's greedy outputs and their top-k token distributions
+up front (DivMerge App. B.1, generative.py).
 Stage 2 runs Adam with a cosine schedule on the coefficients only: every step is one forward +
 backward of the MergeModel on a batch holding all label tasks' rows (plus one teacher-forced
 forward per generative task); the loss is the sum over tasks of the mean per-example objective
@@ -80,16 +83,56 @@ def make_source(bench: Workbench, granularity: str, init: torch.Tensor) -> Matri
     raise MergecoreError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
 
 
-def references(bench: Workbench, params: LearnParams, progress=None) -> list:
-    """What each task's loss compares against: expert probabilities (Stage 1), labels, nothing, or
-    (generative tasks) the expert's cached greedy outputs and top-k token distributions."""
+class ExpertReferences:
+    """Stage 1 on demand: expert k's label distribution on task k's calibration rows, computed in one
+    routed forward for the rows of a batch that were not computed before, and kept. ``refs[k]`` is task
+    k's (n_k, C_k) cache (rows no batch held yet are 0); a generative task's slot holds what
+    ``references`` stores there."""
+
+    def __init__(self, bench: Workbench, samples: int):
+        self.bench = bench
+        self.slots: list = [None] * bench.num_tasks
+        self.known = {k: torch.zeros(len(bench.encoded(k, "calibration", limit=samples)), dtype=torch.bool)
+                      for k in bench.label_tasks}
+
+    def __getitem__(self, k: int):
+        return self.slots[k]
+
+    def __setitem__(self, k: int, value) -> None:
+        self.slots[k] = value
+
+    def fill(self, parts: list, source) -> None:
+        """Compute the rows of ``parts`` [(task, encoded, row indices)] not computed yet; the model's
+        coefficient source is ``source`` again afterwards."""
+        bench = self.bench
+        missing = [(k, enc, torch.unique(idx[~self.known[k][idx]])) for k, enc, idx in parts if k in self.known]
+        missing = [part for part in missing if len(part[2])]
+        if not missing:
+            return
+        bench.model.set_source(bench.routing())
+        with torch.no_grad():
+            segments, inputs = bench.reader.batch(missing, bench.device)
+            for (k, _, idx), logits in zip(missing, bench.reader.label_logits(bench.model, segments, inputs)):
+                if self.slots[k] is None:
+                    self.slots[k] = torch.zeros(len(self.known[k]), logits.shape[-1], device=bench.device)
+                self.slots[k][idx.to(bench.device)] = torch.softmax(logits, -1)  # (rows, C_k)
+                self.known[k][idx] = True
+        bench.model.set_source(source)
+
+
+def references(bench: Workbench, params: LearnParams, progress=None, lazy: bool = False) -> list:
+    """What each task's loss compares against: expert probabilities (Stage 1; ``lazy``: an
+    ``ExpertReferences`` the learner fills batch by batch), labels, nothing, or (generative tasks) the
+    expert's cached greedy outputs and top-k token distributions."""
     kind = get_objective(params.objective).reference
     generative = [k for k, t in enumerate(bench.tasks) if t.generative]
     if generative and params.objective not in GENERATIVE_OBJECTIVES:
         raise MergecoreError(f"task {bench.tasks[generative[0]].name} is generative; it learns with "
                              f"{' or '.join(GENERATIVE_OBJECTIVES)} on the expert's outputs (got {params.objective})")
-    refs: list = [None] * bench.num_tasks
-    if kind == "expert":
+    refs: list | ExpertReferences = [None] * bench.num_tasks
+    if kind == "expert" and lazy:
+        refs = ExpertReferences(bench, params.samples)
+    elif kind == "expert":
         refs = [None if p is None else p.to(bench.device)
                 for p in bench.predict(bench.routing(), "calibration", limit=params.samples, progress=progress)]
     elif kind == "labels":
@@ -183,17 +226,13 @@ class Learner:
     def run(self, sink: Callable[[str, int, dict], None] | None = None, stop=None) -> LearnResult:
         p, bench, t0 = self.params, self.bench, time.perf_counter()
         sink = sink or (lambda kind, step, payload: None)
-        def stage1(done: int = 0, rows: int = 0) -> None:
-            sink("stage", 0, {"stage": "references", "done": done, "rows": rows, "text": "Stage 1: the experts' "
-                              "predictions on the calibration inputs" + (f", {done}/{rows} rows" if rows else "")})
-
-        if self.objective.reference == "expert":  # entropy and ce need no expert pass
-            stage1()
-        ctx = {"sink": sink, "stop": stop, "t0": t0, "refs": references(bench, p, stage1)}
+        ctx = {"sink": sink, "stop": stop, "t0": t0, "refs": references(bench, p, lazy=True)}
         ctx["encoded"] = self._encoded(ctx["refs"])
         ctx["expert_eval"] = None  # the experts on the evaluation split: computed at the first periodic evaluation
         ctx["sampler"] = BatchSampler([len(e) for e in ctx["encoded"]], p.seed)
-        sink("stage", 0, {"stage": "learning", "text": f"Stage 2: {p.steps} steps of {p.objective}, {p.granularity}-wise"})
+        on_demand = ", Stage 1 (the experts' predictions) on each batch's new rows" * (self.objective.reference == "expert")
+        sink("stage", 0, {"stage": "learning",
+                          "text": f"Stage 2: {p.steps} steps of {p.objective}, {p.granularity}-wise{on_demand}"})
         phases = p.iterations if p.granularity == "spectral" else 1
         per_phase = math.ceil(p.steps / phases)
         status, message, step = "done", "", 0
@@ -227,6 +266,8 @@ class Learner:
             if ctx["stop"] is not None and ctx["stop"].is_set():
                 return "cancelled", f"stopped by the user after {step - 1} steps", step - 1
             parts = [(k, e, ctx["sampler"].take(k, min(p.batch_size, len(e)))) for k, e in enumerate(ctx["encoded"])]
+            if isinstance(ctx["refs"], ExpertReferences):
+                ctx["refs"].fill(parts, self.source)
             loss, per_task = self._step_loss(parts, ctx["refs"])
             if not torch.isfinite(loss):
                 return "failed", f"loss became {float(loss.detach())} at step {step}; kept the coefficients of step {step - 1}", step - 1

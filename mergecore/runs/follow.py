@@ -4,11 +4,13 @@ A live view keeps one ``RunSeries`` per run and calls ``update(store)`` about on
 the events after the last sequence number it saw, and keeps per step only what the charts draw (total and
 per-task loss, the coefficients averaged over modules, the periodic evaluations averaged over tasks), so
 the work of a refresh grows with what changed, not with the length of the run. ``thin`` caps what a chart
-draws at ``MAX_POINTS`` per trace.
+draws at ``MAX_POINTS`` per trace. ``delta`` is what a browser chart that already drew some of the run lacks
+(the app's live view polls it as JSON and extends its traces).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +62,29 @@ class RunSeries:
         self.status = rec.status
         return changed
 
+    def progress(self) -> tuple[float, str]:
+        """The progress bar: (fraction, text), by steps once they come, else by the current stage."""
+        if self.steps:
+            late = f", {self.stage}" if self.stage_key == "evaluating" and not self.done else ""
+            return (min(self.steps_done / max(self.total_steps, 1), 1.0),
+                    f"{self.label}: step {self.steps_done}/{self.total_steps} ({self.status}){late}")
+        return self.stage_progress, f"{self.label}: {self.stage or 'starting a worker process'} ({self.status})"
+
+    def delta(self, steps_seen: int = 0, evals_seen: int = 0) -> dict:
+        """What a chart that drew ``steps_seen`` steps and ``evals_seen`` evaluations lacks, as JSON-ready
+        lists (NaN as None): new steps with total, per-task loss and coefficients; new evaluations as
+        [step, score, mean confidence, confidently-wrong share]; status and progress."""
+        fraction, text = self.progress()
+        new = slice(max(steps_seen, 0), None)
+        return {
+            "id": self.run_id, "label": self.label, "status": self.status, "done": self.done, "message": self.message,
+            "progress": fraction, "text": text, "steps": self.steps[new], "loss": _json(self.loss[new]),
+            "task_loss": {task: _json(ys[new]) for task, ys in self.task_loss.items()},
+            "coefs": [_json(c.tolist()) for c in self.coefs[new]],
+            "evals": [[step] + _json([v[k] for k in ("score", "confidence", "confidently_wrong")])
+                      for step, v in self.evals[max(evals_seen, 0):]],
+        }
+
     def _add(self, kind: str, step: int, payload: dict) -> None:
         if kind == "stage":
             self.stage_key = payload.get("stage", "")
@@ -80,6 +105,11 @@ class RunSeries:
 def _mean(values: dict) -> float:
     xs = [float(v) for v in values.values() if v is not None]
     return float(np.mean(xs)) if xs else float("nan")
+
+
+def _json(xs: list) -> list:
+    """Floats as JSON allows them: NaN and infinities as None (a chart draws a gap)."""
+    return [float(x) if math.isfinite(x) else None for x in xs]
 
 
 def thin(xs, ys) -> tuple[np.ndarray, np.ndarray]:

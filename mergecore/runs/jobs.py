@@ -157,7 +157,8 @@ class Workers:
         for run_id, proc in list(self.procs.items()):
             if proc.poll() is None:
                 continue
-            del self.procs[run_id]
+            if self.procs.pop(run_id, None) is None:  # another thread reaped it (the live view's route, a page)
+                continue
             if proc.returncode == -signal.SIGTERM and self.store.get(run_id).status == "running":
                 # stopped before the worker installed its handler (still importing): the user's stop, not a crash
                 self.store.finish(run_id, "cancelled", {}, "stopped by the user before the worker started")
