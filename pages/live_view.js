@@ -173,19 +173,20 @@ class LiveView {
                          y: long.map((i) => half(Array.from(gd.data[i].y))) }, long);
   }
 
-  status(runs) {
-    this.el.status.replaceChildren(...runs.map((r) => {
-      const row = document.createElement("div");
-      row.className = "mc-run";
-      const text = document.createElement("div");
-      text.className = "mc-text";
-      text.textContent = r.text + (r.message && ["failed", "interrupted"].includes(r.status) ? `: ${r.message}` : "");
-      const bar = document.createElement("progress");
-      bar.max = 1;
-      bar.value = r.progress;
-      row.append(text, bar);
-      return row;
-    }));
+  status(runs) {  // one text + bar per run, updated in place (no DOM rebuilt when nothing changed)
+    runs.forEach((r, i) => {
+      let row = this.el.status.children[i];
+      if (!row) {
+        row = document.createElement("div");
+        row.className = "mc-run";
+        row.append(document.createElement("div"), document.createElement("progress"));
+        row.lastChild.max = 1;
+        this.el.status.append(row);
+      }
+      const text = r.text + (r.message && ["failed", "interrupted"].includes(r.status) ? `: ${r.message}` : "");
+      if (row.firstChild.textContent !== text) row.firstChild.textContent = text;
+      if (row.lastChild.value !== r.progress) row.lastChild.value = r.progress;
+    });
   }
 }
 

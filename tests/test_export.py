@@ -109,10 +109,16 @@ def test_card_records_sources_method_and_data(env, tmp_path):
     assert card["coefficients"] == rec.result["coefs"] and card["scores"] == rec.result["scores"]
     assert card["mergecore_version"] and card["base_model"] == bench.adapters.base_model
     assert card["run"] == {"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.result.get("status")}
-    for name, digest in card["files"].items():
-        import hashlib
+    import hashlib
 
+    on_disk = {p.relative_to(res.path).as_posix() for p in res.path.rglob("*") if p.is_file()}
+    assert set(card["files"]) == on_disk - {"merge_card.json", "README.md"}  # every file but the two that list them
+    for name, digest in card["files"].items():
         assert hashlib.sha256((res.path / name).read_bytes()).hexdigest() == digest
+    config_text = (res.path / "adapter_config.json").read_text()
+    assert json.loads(config_text)["base_model_name_or_path"] == bench.adapters.base_model  # PEFT's default base
+    for text in (config_text, (res.path / "merge_card.json").read_text()):
+        assert text.startswith('{\n  "') and json.dumps(json.loads(text), indent=2) == text  # indented for people
     readme = (res.path / "README.md").read_text()
     assert "PeftModel.from_pretrained" in readme and card["snippet"].strip() in readme
 
@@ -136,6 +142,7 @@ def test_compressed_report_is_recomputed(env, tmp_path, kind, rank):
     run = load_run(runs[kind], store, bench.adapters)
     res = export_run(bench, run, tmp_path / "out", ExportParams(mode="compressed", rank=rank, samples=8))
     ex = res.card["export"]
+    assert ex["probability_change"]["samples"] == 8
     tensors = load_file(str(res.path / "adapter_model.safetensors"))
     for name, m in run.merge.items():
         S = torch.linalg.svdvals(m.delta())  # dense float64 reference

@@ -86,7 +86,7 @@ def test_run_coefficients_collapse_only_identical_rows():
 def test_merge_card_records_every_field(mode, kind, family):
     adapters = adapter_set()
     tasks = TaskSet((task("sst2", ("neg", "pos")), task("topic", ("w", "s", "b"))))
-    bench = SimpleNamespace(adapters=adapters, tasks=tasks, reader=SimpleNamespace(family=family),
+    bench = SimpleNamespace(adapters=adapters, tasks=tasks, family=family,
                             base_name="" if family == "causal" else "local/base-copy")
     cfg = {"method": "learned" if kind == "learned" else "ties", "params": {"objective": "kl", "steps": 3},
            "weights": [0.25, 0.75],
@@ -122,12 +122,12 @@ def test_merge_card_records_every_field(mode, kind, family):
 
 def test_merge_card_of_a_bare_run():
     adapters = adapter_set()
-    bench = SimpleNamespace(adapters=adapters, tasks=TaskSet((task("t", ("a", "b")),)), reader=None, base_name="")
+    bench = SimpleNamespace(adapters=adapters, tasks=TaskSet((task("t", ("a", "b")),)), family=None, base_name="")
     card = merge_card(bench, RunSource("r", "r", "learned", {}, {}, {}), ExportParams(), "t", {}, {}, {})
     assert (card["method"], card["parameters"], card["objective"], card["coefficients"], card["data"]) == (
         None, None, None, None, [])
     assert (card["scores"], card["average"], card["anp"], card["run"]["status"]) == (None, None, None, None)
-    assert card["export"]["family"] == "classifier" and card["export"]["head"] == "t"  # no reader: a classifier
+    assert card["export"]["family"] == "classifier" and card["export"]["head"] == "t"  # no family: a classifier
 
 
 # ----------------------------------------------------------------------------- README
@@ -443,6 +443,7 @@ def test_export_params_name_what_is_wrong():
 
 def test_names_and_targets(tmp_path):
     assert safe_name("x" * 150) == "x" * 100 and safe_name("..") == "task" and safe_name("-.a b") == "a_b"
+    assert safe_name("X-ray") == "X-ray"  # only leading dots and dashes go
     assert safe_name("SST-2_v1.0") == "SST-2_v1.0" and safe_name("q/a é") == "q_a__"
     assert head_files(["a b", "c"]) == {"a b": "heads/a_b.safetensors", "c": "heads/c.safetensors"}
     with pytest.raises(MergecoreError, match=r"^task names \['a b', 'a_b'\] collide once made file-name safe; "
@@ -473,11 +474,11 @@ def test_load_run_without_a_workspace(tmp_path):
 def test_bench_family_and_base_folder(tmp_path):
     def bench(family=None, path=None):
         config = SimpleNamespace(_name_or_path=path)
-        return SimpleNamespace(reader=SimpleNamespace(family=family), model=SimpleNamespace(model=SimpleNamespace(config=config)))
+        return SimpleNamespace(family=family, model=SimpleNamespace(model=SimpleNamespace(config=config)))
 
     assert [bench_family(bench(f)) for f in ("causal", "seq2seq", "classifier", "regression", None)] == [
         "causal", "seq2seq", "classifier", "classifier", "classifier"]
-    assert bench_family(SimpleNamespace(reader=object())) == "classifier"
+    assert bench_family(SimpleNamespace()) == "classifier"
     assert base_folder(bench(path=str(tmp_path))) == str(tmp_path)  # a local copy (--base-path)
     assert base_folder(bench(path=str(tmp_path / "missing"))) is None and base_folder(bench(path="")) is None
     assert base_folder(bench(path=None)) is None and base_folder(SimpleNamespace(model=object())) is None

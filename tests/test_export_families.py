@@ -287,7 +287,7 @@ def test_gpt2_full_weights_transpose_into_conv1d(tmp_path):
     pm.save_pretrained(tmp_path / "adapter")
     adapter = load_adapters([tmp_path / "adapter"]).adapters[0]
     merge = {m: ModuleMerge("lora-factors", B=f.scale * f.B, A=f.A) for m, f in adapter.factors.items()}
-    bench = SimpleNamespace(reader=SimpleNamespace(family="causal"), tasks=TaskSet(tasks()[:1]), base_name=str(base),
+    bench = SimpleNamespace(family="causal", tasks=TaskSet(tasks()[:1]), base_name=str(base),
                             adapters=None, model=None)
     model, _ = full_model(bench, merge, "sentiment", {})
     reference = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), tmp_path / "adapter").merge_and_unload()
@@ -306,7 +306,7 @@ def test_causal_checkpoint_as_a_classifier_exports_a_classifier():
 
     hidden = json.loads((TINY / "llama" / "config.json").read_text())["hidden_size"]
     head = {"score.weight": torch.randn(2, hidden, generator=torch.Generator().manual_seed(0))}
-    bench = SimpleNamespace(reader=SimpleNamespace(family="classifier"), tasks=TaskSet(tasks()[:1]),
+    bench = SimpleNamespace(family="classifier", tasks=TaskSet(tasks()[:1]),
                             base_name=str(TINY / "llama"), adapters=None, model=None)
     model, _ = full_model(bench, {}, "sentiment", head)
     assert type(model).__name__ == "LlamaForSequenceClassification"

@@ -8,21 +8,22 @@ import torch
 
 from mergecore.bases import load_base
 from mergecore.errors import MergecoreError
+from mergecore.export.params import ExportInputs
 from mergecore.forward.workbench import Workbench
 from mergecore.merged import Merge
 
 
-def bench_family(bench: Workbench) -> str:
-    """The bench's model family: 'classifier', 'seq2seq' or 'causal' (``ExportInputs.family``, a workbench's reader's)."""
-    family = getattr(bench, "family", None) or getattr(getattr(bench, "reader", None), "family", None)
-    return family if family in ("classifier", "seq2seq", "causal") else "classifier"
+def bench_family(bench: Workbench | ExportInputs) -> str:
+    """The bench's model family: 'seq2seq', 'causal', or else 'classifier' (``ExportInputs.family``, ``Workbench.family``)."""
+    family = getattr(bench, "family", None)
+    return family if family in ("seq2seq", "causal") else "classifier"
 
 
 def base_folder(bench: Workbench) -> str | None:
     """The local folder the bench's base model was read from (``--base-path`` included), when there is one."""
     config = getattr(getattr(bench.model, "model", None), "config", None)
-    path = str(getattr(config, "_name_or_path", "") or "")
-    return path if path and Path(path).is_dir() else None
+    path = getattr(config, "_name_or_path", None)
+    return str(path) if path and Path(path).is_dir() else None
 
 
 def full_model(bench: Workbench, merge: Merge, head_task: str, head: dict[str, torch.Tensor]):

@@ -104,11 +104,11 @@ def class_prefix(modules: list[str], heads: list[str]) -> str:
 
     It is the first name every LoRA module shares, when it is not a layer container and no head lives
     under it; '' when there is none (T5, or adapters trained on the bare model)."""
-    firsts = {m.split(".", 1)[0] for m in modules}
+    firsts = {m.partition(".")[0] for m in modules}
     if len(firsts) != 1 or any("." not in m for m in modules):
         return ""
     first = firsts.pop()
-    if first in STRUCTURAL or first.isdigit() or any(h.split(".", 1)[0] == first for h in heads):
+    if first in STRUCTURAL or first.isdigit() or any(h.partition(".")[0] == first for h in heads):
         return ""
     return first + "."
 

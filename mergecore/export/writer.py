@@ -97,7 +97,7 @@ def export_run(bench: Workbench | ExportInputs, run: RunSource, out: str | Path,
         _write_heads(tmp, heads, files, bench)
         card["snippet"] = loading_snippet(card, Path(out).name)
         card["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / CARD_FILE).write_text(dumps(card, indent=2, default=float))  # NaN scores -> null
+        (tmp / CARD_FILE).write_text(dumps(card, indent=2))  # NaN scores -> null
         (tmp / README_FILE).write_text(card_readme(card, Path(out).name))
         written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     return ExportResult(check_target(out, True), card, written)

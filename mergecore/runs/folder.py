@@ -28,7 +28,7 @@ def write_run_folder(out: Path, store, run_id: str) -> None:
     rec = store.get(run_id)
     with atomic_folder(Path(out), overwrite=True) as tmp:
         (tmp / "run.json").write_text(dumps({"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.status,
-                                             "config": rec.config, "result": rec.result}, indent=2, default=float))
+                                             "config": rec.config, "result": rec.result}, indent=2))
         with open(tmp / "events.jsonl", "w") as f:
             for e in store.events(run_id):
                 f.write(dumps(e) + "\n")

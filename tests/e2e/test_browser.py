@@ -56,11 +56,26 @@ def followed(page) -> list[str]:
     return page.evaluate("() => new URL(location.href).searchParams.get('runs')").split(",")
 
 
+def traffic(page) -> dict:
+    """Counts of what the page receives: Streamlit's websocket frames (reruns) and live-view polls."""
+    seen = {"frames": 0, "polls": 0}
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda _: seen.__setitem__("frames", seen["frames"] + 1)))
+    page.on("requestfinished", lambda r: "/api/mergecore/live/" in r.url and seen.__setitem__("polls", seen["polls"] + 1))
+    return seen
+
+
 def test_race_curves_grow_for_both_runs_and_stop_ends_them(server, workspace, page):
+    seen = traffic(page)
     open_learn(page, server, 400)
     page.get_by_role("button", name="Entropy vs JS").click()
     samples = grow(page, 2)
     shot(page, "race_mid_run")
+    before = dict(seen)
+    time.sleep(5)
+    grown = page.evaluate(COEF_POINTS)
+    assert seen["polls"] - before["polls"] >= 3  # the browser polls the live route about once a second ...
+    assert seen["frames"] - before["frames"] <= 2, seen  # ... and Streamlit does not rerun the page to draw
+    assert all(grown[d] > samples[-1][d] for d in ("solid", "dash"))  # while the curves keep growing
     ids = followed(page)
     store = RunStore(workspace)
     assert sorted(store.get(i).name for i in ids) == ["entropy-layer", "js-layer"]
