@@ -191,6 +191,19 @@ def test_readme_of_full_weights_and_of_an_lm():
     lm = readme_card(mode="exact", rank=None, family="causal", head=None, heads={})
     text = card_readme(lm, "out")
     assert "- export: **exact**\n" in text and "(causal)." in text and "heads/<task>" not in text
+    assert "holds the full record.\n\n## Load it (transformers + PEFT only)\n" in text  # no heads line
+    for readme in (text, card_readme(old, "out")):
+        assert "\n\n```\n" not in readme and readme.endswith("\n```\n")  # the snippet ends where the block does
+
+
+def test_card_shows_an_unset_start_value_as_1_over_k():
+    from mergecore.export.card import shown_params
+
+    assert shown_params({"method": "learned", "params": {"init": None, "lr": 0.02}}) == {"init": "1/K", "lr": 0.02}
+    assert shown_params({"method": "learned", "params": {"init": 0.5}}) == {"init": 0.5}
+    assert shown_params({"method": "ties", "params": {"init": None}}) == {"init": None}  # only a learned run's start
+    assert shown_params({"method": "learned", "params": {"lr": 0.02}}) == {"lr": 0.02}
+    assert shown_params({"method": "learned", "params": None}) is None and shown_params({}) is None
 
 
 # ----------------------------------------------------------------------------- run folders

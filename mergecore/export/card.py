@@ -64,8 +64,8 @@ text = tok.batch_decode(out, skip_special_tokens=True)
 def loading_snippet(card: dict, folder_name: str) -> str:
     """Python that loads the export with transformers + PEFT only (no mergecore), with the base model's
     own class: a classifier (the chosen task's head), a seq2seq LM or a causal LM (no heads)."""
-    ex = card["export"]
-    family, base = ex.get("family", "classifier"), card["base_model"]
+    ex, base = card["export"], card["base_model"]
+    family = ex.get("family")  # a card written before the family was recorded: a classifier
     if family in LM_CLASSES:
         cls = LM_CLASSES[family]
         if ex["mode"] == "full":
@@ -162,8 +162,7 @@ def card_readme(card: dict, folder_name: str) -> str:
         objective=f", objective `{card['objective']}`" if card.get("objective") else "",
         base=card["base_model"], family=family, mode=ex["mode"],
         rank=f" (rank {ex['rank']})" if ex.get("rank") else "",
-        head=(f", head in the {'model' if full else 'adapter'}: `{ex['head']}`"
-              if family == "classifier" and ex.get("head") else ""),
+        head=f", head in the {'model' if full else 'adapter'}: `{ex['head']}`" if ex.get("head") else "",  # LMs: None
         sources=", ".join(f"`{s['name']}` (sha256 {s['sha256'][:12]})" for s in card["sources"]),
         scores="- scores: " + ", ".join(f"{t} {fmt(v)}" for t, v in scores.items()) + "\n" if scores else "",
         energy=energy, files=", ".join(f"`{f}`" for f in files), card_file=CARD_FILE,
