@@ -104,6 +104,12 @@ def test_progress_is_the_stage_until_steps_come_then_the_step_count(tmp_path):
     store.finish(run_id, "done", {})
     s.update(store)
     assert s.progress() == (1.0, f"js:{run_id[-6:]}: step 5/4 (done)")
+    one = store.create("one", "learned", {"params": {"steps": 1}})
+    step(store, one, 1, [0.5, 0.5])
+    store.finish(one, "failed", {}, "gradient became nan at step 2")
+    s = RunSeries(one)
+    s.update(store)
+    assert s.progress()[0] == 1.0 and s.delta()["message"] == "gradient became nan at step 2"
 
 
 def test_delta_is_what_a_chart_that_drew_some_of_the_run_lacks(tmp_path):

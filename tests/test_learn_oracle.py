@@ -262,6 +262,7 @@ def test_references_are_each_experts_own_probabilities(bench):
     """Stage 1 caches expert k's probabilities on task k (a one-hot FixedCoefs run), not the merge's or uniform."""
     L, K = bench.num_modules, bench.num_tasks
     refs = references(bench, LearnParams(objective="js", samples=ROWS))
+    refs.fill([(k, bench.encoded(k, "calibration", limit=ROWS), torch.arange(ROWS)) for k in range(K)], bench.uniform())
     uniform = bench.predict(bench.uniform(), "calibration", limit=ROWS)
     for k in range(K):
         onehot = torch.zeros(L, K)
@@ -280,9 +281,11 @@ def test_stage1_on_demand_computes_each_row_once_as_expert_k_on_task_k(bench, mo
     (as the eager Stage 1 has them), rows not seen yet untouched, and the learner's source back afterwards."""
     from mergecore.learn.learner import ExpertReferences
 
-    eager = references(bench, LearnParams(objective="js", samples=ROWS))
-    lazy = references(bench, LearnParams(objective="js", samples=ROWS), lazy=True)
+    eager = bench.predict(bench.routing(), "calibration", limit=ROWS)  # every row up front, in 256-row chunks
+    lazy = references(bench, LearnParams(objective="js", samples=ROWS))
     assert isinstance(lazy, ExpertReferences) and all(lazy[k] is None for k in range(bench.num_tasks))
+    assert [len(v) for v in references(bench, LearnParams(objective="js", samples=5)).known.values()] == [5] * len(
+        bench.label_tasks)  # the run's calibration rows, not the split's
     rows, real = [], bench.reader.label_logits
     monkeypatch.setattr(bench.reader, "label_logits", lambda mm, seg, inputs: rows.append(
         [e - s for _, s, e in seg.spans]) or real(mm, seg, inputs))
@@ -301,12 +304,13 @@ def test_stage1_on_demand_computes_each_row_once_as_expert_k_on_task_k(bench, mo
 
 def test_a_run_with_stage1_on_demand_equals_one_with_stage1_up_front(bench, monkeypatch):
     """Same rows, same references, same steps: the coefficients agree with an eager Stage 1 run."""
-    from mergecore.learn import learner as learner_module
+    from mergecore.learn.learner import ExpertReferences
 
     params = LearnParams(objective="js", granularity="layer", samples=ROWS, batch_size=4, steps=6, eval_every=0)
     lazy = Learner(bench, params).run()
-    real = learner_module.references
-    monkeypatch.setattr(learner_module, "references", lambda b, p, progress=None, lazy=False: real(b, p))
+    real = ExpertReferences.fill
+    monkeypatch.setattr(ExpertReferences, "fill", lambda self, parts, source: real(  # every row at the first step
+        self, [(k, enc, torch.arange(len(enc))) for k, enc, _ in parts], source))
     eager = Learner(bench, params).run()
     torch.testing.assert_close(lazy.coefs, eager.coefs, rtol=1e-5, atol=1e-6)
     assert (lazy.coefs - 1 / bench.num_tasks).abs().max() > 1e-4  # the coefficients moved

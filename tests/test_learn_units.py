@@ -241,17 +241,14 @@ def test_make_source_refuses_spectral_and_unknown_granularities():
             make_source(bench, name, torch.ones(2))
 
 
-@pytest.mark.parametrize("objective", ["js", "ce"])
-def test_references_live_on_the_bench_device(objective):
-    """Expert probabilities and label ids go to the bench's device ('meta': not the CPU they come from)."""
+def test_label_references_live_on_the_bench_device():
+    """Label ids go to the bench's device ('meta': not the CPU they come from); expert probabilities are
+    allocated there by ExpertReferences.fill (the learner on a GPU: tests/test_cuda.py)."""
     from mergecore.forward.generative import GenParams
     from mergecore.learn.learner import references
 
     tasks = [Task(f"t{k}", ("a", "b"), _split(3, (0, 1, 1)), _split(2, (0, 1))) for k in range(2)]
-    expert = [torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]]) for _ in tasks]
     bench = SimpleNamespace(tasks=TaskSet(tuple(tasks)), num_tasks=2, device=torch.device("meta"),
-                            gen_params=GenParams(), routing=lambda: "routing",
-                            predict=lambda source, split, limit, progress=None: [p[:limit] for p in expert])
-    refs = references(bench, LearnParams(objective=objective, samples=2, labeled=3))
-    assert all(r.device.type == "meta" for r in refs)
-    assert [tuple(r.shape) for r in refs] == ([(2, 2)] * 2 if objective == "js" else [(3,)] * 2)
+                            gen_params=GenParams())
+    refs = references(bench, LearnParams(objective="ce", samples=2, labeled=3))
+    assert all(r.device.type == "meta" for r in refs) and [tuple(r.shape) for r in refs] == [(3,)] * 2

@@ -107,9 +107,9 @@ class Workbench:
 
     @torch.no_grad()
     def predict(self, source, split: str = "evaluation", limit: int | None = None,
-                max_rows: int = 256, progress=None) -> list[torch.Tensor | None]:
+                max_rows: int = 256) -> list[torch.Tensor | None]:
         """Label probabilities (n_k, C_k) of every label task under ``source``, all tasks mixed in
-        chunks; None in a generative task's place. ``progress(rows_done, rows)`` after each chunk."""
+        chunks; None in a generative task's place."""
         parts = []
         for k in self.label_tasks:
             enc = self.encoded(k, split, limit)
@@ -117,14 +117,10 @@ class Workbench:
                 parts.append((k, enc, torch.arange(start, min(start + max_rows, len(enc)))))
         outs: list[list[torch.Tensor]] = [[] for _ in range(self.num_tasks)]
         self.model.set_source(source)
-        done, total = 0, sum(len(idx) for _, _, idx in parts)
         for chunk in _chunk(parts, max_rows):
             segments, inputs = self.reader.batch(chunk, self.device)
             for (k, _, _), logits in zip(chunk, self.reader.label_logits(self.model, segments, inputs)):
                 outs[k].append(torch.softmax(logits, -1).cpu())
-            done += sum(len(idx) for _, _, idx in chunk)
-            if progress:
-                progress(done, total)
         return [torch.cat(o) if o else None for o in outs]
 
 

@@ -120,21 +120,18 @@ class ExpertReferences:
         bench.model.set_source(source)
 
 
-def references(bench: Workbench, params: LearnParams, progress=None, lazy: bool = False) -> list:
-    """What each task's loss compares against: expert probabilities (Stage 1; ``lazy``: an
-    ``ExpertReferences`` the learner fills batch by batch), labels, nothing, or (generative tasks) the
-    expert's cached greedy outputs and top-k token distributions."""
+def references(bench: Workbench, params: LearnParams) -> list | ExpertReferences:
+    """What each task's loss compares against: expert probabilities (Stage 1, an ``ExpertReferences``
+    the learner fills batch by batch), labels, nothing, or (generative tasks) the expert's cached greedy
+    outputs and top-k token distributions."""
     kind = get_objective(params.objective).reference
     generative = [k for k, t in enumerate(bench.tasks) if t.generative]
     if generative and params.objective not in GENERATIVE_OBJECTIVES:
         raise MergecoreError(f"task {bench.tasks[generative[0]].name} is generative; it learns with "
                              f"{' or '.join(GENERATIVE_OBJECTIVES)} on the expert's outputs (got {params.objective})")
     refs: list | ExpertReferences = [None] * bench.num_tasks
-    if kind == "expert" and lazy:
+    if kind == "expert":
         refs = ExpertReferences(bench, params.samples)
-    elif kind == "expert":
-        refs = [None if p is None else p.to(bench.device)
-                for p in bench.predict(bench.routing(), "calibration", limit=params.samples, progress=progress)]
     elif kind == "labels":
         for k, t in enumerate(bench.tasks):
             if t.calibration.labels is None:
@@ -226,7 +223,7 @@ class Learner:
     def run(self, sink: Callable[[str, int, dict], None] | None = None, stop=None) -> LearnResult:
         p, bench, t0 = self.params, self.bench, time.perf_counter()
         sink = sink or (lambda kind, step, payload: None)
-        ctx = {"sink": sink, "stop": stop, "t0": t0, "refs": references(bench, p, lazy=True)}
+        ctx = {"sink": sink, "stop": stop, "t0": t0, "refs": references(bench, p)}
         ctx["encoded"] = self._encoded(ctx["refs"])
         ctx["expert_eval"] = None  # the experts on the evaluation split: computed at the first periodic evaluation
         ctx["sampler"] = BatchSampler([len(e) for e in ctx["encoded"]], p.seed)

@@ -77,7 +77,7 @@ class RunSeries:
         fraction, text = self.progress()
         new = slice(max(steps_seen, 0), None)
         return {
-            "id": self.run_id, "label": self.label, "status": self.status, "done": self.done, "message": self.message,
+            "id": self.run_id, "status": self.status, "done": self.done, "message": self.message,
             "progress": fraction, "text": text, "steps": self.steps[new], "loss": _json(self.loss[new]),
             "task_loss": {task: _json(ys[new]) for task, ys in self.task_loss.items()},
             "coefs": [_json(c.tolist()) for c in self.coefs[new]],
