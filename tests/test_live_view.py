@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from starlette.requests import Request
@@ -23,7 +24,8 @@ def get(path: str, query: str = ""):
         if match.name == "FULL":
             scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(), "headers": [],
                      **child}
-            response = asyncio.run(route.endpoint(Request(scope)))
+            with ThreadPoolExecutor(1) as pool:  # its own event loop (Playwright's may be running in this thread)
+                response = pool.submit(asyncio.run, route.endpoint(Request(scope))).result()
             return response.status_code, response
     raise AssertionError(f"no route for {path}")
 

@@ -14,7 +14,7 @@ forward per generative task); the loss is the sum over tasks of the mean per-exa
 start point with ``l2_target='start'``, toward gains of 1 (the start merge) for spectral runs.
 A step whose loss or gradient is not finite stops the run ("failed") before the optimizer moves.
 
-Events (stage: Stage 1 / Stage 2 starting; step: loss, per-task loss, lr, coefficients, grad norm, seconds;
+Events (stage: Stage 2 starting; step: loss, per-task loss, lr, coefficients, grad norm, seconds;
 eval: the periodic evaluation) go to a sink callback; ``stop`` (a threading.Event) is checked between steps.
 """
 
