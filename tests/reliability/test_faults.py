@@ -49,7 +49,7 @@ def test_sigkill_mid_run_leaves_store_readable_and_run_interrupted(tiny_setup, t
         while time.time() < deadline:
             if (ws / "runs.sqlite").exists():
                 runs = RunStore(ws).list()
-                if runs and len(RunStore(ws).events(runs[0].id)) >= 3:
+                if runs and len(RunStore(ws).events(runs[0].id, "step")) >= 3:
                     break
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
