@@ -30,6 +30,7 @@ class LiveView {
     this.legend = { coefs: new Set(), collapse: new Set() };
     this.stopped = false;
     this.timer = null;
+    this.drawnAt = 0;  // charts are extended at most every chart_ms; progress rows at every poll
     this.el = {};
     for (const name of ["status", "loss", "coefs", "collapse", "note"]) {
       this.el[name] = root.querySelector(`[data-part="${name}"]`);
@@ -127,9 +128,13 @@ class LiveView {
       return;
     }
     if (this.stopped) return;
-    for (const delta of body.runs) await this.apply(delta);
+    const done = body.runs.every((r) => r.done);
+    if (done || Date.now() - this.drawnAt >= this.d.chart_ms) {  // not drawn: the next poll asks for the same points again
+      for (const delta of body.runs) await this.apply(delta);
+      this.drawnAt = Date.now();
+    }
     this.status(body.runs);
-    if (body.runs.every((r) => r.done)) {
+    if (done) {
       this.finished("finished", Date.now());  // one rerun: the page shows the final charts and tables
       return;
     }

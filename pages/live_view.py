@@ -33,6 +33,7 @@ from pages import charts
 PREFIX = "/api/mergecore"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 MAX_TICKETS = 64  # live views remembered (a tab's ticket lives as long as the page shows it)
+CHART_S = 2.0  # charts redraw at most every 2 s (Plotly redraws are most of the browser's cost); progress text every poll
 SERVED = False  # set by app.py when its st.App serves ROUTES
 
 
@@ -106,6 +107,7 @@ def show(workers, series: list[RunSeries], tasks: list[str], refresh_s: float):
                "coefs": charts.coef_figure([], tasks).to_plotly_json()["layout"],
                "collapse": charts.collapse_figure([]).to_plotly_json()["layout"]}
     data = {"url": f"{PREFIX}/live/{token}", "plotly": f"{PREFIX}/plotly.min.js", "refresh_ms": int(refresh_s * 1000),
+            "chart_ms": int(max(CHART_S, refresh_s) * 1000),
             "max_points": MAX_POINTS, "tasks": tasks, "runs": [{"id": s.run_id, "label": s.label} for s in series],
             "style": style, "layouts": layouts}
     return _component(data=data, key="live_" + token, on_finished_change=lambda: None)
