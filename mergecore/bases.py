@@ -38,6 +38,7 @@ from transformers.utils import logging as hf_logging
 
 from mergecore.errors import MergecoreError
 from mergecore.files import atomic_folder
+from mergecore.placement import LoadParams, pretrained_kwargs
 
 FAMILIES = ("classifier", "seq2seq", "causal")
 PEFT_TASK_TYPES = {"SEQ_CLS": "classifier", "SEQ_2_SEQ_LM": "seq2seq", "CAUSAL_LM": "causal"}
@@ -260,8 +261,12 @@ def base_family(name: str, base_path: str | None = None, trust_remote_code: bool
 
 
 def load_base(name: str, family: str | None = None, trust_remote_code: bool = False,
-              base_path: str | None = None, num_labels: int = 2):
-    """(model, tokenizer, family) for ``name``; ``family`` None means detect it from the config."""
+              base_path: str | None = None, num_labels: int = 2, load: LoadParams | None = None,
+              device: torch.device | None = None, keep: tuple[str, ...] = ()):
+    """(model, tokenizer, family) for ``name``; ``family`` None means detect it from the config.
+
+    ``load``: dtype, quantization and device map (``placement.LoadParams``) for a model that will run on ``device``
+    (default CPU); ``keep``: modules never quantized (a classifier's heads)."""
     if family is not None and family not in FAMILIES:
         raise MergecoreError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
     _quiet_transformers()
@@ -272,14 +277,15 @@ def load_base(name: str, family: str | None = None, trust_remote_code: bool = Fa
         raise MergecoreError(f"base model {name!r} is a {actual} model ({type(config).__name__}), not {family}; "
                              f"drop --family or pick {actual} (the adapters' PEFT task_type also sets it)")
     family = family or detect_family(config)
-    kw = {"trust_remote_code": trust_remote_code}
+    kw = {"trust_remote_code": trust_remote_code,
+          **pretrained_kwargs(load or LoadParams(), config, device or torch.device("cpu"), list(keep))}
     try:
         if family == "classifier":
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
                                                                        ignore_mismatched_sizes=True, **kw)
         else:
             cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-            model = cls.from_pretrained(path, dtype="float32", **kw)
+            model = cls.from_pretrained(path, **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     except UNREADABLE_WEIGHTS as exc:
         raise unreadable_weights(name, exc) from None

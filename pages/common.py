@@ -17,6 +17,7 @@ from mergecore.adapters import load_adapters
 from mergecore.data.sources import TaskSource, load_tasks, record, save_mapping
 from mergecore.errors import MergecoreError
 from mergecore.forward.workbench import open_workbench
+from mergecore.placement import LoadParams
 
 
 def default_workspace() -> str:
@@ -34,11 +35,11 @@ def registry(workspace: str):
 
 @st.cache_resource(show_spinner="Loading the base model and adapters...", max_entries=4)
 def bench(adapter_dirs: tuple[str, ...], device: str, task_source: tuple = ("demo",), base_model: str = "",
-          workspace: str = ""):
+          workspace: str = "", load: tuple = ()):
     """One Workbench per adapter selection, task source and device, shared by all sessions (never mutated)."""
     adapters = load_adapters(list(adapter_dirs), base_model=base_model or None)
     source = tasks_source(task_source, workspace or default_workspace())
-    wb = open_workbench(adapters, load_tasks(adapters.names, source), device=device)
+    wb = open_workbench(adapters, load_tasks(adapters.names, source), device=device, load=LoadParams(**dict(load)))
     wb.task_source = record(source, wb.tasks.names)  # as the CLI records it: `--run` reuses it
     return wb
 
@@ -90,7 +91,7 @@ def bench_spec(bench):
     from mergecore.runs.jobs import BenchSpec
 
     return BenchSpec(adapter_dirs(), dict(bench.task_source or {"kind": "demo"}), st.session_state.get("base_model", ""),
-                     st.session_state.get("device", "cpu"))
+                     st.session_state.get("device", "cpu"), dict(st.session_state.get("load_params", ())))
 
 
 def current_bench():
@@ -98,7 +99,7 @@ def current_bench():
     try:
         return bench(adapter_dirs(), st.session_state.get("device", "cpu"),
                      st.session_state.get("task_source", ("demo",)), st.session_state.get("base_model", ""),
-                     st.session_state.get("workspace") or default_workspace())
+                     st.session_state.get("workspace") or default_workspace(), st.session_state.get("load_params", ()))
     except MergecoreError as exc:
         st.error(str(exc))
         return None
@@ -159,11 +160,17 @@ def _field_widget(f, current, key: str):
     """One widget for one dataclass field, labelled from its metadata (choices -> selectbox, X | None -> text
     with the field's none label, bool -> checkbox, numbers -> number input)."""
     label, helptext = f.metadata.get("label") or f.name, f.metadata.get("help")
+    none_label = f.metadata.get("none_label")
     if f.metadata.get("choices"):
-        choices, names = list(f.metadata["choices"]), f.metadata.get("choice_labels") or {}
+        choices, names = list(f.metadata["choices"]), dict(f.metadata.get("choice_labels") or {})
+        if none_label:  # an optional choice: None is offered first, under its label
+            choices, names[None] = [None, *choices], none_label
         return st.selectbox(label, choices, index=choices.index(current), help=helptext, key=key,
                             format_func=lambda c: names.get(c, c))
-    if "none_label" in f.metadata:
+    if none_label and "str" in str(f.type):  # optional text: empty or the none label -> None
+        text = st.text_input(label, value=current or "", help=f"{helptext or ''} (empty: {none_label})", key=key)
+        return None if text.strip().lower() in {"", none_label.lower()} else text.strip()
+    if none_label:
         return _optional_number(f, current, key, label, helptext)
     if isinstance(current, bool):
         return st.checkbox(label, value=current, help=helptext, key=key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,8 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from mergecore.errors import MergecoreError
+from mergecore.placement import LoadParams
 from pages.common import bench as load_bench
-from pages.common import current_bench
+from pages.common import current_bench, dataclass_form, default_workspace
 
 st.title("Workspace")
 st.caption("Pick LoRA adapters of one base model; adapter k is the expert of task k.")
@@ -97,13 +99,19 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
                    'the reference); optional "prompt" ("{0}" fills the first text column), "verbalizers".')
         files = st.text_area("Column mapping", value="[]", key="file_spec")
         spec = ("files", files)
+    with st.expander("Base model weights: dtype, quantization, device map", expanded=False):
+        current = LoadParams(**dict(st.session_state.get("load_params", ())))
+        load = dataclass_form(LoadParams, "load", current)
     if st.button("Load", key="load_adapters", type="primary"):
         dirs = [line.strip() for line in text.splitlines() if line.strip()]
         try:
             if spec[0] == "files":
                 json.loads(spec[1])
-            load_bench(tuple(dirs) or _demo_dirs(), st.session_state.get("device", "cpu"), spec, base)
-            st.session_state.update(adapter_dirs=dirs, task_source=spec, base_model=base, preset_refusal=None)
+            placed = tuple(dataclasses.asdict(load.validate()).items())
+            load_bench(tuple(dirs) or _demo_dirs(), st.session_state.get("device", "cpu"), spec, base,
+                       st.session_state.get("workspace") or default_workspace(), placed)
+            st.session_state.update(adapter_dirs=dirs, task_source=spec, base_model=base, preset_refusal=None,
+                                    load_params=placed)
             st.rerun()
         except json.JSONDecodeError as exc:
             st.error(f"the column mapping is not valid JSON ({exc}); give a list of objects, one per adapter")

@@ -23,6 +23,7 @@ from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportInputs
 from mergecore.forward.workbench import Workbench, open_workbench
 from mergecore.numbers import dumps
+from mergecore.placement import LoadParams
 from mergecore.runs import compare
 from mergecore.runs.folder import run_config
 from mergecore.runs.store import RunStore
@@ -89,6 +90,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=["classifier", "seq2seq", "causal"], help="model family (default: detected)")
     p.add_argument("--base-path", help="local folder of the base model when the adapters name a hub id")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    add_dataclass_args(p, LoadParams)  # --dtype, --quantize, --device-map
     p.add_argument("--workspace", type=Path, help="run store folder (default: ./workspace or $MERGECORE_WORKSPACE)")
     p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
 
@@ -107,7 +109,8 @@ def open_bench(args: argparse.Namespace) -> Workbench:
     adapters = load_adapters(args.adapters or demo_adapter_dirs(), allow_bin=args.allow_bin, base_model=args.base_model)
     source = task_source(args)
     bench = open_workbench(adapters, load_tasks(adapters.names, source), device=args.device,
-                           trust_remote_code=args.trust_remote_code, family=args.family, base_path=args.base_path)
+                           trust_remote_code=args.trust_remote_code, family=args.family, base_path=args.base_path,
+                           load=dataclass_from_args(LoadParams, args))
     bench.task_source = record(source, bench.tasks.names)  # recorded in run configs: `--run` reuses it
     return bench
 
@@ -182,6 +185,9 @@ def run_sources(ref: str, store, args) -> dict:
                 if not s or (local and not Path(s).expanduser().is_dir()):
                     raise _gone("adapter folder", s, "--adapters DIR ... (the run's adapters, in order)")
             args.adapters = sources
+    for key, value in (config.get("load") or {}).items():  # the run's dtype / quantization / device map
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     if args.glue is None and args.task_files is None:
         src = config.get("task_source") or {}
         if src.get("kind") == "files":

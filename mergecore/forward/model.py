@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -93,19 +94,21 @@ class MultiLoraLinear(nn.Module):
         h = F.linear(x, self.A_cat)  # (N, ..., R)
         if c_r.ndim == 2:  # per-row coefficients
             c_r = c_r.view(c_r.shape[0], *([1] * (h.ndim - 2)), c_r.shape[1])
-        hc = h.float() * c_r.float()  # coefficients stay float32 under autocast
+        hc = h.float() * c_r.float().to(h.device)  # coefficients stay float32 under autocast
         return F.linear(hc.to(h.dtype), self.B_cat)  # (N, ..., out)
 
     def expand_coefs(self, c: torch.Tensor) -> torch.Tensor:
-        """Per-adapter coefficients (K,) or (N, K) -> per rank direction (R,) or (N, R)."""
-        return c @ self.expand
+        """Per-adapter coefficients (K,) or (N, K) -> per rank direction (R,) or (N, R), on this layer's device."""
+        return c.to(self.expand.device) @ self.expand
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         source = self.slot.source
         if source is None:
             return y
-        return y + source.lora_term(self, x).to(y.dtype)
+        # the LoRA path runs in float32 whatever the base's dtype, and the sum is rounded once, as PEFT does (it
+        # keeps adapter weights float32); under autocast F.linear still computes in the autocast dtype
+        return (y + source.lora_term(self, x.to(self.A_cat.dtype))).to(y.dtype)
 
 
 class RoutedHead(nn.Module):
@@ -120,7 +123,10 @@ class RoutedHead(nn.Module):
         width = max(self.num_labels)
         outs = []
         for task, start, end in self.slot.segments.spans:
-            logits = self.heads[task](x[start:end], *args, **kwargs)
+            head = self.heads[task]
+            weight = next(head.parameters(), None)  # the head's dtype (a bf16 base's hidden states may differ)
+            rows = x[start:end] if weight is None else x[start:end].to(weight.dtype)
+            logits = head(rows, *args, **kwargs)
             outs.append(F.pad(logits, (0, width - logits.shape[-1])))
         return torch.cat(outs, dim=0)
 
@@ -130,10 +136,15 @@ def _freeze(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
+QUANTIZED = ("Linear4bit", "Linear8bitLt")  # bitsandbytes layers (nn.Linear subclasses with packed weights)
+
+
 def linear_shape(base: nn.Module, name: str) -> tuple[int, int]:
     """(out, in) of a Linear, or of a GPT-2 style Conv1D (weight stored (in, out), y = x W + b).
 
     LoRA factors act the same on both (x A^T B^T); only the base weight layout differs."""
+    if type(base).__name__ in QUANTIZED:  # bitsandbytes: the weight is packed, the layer knows its shape
+        return base.out_features, base.in_features
     if isinstance(base, nn.Linear):
         return tuple(base.weight.shape)
     if type(base).__name__ == "Conv1D" and getattr(base, "weight", None) is not None and base.weight.ndim == 2:
@@ -161,20 +172,82 @@ def wrap_linears(model: nn.Module, adapters: AdapterSet, slot: Slot) -> list[Mul
                 f"{base_shape[0]}x{base_shape[1]}; wrong base model"
             )
         B_cat, A_cat, owner = stack_factors(adapters.factors(name), dtype=torch.float32)
-        layer = MultiLoraLinear(base, index, name, A_cat, B_cat, owner, slot, len(adapters))
+        where = layer_device(model, name, base)  # the factors live where the base layer computes
+        layer = MultiLoraLinear(base, index, name, A_cat.to(where), B_cat.to(where), owner.to(where), slot,
+                                len(adapters))
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer)  # "" is the model itself
         layers.append(layer)
     return layers
 
 
+def _hooks(hook) -> list:
+    """The accelerate hooks in ``hook`` (a SequentialHook holds several)."""
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", None) or [hook])
+
+
+def layer_device(model: nn.Module, name: str, base: nn.Module) -> torch.device:
+    """Where module ``name`` computes: the execution device of the nearest accelerate hook on it or an ancestor
+    (an offloaded layer's weights sit on the meta device), else its weight's device."""
+    parts = name.split(".")
+    for i in range(len(parts), -1, -1):
+        for hook in _hooks(getattr(model.get_submodule(".".join(parts[:i])), "_hf_hook", None)):
+            device = getattr(hook, "execution_device", None)
+            if device is not None:
+                return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    return base.weight.device
+
+
+class _Renamed(Mapping):
+    """An offload hook's weights map read through the names wrapping gave its parameters (q.base.weight -> q.weight)."""
+
+    def __init__(self, inner, renames: dict[str, str]):
+        self.inner, self.renames = inner, renames
+
+    def __getitem__(self, key: str):
+        return self.inner[self.renames.get(key, key)]
+
+    def __iter__(self):
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def follow_offload(model: nn.Module, wrapped: list[str]) -> None:
+    """Point accelerate's offload hooks at the wrapped layers' weights: a hook loads a block's offloaded weights
+    by their names in the block, and wrapping a Linear moves ``q.weight`` to ``q.base.weight``."""
+    for path, module in model.named_modules():
+        for hook in _hooks(getattr(module, "_hf_hook", None)):
+            if not getattr(hook, "offload", False) or getattr(hook, "weights_map", None) is None:
+                continue
+            inside = [n[len(path) + 1:] if path else n for n in wrapped if not path or n.startswith(path + ".")]
+            renames = {f"{rel}.base.{leaf}": f"{rel}.{leaf}" for rel in inside for leaf in ("weight", "bias")}
+            if renames:
+                hook.weights_map = _Renamed(hook.weights_map, renames)
+
+
+def main_device(model: nn.Module) -> torch.device:
+    """Where inputs go: accelerate's main device for a dispatched model (the first non-offloaded device in its
+    map, outputs come back there), else the device of its first parameter."""
+    placed = [d for d in (getattr(model, "hf_device_map", None) or {}).values() if d not in ("cpu", "disk")]
+    if placed:
+        return torch.device(f"cuda:{placed[0]}" if isinstance(placed[0], int) else placed[0])
+    if getattr(model, "hf_device_map", None):
+        return torch.device("cpu")
+    return next(model.parameters()).device
+
+
 def build_head(template: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
     """A copy of ``template`` carrying ``params`` (shapes may differ, e.g. num_labels)."""
     head = copy.deepcopy(template)
+    like = next(template.parameters())  # the head keeps the base's dtype and device
     for pname, value in params.items():
         owner_name, _, leaf = pname.rpartition(".")
         owner = head.get_submodule(owner_name)  # "" is the head itself
-        setattr(owner, leaf, nn.Parameter(value.detach().clone().float(), requires_grad=False))
+        setattr(owner, leaf, nn.Parameter(value.detach().to(like.device, like.dtype, copy=True), requires_grad=False))
     if isinstance(head, nn.Linear):
         head.out_features, head.in_features = head.weight.shape
     return head
@@ -234,6 +307,7 @@ class MergeModel(nn.Module):
         self.adapters = adapters
         self.model = base
         self.layers = wrap_linears(base, adapters, self.slot)
+        follow_offload(base, [layer.name for layer in self.layers])
         if not with_heads:
             _refuse_heads(adapters)
         self.num_labels = route_heads(base, adapters, self.slot) if with_heads else []
@@ -244,7 +318,7 @@ class MergeModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return main_device(self.model)
 
     def set_source(self, source) -> None:
         self.slot.source = source

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from mergecore.forward.generative import Generator, GenParams
 from mergecore.forward.model import MergeModel
 from mergecore.forward.readers import ClassifierReader, Encoded, Reader
 from mergecore.forward.verbalizer import make_reader
+from mergecore.placement import LoadParams
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Workbench:
     reader: Reader  # ClassifierReader, Seq2SeqReader or CausalReader
     base_name: str = ""
     gen_params: GenParams = field(default_factory=GenParams)  # generative tasks: decoding and caching
+    load: LoadParams = field(default_factory=LoadParams)  # the base's dtype, quantization and device map
     task_source: dict | None = None  # where the tasks came from (demo / glue / task files), recorded in run configs
     baselines: dict[str, dict[str, float]] | None = field(default=None, repr=False)  # pre-trained / experts /
     # uniform scores, filled once by ``runs.runner.cached_baselines``
@@ -139,20 +141,25 @@ def _chunk(parts, max_rows: int):
 
 def open_workbench(adapters: AdapterSet, tasks: TaskSet, device: str | None = None,
                    trust_remote_code: bool = False, base_model: str | None = None,
-                   family: str | None = None, base_path: str | None = None) -> Workbench:
-    """Load the base, wrap it with the adapters, pick the reader of the model family
-    (classifier heads, seq2seq or causal verbalizers), and pair adapters with tasks."""
+                   family: str | None = None, base_path: str | None = None,
+                   load: LoadParams | None = None) -> Workbench:
+    """Load the base (in ``load``'s dtype, quantization and device map), wrap it with the adapters, pick the
+    reader of the model family (classifier heads, seq2seq or causal verbalizers), and pair adapters with tasks."""
     name = base_model or adapters.base_model
     if not name and not base_path:
         raise MergecoreError("the adapters name no base model; pass --base-model PATH_OR_HUB_ID")
     family = family or family_of_adapters(adapters)
-    model, tokenizer, family = load_base(name or base_path, family, trust_remote_code, base_path)
+    load, where = (load or LoadParams()).validate(), resolve_device(device)
+    heads = tuple(sorted({h for a in adapters.adapters for h in a.head_modules}))
+    model, tokenizer, family = load_base(name or base_path, family, trust_remote_code, base_path, load=load,
+                                         device=where, keep=heads)
+    mm = MergeModel(model, adapters, with_heads=family == "classifier")
+    if not load.placed:  # a quantized or device-mapped base was placed by transformers at load time
+        mm = mm.to(where)
     if family == "classifier":
-        mm = MergeModel(model, adapters).to(resolve_device(device))
-        return Workbench(adapters, tasks, mm, ClassifierReader(tokenizer), base_name=name)
-    mm = MergeModel(model, adapters, with_heads=False).to(resolve_device(device))
+        return Workbench(adapters, tasks, mm, ClassifierReader(tokenizer), base_name=name, load=load)
     reader = make_reader(family, tasks, tokenizer, model.config, max_length=256)
-    return Workbench(adapters, tasks, mm, reader, base_name=name or base_path)
+    return Workbench(adapters, tasks, mm, reader, base_name=name or base_path, load=load)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -180,6 +187,8 @@ def bench_config(bench: Workbench) -> dict:
     }
     if bench.task_source:
         config["task_source"] = dict(bench.task_source)
+    if bench.load != LoadParams():  # recorded only when not the default, so default runs keep their cache keys
+        config["load"] = asdict(bench.load)
     return config
 
 

@@ -26,6 +26,7 @@ from mergecore.forward.workbench import Workbench, open_workbench
 from mergecore.learn.params import LearnParams
 from mergecore.merges import get_method
 from mergecore.merges.base import check_weights
+from mergecore.placement import LoadParams
 from mergecore.runs.runner import create_learning_run, create_static_run, resolve_start
 from mergecore.runs.store import RunStore
 
@@ -39,10 +40,12 @@ class BenchSpec:
     task_source: dict = field(default_factory=lambda: {"kind": "demo"})
     base_model: str = ""
     device: str = "cpu"
+    load: dict = field(default_factory=dict)  # placement.LoadParams fields (dtype, quantize, device_map)
 
     def open(self) -> Workbench:
         adapters = load_adapters(list(self.adapters), base_model=self.base_model or None)
-        bench = open_workbench(adapters, load_tasks(adapters.names, from_record(self.task_source)), device=self.device)
+        bench = open_workbench(adapters, load_tasks(adapters.names, from_record(self.task_source)), device=self.device,
+                               load=LoadParams(**self.load))
         bench.task_source = dict(self.task_source)
         return bench
 
@@ -72,7 +75,8 @@ class JobSpec:
     def read(path: str | Path) -> "JobSpec":
         d = json.loads(Path(path).read_text())
         raw = d.pop("bench")
-        bench = BenchSpec(tuple(raw["adapters"]), raw["task_source"], raw["base_model"], raw["device"])
+        bench = BenchSpec(tuple(raw["adapters"]), raw["task_source"], raw["base_model"], raw["device"],
+                          raw.get("load") or {})
         weights = d.pop("weights")
         return JobSpec(bench=bench, weights=None if weights is None else tuple(weights),
                        method_params=tuple(d.pop("method_params")), **d)
