@@ -30,7 +30,7 @@ DEVICE_MAPS = ("auto", "balanced")
 
 
 def _meta(label: str, text: str, **extra) -> dict:
-    return {"label": label, "help": text, **extra}
+    return {"label": label, "help": text, "advanced": False, **extra}
 
 
 @dataclass(frozen=True)

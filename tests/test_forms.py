@@ -30,7 +30,7 @@ def _check_metadata(cls) -> None:
         assert isinstance(meta.get("advanced"), bool), (cls, f.name)
         assert "-1" not in meta["label"] + meta["help"], (cls, f.name)  # no sentinel values
         if meta.get("choices"):
-            assert f.default in meta["choices"], (cls, f.name)
+            assert f.default in meta["choices"] or (f.default is None and "none_label" in meta), (cls, f.name)
             assert set(meta.get("choice_labels", {})) <= set(meta["choices"]), (cls, f.name)
         if "none_label" in meta:  # an `X | None` field: None reads as the label, never as a magic number
             assert f.default is None and type(None) in typing.get_args(hints[f.name]), (cls, f.name)
@@ -111,7 +111,9 @@ def _form_script(kind: str):
     from mergecore.merges.registry import METHODS
     from pages.common import dataclass_form
 
-    cls = LearnParams if kind == "learn" else METHODS[kind].params_cls
+    from mergecore.placement import LoadParams
+
+    cls = {"learn": LearnParams, "load": LoadParams}.get(kind) or METHODS[kind].params_cls
     with st.form("f"):
         st.session_state["out"] = dataclass_form(cls, f"t_{kind}")
         st.form_submit_button("Go")
@@ -191,3 +193,22 @@ def test_merge_method_forms_are_labelled_and_folded():
     at.selectbox(key="t_pico_base_method").set_value("ties")
     at.button[0].click().run()
     assert at.session_state["out"] == METHODS["pico"].params_cls(lam=0.4, base_method="ties")
+
+
+# ----------------------------------------------------------------------------- the base's loading (Workspace)
+
+
+def test_load_params_have_labels_and_the_form_reads_none_as_none():
+    from mergecore.placement import LoadParams
+
+    _check_metadata(LoadParams)
+    at = _form("load")
+    boxes = {w.label: w for w in at.selectbox}
+    assert boxes["Base weights dtype"].value == "auto" and boxes["Quantize the base"].value is None
+    assert "none" in boxes["Quantize the base"].options and at.text_input[0].value == ""
+    assert at.session_state["out"] == LoadParams()
+    boxes["Base weights dtype"].set_value("bfloat16")
+    boxes["Quantize the base"].set_value("nf4")
+    at.text_input[0].input("balanced")
+    at.button[0].click().run()
+    assert at.session_state["out"] == LoadParams(dtype="bfloat16", quantize="nf4", device_map="balanced")

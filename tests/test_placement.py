@@ -260,3 +260,40 @@ def test_auto_device_maps_on_a_cpu_only_machine(llama, device_map):
     assert {layer.A_cat.device.type for layer in mapped.model.layers} == {"cpu"}
     ref = bench(llama)
     assert close(probs(mapped, ref.uniform()), probs(ref, ref.uniform()), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_learns_on_a_bf16_demo_base_and_records_it(tmp_path, capsys):
+    import argparse
+
+    from mergecore.cli import main
+    from mergecore.cli.common import run_sources
+    from mergecore.runs.store import RunStore
+
+    argv = ["learn", "--demo", "--dtype", "bfloat16", "--steps", "2", "--samples", "4", "--batch-size", "2",
+            "--eval-every", "0", "--workspace", str(tmp_path), "--json"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    store = RunStore(tmp_path)
+    assert store.get(out["run_id"]).config["load"] == {"dtype": "bfloat16", "quantize": None, "device_map": None}
+    args = argparse.Namespace(adapters=None, demo=True, glue=None, task_files=None, dtype=None, quantize=None,
+                              device_map=None)
+    run_sources(out["run_id"], store, args)  # commands taking --run reopen the base as the run loaded it
+    assert (args.dtype, args.quantize, args.device_map) == ("bfloat16", None, None)
+
+
+@pytest.mark.parametrize("flag, value, message", [("--dtype", "fp8", "argument --dtype: invalid choice: 'fp8'"),
+                                                  ("--quantize", "nf3", "unknown quantization 'nf3'"),
+                                                  ("--device-map", "nowhere.json", "device map 'nowhere.json'")])
+def test_cli_refuses_bad_load_flags_with_exit_2(tmp_path, capsys, flag, value, message):
+    from mergecore.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--demo", flag, value, "--workspace", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and message in err[-1]
+    assert flag == "--dtype" or len(err) == 1  # argparse prints its usage above a bad choice
