@@ -227,15 +227,6 @@ def unreadable_weights(name: str, exc: BaseException) -> MergecoreError:
 def _config(path: str, name: str, trust_remote_code: bool):
     if not trust_remote_code and Path(path).is_dir():
         refuse_custom_code(path, name)  # config.json and tokenizer_config.json auto_map
-    local = Path(path) / "config.json"
-    if local.is_file() and not trust_remote_code:
-        try:
-            raw = json.loads(local.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MergecoreError(f"{local} is not valid JSON ({exc}); re-save the base model") from None
-        if raw.get("auto_map"):
-            raise MergecoreError(f"base model {name!r} needs custom code (auto_map in config.json); "
-                                 "only if you trust it, opt in with --trust-remote-code")
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
