@@ -14,7 +14,13 @@ The public Python API is the handful of names below; the CLI (``mergecore.cli``)
     export_run(bench, load_run(...), out)    a PEFT adapter folder (or full weights) + merge card
 """
 
-from mergecore.adapters import AdapterSet, load_adapters
+import logging
+
+# bitsandbytes (optional: --quantize) logs at import, on CPUs with AVX512-BF16, that an optional hub kernel is
+# missing and it falls back to its own; peft imports it, so every command would print that line. Quiet it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from mergecore.adapters import AdapterSet, load_adapters  # noqa: E402
 from mergecore.analysis.catalog import LENSES, compute_lens
 from mergecore.analysis.lenses import LensParams
 from mergecore.data.sources import TaskSource, load_tasks
