@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,7 +129,9 @@ def main() -> None:
     summary = {"steps": args.steps, "cpus": os.cpu_count(), "rounds": rounds,
                "learner_ratio": sum(r["learner_s"] for r in (x["app"] for x in rounds))
                / sum(r["learner_s"] for r in (x["cli"] for x in rounds)),
-               "wall_ratio": sum(x["app"]["wall_s"] for x in rounds) / sum(x["cli"]["wall_s"] for x in rounds)}
+               "wall_ratio": sum(x["app"]["wall_s"] for x in rounds) / sum(x["cli"]["wall_s"] for x in rounds),
+               # pooled ratios above; the median round below is robust to one disturbed run on a shared machine
+               "median_learner_ratio": statistics.median(x["learner_ratio"] for x in rounds)}
     print(json.dumps(summary, indent=1))
     if args.out:
         args.out.write_text(json.dumps(summary, indent=1) + "\n")

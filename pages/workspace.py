@@ -127,6 +127,9 @@ if bench is None:
 ad = bench.adapters
 family = type(bench.reader).__name__.replace("Reader", "").lower()
 st.subheader(f"{len(ad)} adapters on {bench.base_name} ({family} family)")
+if bench.load != LoadParams():
+    st.caption("Base weights: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataclasses.asdict(bench.load).items()
+                                            if v is not None) + "; adapters, coefficients and losses in float32")
 st.dataframe(pd.DataFrame(ad.report()), hide_index=True)
 
 st.subheader("Compatibility report")

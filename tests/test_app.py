@@ -39,6 +39,18 @@ def test_workspace_bad_adapter_folder_shows_error_and_stays_usable(app, tmp_path
     assert not app.exception
 
 
+def test_workspace_loads_the_base_in_bf16_and_says_so(app):
+    app.selectbox(key="load_dtype").set_value("bfloat16")
+    app.button(key="load_adapters").click().run()
+    assert not app.exception and not app.error
+    assert app.session_state["load_params"] == (("dtype", "bfloat16"), ("quantize", None), ("device_map", None))
+    assert any(c.value.startswith("Base weights: dtype bfloat16;") for c in app.caption)
+    app.text_input(key="load_device_map").input("no-such-map.json")
+    app.button(key="load_adapters").click().run()
+    assert any("device map 'no-such-map.json' is neither auto, balanced nor a JSON file" in e.value for e in app.error)
+    assert app.session_state["load_params"][0] == ("dtype", "bfloat16")  # the loaded bench stays as it was
+
+
 def test_learn_page_runs_a_job_in_a_worker_and_shows_scores(app):
     import time
 
