@@ -182,6 +182,8 @@ def test_job_spec_round_trip_and_placement(tmp_path):
     spec = JobSpec("r1", str(tmp_path), "merge", BenchSpec(("a", "b"), {"kind": "demo"}, "base", "cpu"),
                    method="ties", method_params=("density=0.2",), weights=(0.5, 0.5), threads=1)
     assert JobSpec.read(spec.write(tmp_path)) == spec
+    placed = JobSpec("r2", str(tmp_path), "learn", BenchSpec(("a",), load={"dtype": "bfloat16", "quantize": "nf4"}))
+    assert JobSpec.read(placed.write(tmp_path)) == placed  # the worker loads the base as the page did
     assert thread_share(1) == (os.cpu_count() or 1) and thread_share(10 ** 6) == 1
     assert devices_for("cpu", 3) == ["cpu"] * 3
 
