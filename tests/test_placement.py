@@ -284,6 +284,13 @@ def test_cli_learns_on_a_bf16_demo_base_and_records_it(tmp_path, capsys):
                               device_map=None)
     run_sources(out["run_id"], store, args)  # commands taking --run reopen the base as the run loaded it
     assert (args.dtype, args.quantize, args.device_map) == ("bfloat16", None, None)
+    with pytest.raises(SystemExit) as exc:  # the adapters are float32 whatever the base held: exported as always
+        main(["export", "--run", out["run_id"], "--workspace", str(tmp_path), "--out", str(tmp_path / "merged")])
+    assert exc.value.code == 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "merged" / "adapter_model.safetensors")
+    assert tensors and all(t.dtype == torch.float32 for t in tensors.values())
 
 
 @pytest.mark.parametrize("flag, value, message", [("--dtype", "fp8", "argument --dtype: invalid choice: 'fp8'"),
