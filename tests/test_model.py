@@ -499,3 +499,15 @@ def test_a_head_missing_from_the_base_model_is_refused():
     with pytest.raises(MergecoreError, match=r"^adapter head pooler \(modules_to_save\) does not exist in the base "
                                              r"model; check the base model$"):
         MergeModel(_Net(), adapters)
+
+
+def test_expanded_coefficients_stay_float32_under_autocast():
+    from mergecore.forward.model import MultiLoraLinear, Slot
+
+    layer = MultiLoraLinear(torch.nn.Linear(4, 3), 0, "x", torch.randn(3, 4), torch.randn(3, 3), torch.tensor([0, 0, 1]),
+                            Slot(), num_adapters=2)
+    c = torch.tensor([0.1234567, 0.7654321])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = layer.expand_coefs(c)
+    assert inside.dtype == torch.float32 and torch.equal(inside, c[[0, 0, 1]])  # not rounded to bf16
+    assert torch.equal(layer.expand_coefs(c), c[[0, 0, 1]])

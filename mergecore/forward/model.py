@@ -98,8 +98,13 @@ class MultiLoraLinear(nn.Module):
         return F.linear(hc.to(h.dtype), self.B_cat)  # (N, ..., out)
 
     def expand_coefs(self, c: torch.Tensor) -> torch.Tensor:
-        """Per-adapter coefficients (K,) or (N, K) -> per rank direction (R,) or (N, R), on this layer's device."""
-        return c.to(self.expand.device) @ self.expand
+        """Per-adapter coefficients (K,) or (N, K) -> per rank direction (R,) or (N, R), on this layer's device,
+        in float32 (autocast would run this matmul in bf16 and round the coefficients)."""
+        c = c.to(self.expand.device)
+        if torch.is_autocast_enabled(c.device.type):
+            with torch.autocast(c.device.type, enabled=False):
+                return c.float() @ self.expand
+        return c @ self.expand
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
