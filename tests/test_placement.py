@@ -304,3 +304,38 @@ def test_cli_refuses_bad_load_flags_with_exit_2(tmp_path, capsys, flag, value, m
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and message in err[-1]
     assert flag == "--dtype" or len(err) == 1  # argparse prints its usage above a bad choice
+
+
+@QUIET
+def test_every_lens_reads_the_same_from_a_device_mapped_base(llama, tmp_path):
+    from test_lenses_families import PARAMS
+
+    from mergecore.analysis.catalog import LENSES, compute_lens, headline
+    from mergecore.runs.store import RunStore
+
+    mapping = {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.layers.1": "cpu", "model.norm": "cpu",
+               "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    (tmp_path / "map.json").write_text(json.dumps(mapping))
+    ref, mapped = bench(llama), bench(llama, device_map=str(tmp_path / "map.json"))
+    store = RunStore(tmp_path / "ws")
+    run_id = store.create("mixed", "learned", {"method": "learned"})
+    store.put_tensors(run_id, "coefs", {"coefs": torch.tensor([[0.7, 0.2]]).repeat(ref.num_modules, 1)})
+    store.finish(run_id, "done", {})
+    for what in LENSES:
+        want, got = compute_lens(what, ref, store, run_id, PARAMS), compute_lens(what, mapped, store, run_id, PARAMS)
+        assert headline(what, got) == headline(what, want), what
+        a, b = torch.tensor(_numbers(want), dtype=torch.float64), torch.tensor(_numbers(got), dtype=torch.float64)
+        assert len(a) > 3 and torch.isfinite(a).sum() > 3, what  # numbers to compare, not only undefined ones
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, equal_nan=True, msg=what)
+
+
+def _numbers(obj) -> list[float]:
+    """Every number in a lens result (dicts, lists, tensors), in order."""
+    if isinstance(obj, torch.Tensor):
+        return obj.double().flatten().tolist()
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else []
+    return [x for item in items for x in _numbers(item)]
