@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def torch_dtype(dtype: str, config, device: torch.device) -> torch.dtype:
         return DTYPES[dtype]
     if device.type != "cuda":
         return torch.float32
-    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    saved = getattr(config, "dtype", None)  # transformers 5 names it dtype (torch_dtype is its old alias)
     if isinstance(saved, str):
         saved = DTYPES.get(saved)
     return saved if saved in DTYPES.values() else torch.float32
@@ -116,8 +115,7 @@ def pretrained_kwargs(params: LoadParams, config, device: torch.device, skip: li
         compute = dtype if dtype != torch.float32 or device.type == "cpu" else torch.bfloat16
         kw["quantization_config"] = quantization_config(params.quantize, compute, skip)
     if params.device_map is not None:
-        kw["device_map"] = device_map_arg(params.device_map)
-        kw["offload_folder"] = tempfile.mkdtemp(prefix="mergecore-offload-")
+        kw["device_map"] = device_map_arg(params.device_map)  # "disk" entries: transformers picks the folder
     elif params.quantize:
         kw["device_map"] = {"": str(device)}  # a quantized model is placed at load time
     return kw

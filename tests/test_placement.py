@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -76,12 +77,13 @@ def close(a, b, atol):
 @pytest.mark.parametrize("load, message", [
     ({"dtype": "fp8"}, "unknown dtype 'fp8'; valid: auto, float32, bfloat16, float16"),
     ({"quantize": "nf3"}, "unknown quantization 'nf3'; valid: nf4, int8 (or none)"),
-    ({"device_map": "everywhere"}, "device map 'everywhere' is neither auto, balanced nor a JSON file"),
+    ({"device_map": "everywhere"}, "device map 'everywhere' is neither auto, balanced nor a JSON file; "
+                                   "give --device-map auto|balanced|FILE.json"),
 ])
 def test_bad_load_params_are_one_line(load, message):
     with pytest.raises(MergecoreError) as info:
         LoadParams(**load).validate()
-    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert str(info.value) == message
 
 
 def test_device_map_files(tmp_path):
@@ -93,8 +95,10 @@ def test_device_map_files(tmp_path):
     assert device_map_arg("auto") == "auto" and device_map_arg("balanced") == "balanced"
     with pytest.raises(MergecoreError, match="is not valid JSON"):
         device_map_arg(str(bad))
-    with pytest.raises(MergecoreError, match="must be a JSON object"):
+    with pytest.raises(MergecoreError) as info:
         device_map_arg(str(wrong))
+    assert str(info.value) == (f"device map {wrong} must be a JSON object {{\"module\": \"device\"}} "
+                               "(devices: \"cpu\", \"cuda:0\", 0, \"disk\")")
 
 
 def test_auto_dtype_is_the_checkpoints_on_cuda_and_float32_on_cpu():
@@ -105,6 +109,8 @@ def test_auto_dtype_is_the_checkpoints_on_cuda_and_float32_on_cpu():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert torch_dtype("auto", bf16, cpu) == torch.float32
     assert torch_dtype("auto", bf16, cuda) == torch.bfloat16
+    assert torch_dtype("auto", SimpleNamespace(dtype="float16"), cuda) == torch.float16  # a config.json string
+    assert torch_dtype("auto", SimpleNamespace(dtype="int8"), cuda) == torch.float32  # not a weights dtype
     assert torch_dtype("auto", unnamed, cuda) == torch.float32
     assert torch_dtype("float16", unnamed, cpu) == torch.float16
 
@@ -112,16 +118,21 @@ def test_auto_dtype_is_the_checkpoints_on_cuda_and_float32_on_cpu():
 def test_pretrained_kwargs():
     from transformers import LlamaConfig
 
-    cpu = torch.device("cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert pretrained_kwargs(LoadParams(), LlamaConfig(), cpu, []) == {"dtype": "float32"}
+    assert pretrained_kwargs(LoadParams(), LlamaConfig(dtype="bfloat16"), cuda, []) == {"dtype": "bfloat16"}
     kw = pretrained_kwargs(LoadParams(dtype="bfloat16", quantize="nf4"), LlamaConfig(), cpu, ["classifier"])
     q = kw["quantization_config"]
     assert kw["device_map"] == {"": "cpu"} and kw["dtype"] == "bfloat16"
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_compute_dtype == torch.bfloat16
-    assert q.llm_int8_skip_modules == ["classifier"]
-    assert pretrained_kwargs(LoadParams(quantize="int8"), LlamaConfig(), cpu, [])["quantization_config"].load_in_8bit
+    assert q.bnb_4bit_use_double_quant and q.llm_int8_skip_modules == ["classifier"]  # QLoRA's double quantization
+    q8 = pretrained_kwargs(LoadParams(quantize="int8"), LlamaConfig(), cpu, ["classifier"])["quantization_config"]
+    assert q8.load_in_8bit and q8.llm_int8_skip_modules == ["classifier"]
+    compute = {d.type: pretrained_kwargs(LoadParams(dtype="float32", quantize="nf4"), LlamaConfig(), d, [])
+               ["quantization_config"].bnb_4bit_compute_dtype for d in (cpu, cuda)}
+    assert compute == {"cpu": torch.float32, "cuda": torch.bfloat16}  # a float32 4-bit base computes in bf16 on GPUs
     kw = pretrained_kwargs(LoadParams(device_map="balanced"), LlamaConfig(), cpu, [])
-    assert kw["device_map"] == "balanced" and "offload_folder" in kw
+    assert kw == {"dtype": "float32", "device_map": "balanced"}
 
 
 # ----------------------------------------------------------------------------- bf16 weights
