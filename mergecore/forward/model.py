@@ -28,7 +28,7 @@ from torch import nn
 from mergecore.adapters import AdapterSet
 from mergecore.core_space import stack_factors
 from mergecore.errors import MergecoreError
-from mergecore.forward.devices import follow_offload, layer_device, main_device
+from mergecore.forward.devices import layer_device, main_device
 
 
 @dataclass
@@ -253,7 +253,6 @@ class MergeModel(nn.Module):
         self.adapters = adapters
         self.model = base
         self.layers = wrap_linears(base, adapters, self.slot)
-        follow_offload(base, [layer.name for layer in self.layers])
         if not with_heads:
             _refuse_heads(adapters)
         self.num_labels = route_heads(base, adapters, self.slot) if with_heads else []
