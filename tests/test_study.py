@@ -103,3 +103,33 @@ def test_committed_smollm2_experts_learned_their_task():
     assert type(bench.reader).__name__ == "CausalReader"
     pre, expert = evaluate(bench, bench.pretrained())["sst2"], evaluate(bench, bench.routing())["sst2"]
     assert expert > pre + 5, (pre, expert)
+
+
+def test_study_arguments_pick_the_experts_folder_report_and_rows(tmp_path):
+    """run.py: --experts smollm2 reads its folder's tasks and writes its own report; --adapters-dir and --rows;
+    train_smollm.py: all 8 tasks on the GPU when visible by default. Parsing only, no model."""
+    from mergecore.demo.glue import SMOLLM_DIR
+    from scripts.study.run import parser, resolve_args
+    from scripts.study.train_smollm import check, parser as train_parser, pick_dtype
+
+    minilm = resolve_args(parser().parse_args([]))
+    assert minilm.adapters_dir == ADAPTER_DIR and minilm.out == Path("docs/results.md") and minilm.device == "auto"
+    smol = resolve_args(parser().parse_args(["--experts", "smollm2"]))
+    assert smol.adapters_dir == SMOLLM_DIR and smol.out == Path("docs/results-smollm2.md")
+    assert smol.tasks == [d.name for d in committed(SMOLLM_DIR)] and smol.workspace != minilm.workspace
+    for name in ("rte", "cola"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(b"")
+    args = resolve_args(parser().parse_args(["--experts", "smollm2", "--adapters-dir", str(tmp_path), "--dtype",
+                                             "bfloat16", "--rows", "ties", "JS, layer", "LoRA-DV"]))
+    assert args.tasks == ["cola", "rte"] and args.dtype == "bfloat16" and args.rows == ["ties", "JS, layer", "LoRA-DV"]
+    with pytest.raises(SystemExit, match="unknown row"):
+        resolve_args(parser().parse_args(["--rows", "JS layer"]))
+    with pytest.raises(SystemExit, match="no adapter"):
+        resolve_args(parser().parse_args(["--adapters-dir", str(tmp_path / "none")]))
+    train = train_parser().parse_args([])
+    assert train.tasks == list(GLUE_TASKS) and train.device == "auto" and train.dtype == "auto"
+    assert pick_dtype("auto", torch.device("cpu")) == "float32" and pick_dtype("auto", torch.device("cuda")) == "bfloat16"
+    lines = check({"sst2": {"pre-trained": 50.0, "expert": 80.0}, "rte": {"pre-trained": 50.0, "expert": 51.0},
+                   "cola": {"task": "cola", "error": "boom"}}, margin=2.0)
+    assert lines[0].startswith("cola   FAILED") and lines[1].endswith(": above") and "NOT above" in lines[2]

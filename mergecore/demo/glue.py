@@ -9,6 +9,7 @@ from mergecore.adapters import load_adapters
 from mergecore.data.glue import GLUE_TASKS, GlueParams, load_glue
 from mergecore.data.tasks import TaskSet
 from mergecore.forward.workbench import open_workbench
+from mergecore.placement import LoadParams
 
 ADAPTER_DIR = Path(__file__).parent / "glue-minilm"  # MiniLM + heads, all 8 tasks (scripts/study/train_glue.py)
 SMOLLM_DIR = Path(__file__).parent / "glue-smollm2"  # SmolLM2 verbalizers, some tasks (scripts/study/train_smollm.py)
@@ -19,8 +20,9 @@ def committed(folder: Path) -> list[Path]:
     return [folder / n for n in GLUE_TASKS if (folder / n / "adapter_model.safetensors").is_file()]
 
 
-def glue_adapter_dirs(names: list[str] | None = None) -> list[Path]:
-    return [ADAPTER_DIR / n for n in (names or GLUE_TASKS)]
+def glue_adapter_dirs(names: list[str] | None = None, folder: Path = ADAPTER_DIR) -> list[Path]:
+    """``folder/<task>`` for each task (all 8 GLUE tasks by default)."""
+    return [Path(folder) / n for n in (names or GLUE_TASKS)]
 
 
 def glue_taskset(source, params: GlueParams = GlueParams(), names: list[str] | None = None, eval_seed: int = 0):
@@ -33,7 +35,10 @@ def glue_taskset(source, params: GlueParams = GlueParams(), names: list[str] | N
     return TaskSet(tuple(replace(t, evaluation=f.evaluation) for t, f in zip(tasks, fixed)))
 
 
-def glue_workbench(source, params: GlueParams = GlueParams(), names: list[str] | None = None, device: str | None = None):
-    """Workbench over the committed GLUE experts (all 8 tasks, or a subset)."""
+def glue_workbench(source, params: GlueParams = GlueParams(), names: list[str] | None = None, device: str | None = None,
+                   folder: Path = ADAPTER_DIR, load: LoadParams | None = None):
+    """Workbench over the GLUE experts in ``folder`` (default the committed MiniLM ones; all 8 tasks, or a subset),
+    on ``device`` with the base loaded as ``load`` says (e.g. ``LoadParams(dtype="bfloat16")``)."""
     names = names or list(GLUE_TASKS)
-    return open_workbench(load_adapters(glue_adapter_dirs(names)), glue_taskset(source, params, names), device=device)
+    return open_workbench(load_adapters(glue_adapter_dirs(names, folder)), glue_taskset(source, params, names),
+                          device=device, load=load)
