@@ -35,6 +35,8 @@ def test_layer_device_is_the_nearest_hooks_execution_device():
     assert layer_device(model, "block.attn.q", q) == torch.device("cuda:2")  # its own (a SequentialHook) wins
     q._hf_hook = SimpleNamespace(execution_device=None)
     assert layer_device(model, "block.attn.q", q) == torch.device("cuda:1")  # a hook with no device is skipped
+    q._hf_hook = SimpleNamespace()  # a hook that moves nothing (no execution_device at all)
+    assert layer_device(model, "block.attn.q", q) == torch.device("cuda:1")
     model._hf_hook = SimpleNamespace(execution_device=0)
     del model.block._hf_hook
     assert layer_device(model, "block.attn.q", q) == torch.device("cuda:0")  # the root's
