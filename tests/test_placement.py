@@ -111,6 +111,7 @@ def test_auto_dtype_is_the_checkpoints_on_cuda_and_float32_on_cpu():
     assert torch_dtype("auto", bf16, cuda) == torch.bfloat16
     assert torch_dtype("auto", SimpleNamespace(dtype="float16"), cuda) == torch.float16  # a config.json string
     assert torch_dtype("auto", SimpleNamespace(dtype="int8"), cuda) == torch.float32  # not a weights dtype
+    assert torch_dtype("auto", SimpleNamespace(), cuda) == torch.float32  # a config naming no dtype
     assert torch_dtype("auto", unnamed, cuda) == torch.float32
     assert torch_dtype("float16", unnamed, cpu) == torch.float16
 
