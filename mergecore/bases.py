@@ -268,15 +268,15 @@ def load_base(name: str, family: str | None = None, trust_remote_code: bool = Fa
         raise MergecoreError(f"base model {name!r} is a {actual} model ({type(config).__name__}), not {family}; "
                              f"drop --family or pick {actual} (the adapters' PEFT task_type also sets it)")
     family = family or detect_family(config)
-    kw = {"trust_remote_code": trust_remote_code,
-          **pretrained_kwargs(load or LoadParams(), config, device or torch.device("cpu"), list(keep))}
+    placed = pretrained_kwargs(load or LoadParams(), config, device or torch.device("cpu"), list(keep))
+    kw = {"trust_remote_code": trust_remote_code}
     try:
         if family == "classifier":
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
-                                                                       ignore_mismatched_sizes=True, **kw)
+                                                                       ignore_mismatched_sizes=True, **kw, **placed)
         else:
             cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-            model = cls.from_pretrained(path, **kw)
+            model = cls.from_pretrained(path, **kw, **placed)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     except UNREADABLE_WEIGHTS as exc:
         raise unreadable_weights(name, exc) from None

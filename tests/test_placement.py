@@ -351,3 +351,14 @@ def _numbers(obj) -> list[float]:
         return [float(obj)]
     items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else []
     return [x for item in items for x in _numbers(item)]
+
+
+def test_the_tokenizer_is_loaded_without_the_weights_arguments(llama, tmp_path):
+    """from_pretrained's dtype / device map are the model's: a tokenizer keeps unknown arguments in its
+    init_kwargs and writes them into tokenizer_config.json (a full-weights export saves the tokenizer)."""
+    from mergecore.bases import load_base
+
+    _, tok, _ = load_base(str(base_of(llama)), load=LoadParams(dtype="bfloat16", device_map="auto"))
+    tok.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert not {"dtype", "device_map", "quantization_config"} & (set(saved) | set(tok.init_kwargs))
