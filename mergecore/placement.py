@@ -96,7 +96,7 @@ def device_map_arg(value: str) -> str | dict:
 def quantization_config(kind: str, compute: torch.dtype, skip: list[str]):
     """bitsandbytes' config for ``nf4`` / ``int8``; one line naming what is missing when it cannot run here."""
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise MergecoreError(f"--quantize {kind} needs bitsandbytes; pip install bitsandbytes")
+        raise MergecoreError(f"quantizing the base ({kind}) needs bitsandbytes; pip install bitsandbytes")
     from transformers import BitsAndBytesConfig
 
     if kind == "nf4":

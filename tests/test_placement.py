@@ -241,7 +241,7 @@ def test_quantize_without_bitsandbytes_is_one_line(monkeypatch, llama):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
-    with pytest.raises(MergecoreError, match=r"^--quantize nf4 needs bitsandbytes; pip install bitsandbytes$"):
+    with pytest.raises(MergecoreError, match=r"^quantizing the base \(nf4\) needs bitsandbytes; pip install bitsandbytes$"):
         bench(llama, quantize="nf4")
 
 
