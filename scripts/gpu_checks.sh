@@ -7,6 +7,7 @@
 #   peer_small.json         bench/peer_fusionbench.py --preset small
 #   learn_step_cuda.json    bench/learn_step.py --precision fp32,tf32,bf16 --granularities task,layer
 #   pytest_cuda.txt         python -m pytest -q tests/test_cuda.py
+#   learn_step_compile.json bench/learn_step.py --precision bf16 --compile (only if the budget has 60 s left)
 #
 # The H200 machine reaches no network and its image has neither bitsandbytes nor fusion-bench: they travel
 # as wheels. On the development machine, once (downloads into .whl/, which it adds to .git/info/exclude):
@@ -114,5 +115,9 @@ step peer_small 50 20 "$PY" bench/peer_fusionbench.py "${PSMALL[@]}" --precision
 step learn_step 100 40 "$PY" bench/learn_step.py "${LSTEP[@]}" --precision fp32,tf32,bf16 \
     --granularities task,layer --json --out "$OUT/learn_step_cuda.json"
 step pytest_cuda 90 30 bash -c "'$PY' -m pytest -q tests/test_cuda.py >'$OUT/pytest_cuda.txt' 2>&1"
+# issue 18 part 4: the whole wrapped model under torch.compile (one graph, no per-layer recompiles:
+# tests/test_compile.py) vs the compiled floor, bf16 autocast; last, it runs only if the budget allows
+step learn_step_compile 120 60 "$PY" bench/learn_step.py "${LSTEP[@]}" --precision bf16 --granularities task \
+    --reference none --compile --json --out "$OUT/learn_step_compile.json"
 say "done in $(($(date +%s) - T0))s; summary:"
 cat "$SUMMARY" | tee -a "$LOG"

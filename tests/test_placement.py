@@ -29,12 +29,15 @@ QUIET = pytest.mark.filterwarnings("ignore")  # bitsandbytes / accelerate warn a
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    """Two PEFT adapters (r=2 on q_proj, v_proj) on a small random Llama saved as the base: 64 wide, as
+    return small_llama(tmp_path_factory.mktemp("placement"))
+
+
+def small_llama(root):
+    """Two PEFT adapters (r=2 on q_proj, v_proj) on a small random Llama saved as ``root/base``: 64 wide, as
     bitsandbytes' CPU kernels need widths in multiples of their blocks; weights scaled so distributions are peaked."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    root = tmp_path_factory.mktemp("placement")
     cfg = LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     torch.manual_seed(7)
