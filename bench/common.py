@@ -225,6 +225,23 @@ class MaterializedLearner(nn.Module):
         return torch.func.functional_call(self.base, self.merged_params(), args=(), kwargs=inputs)
 
 
+
+def coef_step(mm, src, seg, ids: torch.Tensor, ctx, on_loss=None):
+    """One coefficient-learning step of ``src`` on ``mm`` as a closure: forward, backward to gamma, Adam (lr 1e-3);
+    ``on_loss`` gets each step's detached loss."""
+    opt = torch.optim.Adam(src.parameters(), lr=1e-3)
+
+    def step():
+        mm.set_source(src)
+        opt.zero_grad(set_to_none=True)
+        with ctx():
+            loss = hidden_loss(mm(seg, input_ids=ids))
+        loss.backward()
+        opt.step()
+        if on_loss is not None:
+            on_loss(loss.detach())
+    return step
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from common import (MaterializedLearner, MergeModel, Segments, add_common_args, emit, env_info, hidden_loss,
+from common import (MaterializedLearner, coef_step, MergeModel, Segments, add_common_args, emit, env_info, hidden_loss,
                     make_adapters, reps, shape_from_args, table, time_interleaved, build_base, unwrapped)
 from mergecore.forward.coefs import layer_coefs, task_coefs
 
@@ -85,16 +85,7 @@ def step_fns(mm, ref, ref_dense, sources, ids, ctx, floor_model=None):
     fns["floor"] = (floor, None if floor_model is not None else (lambda: unwrapped(mm)))
 
     for g, src in sources.items():
-        opt = torch.optim.Adam(src.parameters(), lr=1e-3)
-
-        def ours(src=src, opt=opt):
-            mm.set_source(src)
-            opt.zero_grad(set_to_none=True)
-            with ctx():
-                loss = hidden_loss(mm(seg, input_ids=ids))
-            loss.backward()
-            opt.step()
-        fns[f"ours/{g}"] = (ours, None)
+        fns[f"ours/{g}"] = (coef_step(mm, src, seg, ids, ctx), None)
 
     for name, r in (("materialized", ref), ("materialized_dense", ref_dense)):
         if r is None:

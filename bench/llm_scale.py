@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from common import MergeModel, Segments, TARGETS, emit, hidden_loss, table, time_interleaved, unwrapped
+from common import MergeModel, Segments, TARGETS, coef_step, emit, hidden_loss, table, time_interleaved, unwrapped
 from mergecore.adapters import Adapter, AdapterSet, LoraFactors
 from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import layer_coefs, task_coefs
@@ -234,17 +234,7 @@ def ours_fns(mm: MergeModel, ids: torch.Tensor, ctx, losses: list) -> dict:
     fns = {}
     for g, make in (("task", task_coefs), ("layer", layer_coefs)):
         src = make(init, L).to(ids.device)  # gamma (1, K) or (L, K)
-        opt = torch.optim.Adam(src.parameters(), lr=1e-3)
-
-        def step(src=src, opt=opt):
-            mm.set_source(src)
-            opt.zero_grad(set_to_none=True)
-            with ctx():
-                loss = hidden_loss(mm(seg, input_ids=ids))
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        fns[f"ours/{g}"] = step
+        fns[f"ours/{g}"] = coef_step(mm, src, seg, ids, ctx, losses.append)
     return fns
 
 
