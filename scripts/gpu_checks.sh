@@ -45,28 +45,8 @@ export PYTHONUNBUFFERED=1
 : >"$LOG"
 : >"$SUMMARY"
 
-say() { echo "[gpu_checks +$(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
-
-# step NAME LIMIT_S MIN_S CMD...: run CMD under timeout min(LIMIT_S, budget left); skip it if less than MIN_S is left.
-step() {
-    local name=$1 limit=$2 need=$3
-    shift 3
-    local left=$((BUDGET - ($(date +%s) - T0)))
-    if [ "$left" -lt "$need" ]; then
-        say "SKIP $name: ${left}s of the budget left, it needs ${need}s"
-        echo "$name skipped (budget: ${left}s left)" >>"$SUMMARY"
-        return
-    fi
-    [ "$left" -lt "$limit" ] && limit=$left
-    say "START $name (timeout ${limit}s): $*"
-    local t=$(date +%s)
-    timeout -k 10 "$limit" "$@" >>"$LOG" 2>&1
-    local rc=$?
-    local note=""
-    [ "$rc" = 124 ] || [ "$rc" = 137 ] && note=" (timed out)"
-    say "END $name rc=$rc in $(($(date +%s) - t))s$note"
-    echo "$name rc=$rc $(($(date +%s) - t))s$note" >>"$SUMMARY"
-}
+TAG=gpu_checks STEP_TEE=0
+. "$ROOT/scripts/gpu_steps.sh"  # say, step
 
 say "repo $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | wc -l) changed files; OUT=$OUT"
 { nvidia-smi || echo "nvidia-smi failed"; } >>"$LOG" 2>&1

@@ -116,30 +116,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 : >"$LOG"
 : >"$SUMMARY"
 
-say() { echo "[gpu_study +$(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
-
-# step NAME LIMIT_S MIN_S CMD...: run CMD under timeout min(LIMIT_S, budget left); skip it if less than MIN_S is left.
-step() {
-    local name=$1 limit=$2 need=$3
-    shift 3
-    local left=$((BUDGET - ($(date +%s) - T0)))
-    if [ "$left" -lt "$need" ]; then
-        say "SKIP $name: ${left}s of the budget left, it needs ${need}s"
-        echo "$name skipped (budget: ${left}s left)" >>"$SUMMARY"
-        FAILED=1
-        return
-    fi
-    [ "$left" -lt "$limit" ] && limit=$left
-    say "START $name (timeout ${limit}s): $*"
-    local t rc note=""
-    t=$(date +%s)
-    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
-    rc=${PIPESTATUS[0]}
-    { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && note=" (timed out)"
-    [ "$rc" = 0 ] || FAILED=1
-    say "END $name rc=$rc in $(($(date +%s) - t))s$note"
-    echo "$name rc=$rc $(($(date +%s) - t))s$note" >>"$SUMMARY"
-}
+TAG=gpu_study STEP_TEE=1
+. "$ROOT/scripts/gpu_steps.sh"  # say, step
 
 # stage: copy the carried pieces to $STAGE; when all are there, unpack the GGUF, the packages and GLUE once.
 # Sets SITE and GLUE_DIR; returns 4 (with one line naming the missing pieces) while some are missing.
