@@ -18,7 +18,7 @@ from mergecore.errors import MergecoreError
 from mergecore.export.full import full_model
 from mergecore.export.params import ExportParams
 from mergecore.export.writer import export_run
-from mergecore.files import inside, safe_name, zip_folder
+from mergecore.files import MARKER, inside, safe_name, zip_folder
 from mergecore.learn.params import LearnParams
 from mergecore.merged import MergedSource
 from mergecore.runs.folder import load_run
@@ -236,7 +236,10 @@ def test_existing_target_needs_overwrite_and_failures_leave_nothing(env, tmp_pat
     (out / "junk.txt").write_text("previous")
     with pytest.raises(MergecoreError, match="already exists.*--force"):
         export_run(bench, run, out)
+    with pytest.raises(MergecoreError, match="holds files mergecore did not write.*remove it yourself"):
+        export_run(bench, run, out, ExportParams(overwrite=True))  # --force replaces only mergecore's folders
     assert [p.name for p in out.iterdir()] == ["junk.txt"]
+    (out / MARKER).write_text("")  # as if mergecore had written it
     import mergecore.export.writer as ex
 
     def boom(*a, **k):
@@ -245,7 +248,8 @@ def test_existing_target_needs_overwrite_and_failures_leave_nothing(env, tmp_pat
     monkeypatch.setattr(ex, "save_tensors", boom)
     with pytest.raises(OSError):
         export_run(bench, run, out, ExportParams(overwrite=True))
-    assert [p.name for p in out.iterdir()] == ["junk.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "junk.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     monkeypatch.undo()
     export_run(bench, run, out, ExportParams(overwrite=True))
     assert not (out / "junk.txt").exists() and (out / "adapter_model.safetensors").is_file()
@@ -281,7 +285,7 @@ def test_run_folder_store_answers_its_run_from_the_folder_and_the_rest_from_the_
     _, store, runs, _ = env
     rid, other = runs["layer"], runs["task"]
     write_run_folder(tmp_path / "run", store, other)
-    write_run_folder(tmp_path / "run", store, rid)  # an existing run folder is replaced
+    write_run_folder(tmp_path / "run", store, rid, force=True)  # an existing run folder is replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert (tmp_path / "run" / "run.json").read_text().startswith('{\n  "id": ')  # indented for people
     wrapped, got_id = run_store(str(tmp_path / "run"), store)

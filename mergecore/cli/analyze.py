@@ -17,7 +17,9 @@ from mergecore.cli.common import (
     open_store,
     run_sources,
 )
+from mergecore.cli.targets import check_out, protected
 from mergecore.errors import MergecoreError
+from mergecore.files import atomic_folder
 from mergecore.numbers import dumps
 from mergecore.runs.folder import run_store
 
@@ -35,18 +37,20 @@ def run(args) -> int:
     params = dataclass_from_args(LensParams, args).validate()
     if get_lens(args.what).needs_run and not args.run:
         raise MergecoreError(f"--what {args.what} compares a run with its experts; pass --run ID (see `runs`)")
+    check_out(args, "analysis target")  # before anything is loaded
     store, run_id = open_store(args), None
     if args.run:  # an id or a run folder; unknown id: one-line error before loading the model
         store, run_id = run_store(args.run, store)
         run_sources(args.run, store, args)  # the run's adapters and tasks unless given
+        check_out(args, "analysis target")  # and the run's own inputs
     bench = open_bench(args)
     lens = compute_lens(args.what, bench, store, run_id, params)
     tables = lens_tables(args.what, lens)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.what}.json").write_text(dumps(lens, indent=1))  # NaN (undefined) -> null
-        for stem, rows in tables.items():
-            write_csv(args.out / f"{stem}.csv", rows)
+        with atomic_folder(args.out, args.force, protected(args), "analysis target") as tmp:
+            (tmp / f"{args.what}.json").write_text(dumps(lens, indent=1))  # NaN (undefined) -> null
+            for stem, rows in tables.items():
+                write_csv(tmp / f"{stem}.csv", rows)
         print(f"{args.what}: wrote {args.what}.json and {', '.join(s + '.csv' for s in tables)} to {args.out}")
     for line in skipped_lines(lens):
         print(line)
@@ -63,7 +67,8 @@ def register(sub) -> None:
     p.add_argument("--run", help="run id (see `runs`) or a run folder (`merge/learn --out`); needed for representation "
                                  "and calibration; its adapters and tasks are reused unless given")
     p.add_argument("--what", required=True, choices=LENSES, help="which analysis")
-    p.add_argument("--out", type=Path, help="folder for <what>.json and CSV tables")
+    p.add_argument("--out", type=Path, help="folder for <what>.json and CSV tables (new or empty unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder that mergecore wrote")
     add_dataclass_args(p, LensParams)
     p.set_defaults(fn=run)
 

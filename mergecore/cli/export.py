@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mergecore.cli.common import add_source_args, emit_json, open_bench, open_inputs, open_store, run_sources
+from mergecore.cli.targets import check_out, protected
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportParams
 from mergecore.export.writer import export_run
@@ -31,12 +32,14 @@ def run(args) -> int:
     mode, rank = export_mode(args)
     params = ExportParams(mode=mode, rank=rank, head=args.head or "", samples=args.samples,
                           overwrite=args.force).validate()
-    check_target(args.out, params.overwrite)  # before anything is loaded
+    check_out(args, "export target")  # before anything is loaded
     store = open_store(args)
     run_sources(args.run, store, args)  # the run's adapters and tasks unless given
+    keep = protected(args)
+    check_target(args.out, params.overwrite, keep, "export target")  # and the run's own inputs
     bench = open_inputs(args) if mode == "exact" else open_bench(args)  # exact: no base model needed
     run = load_run(args.run, store, bench.adapters)
-    res = export_run(bench, run, args.out, params)
+    res = export_run(bench, run, args.out, params, keep)
     ex = res.card["export"]
     ranks = sorted(set(ex["ranks"].values()))
     print(f"exported run {run.id} ({mode}, {ex['family']}" + (f", ranks {ranks}" if ranks else "")
@@ -57,10 +60,10 @@ def register(sub) -> None:
     add_source_args(p)
     p.add_argument("--run", required=True, help="run id in the workspace, or a run folder (run.json + tensors); "
                                                 "its adapters and tasks are reused unless given")
-    p.add_argument("--out", required=True, type=Path, help="target folder (must not exist unless --force)")
+    p.add_argument("--out", required=True, type=Path, help="target folder (new or empty unless --force)")
     p.add_argument("--rank", type=int, help="compress to this rank by truncated SVD (default: exact, rank = sum r_k)")
     p.add_argument("--full-weights", action="store_true", help="write the full merged model instead of an adapter")
     p.add_argument("--head", help="task whose head the adapter carries (default: the first task)")
     p.add_argument("--samples", type=int, default=128, help="calibration examples per task for the compressed report")
-    p.add_argument("--force", action="store_true", help="replace an existing target folder")
+    p.add_argument("--force", action="store_true", help="replace an existing target folder that mergecore wrote")
     p.set_defaults(fn=run)

@@ -17,6 +17,7 @@ from mergecore.cli.common import (
     progress,
     score_table,
 )
+from mergecore.cli.targets import check_out, protected
 from mergecore.learn.params import PRESETS, LearnParams, apply_preset
 from mergecore.runs.folder import write_run_folder
 from mergecore.runs.runner import run_learning
@@ -24,6 +25,7 @@ from mergecore.runs.runner import run_learning
 
 def run(args) -> int:
     params = dataclass_from_args(LearnParams, args, apply_preset(LearnParams(), args.preset)).validate()
+    check_out(args, "run folder target")  # before the model is loaded or a step learned
     t0 = time.perf_counter()
     bench = open_bench(args)
     store = open_store(args)
@@ -39,7 +41,7 @@ def run(args) -> int:
         bar.close()
     seconds = time.perf_counter() - t0
     if args.out:
-        write_run_folder(args.out, store, run_id)
+        write_run_folder(args.out, store, run_id, args.force, protected(args))
     base = result["baselines"]
     print(score_table({"pre-trained": base["pre-trained"], "experts": base["experts"], "uniform": base["uniform"],
                        f"{params.objective}-{params.granularity}": result["scores"]}, base["experts"]))
@@ -59,5 +61,6 @@ def register(sub) -> None:
     add_dataclass_args(p, LearnParams)
     p.add_argument("--preset", choices=list(PRESETS), help="load a paper's hyperparameters (explicit flags win)")
     p.add_argument("--name", help="run name")
-    p.add_argument("--out", type=Path, help="also write the run to this folder")
+    p.add_argument("--out", type=Path, help="also write the run to this folder (new or empty unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder that mergecore wrote")
     p.set_defaults(fn=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mergecore.cli.common import add_source_args, emit_json, open_bench, open_store, score_table
+from mergecore.cli.targets import check_out, protected
 from mergecore.merges import METHODS, get_method, parse_params
 from mergecore.runs.folder import write_run_folder
 from mergecore.runs.runner import run_static
@@ -13,11 +14,12 @@ from mergecore.runs.runner import run_static
 def run(args) -> int:
     method = get_method(args.method)
     params = parse_params(method.name, args.param or [])
+    check_out(args, "run folder target")  # before the model is loaded
     bench = open_bench(args)
     store = open_store(args)
     run_id, result = run_static(bench, method.name, params, store, weights=args.weights, name=args.name)
     if args.out:
-        write_run_folder(args.out, store, run_id)
+        write_run_folder(args.out, store, run_id, args.force, protected(args))
     base = result["baselines"]
     print(score_table({"experts": base["experts"], "uniform": base["uniform"], method.name: result["scores"]},
                       base["experts"]))
@@ -35,5 +37,6 @@ def register(sub) -> None:
     p.add_argument("--param", action="append", metavar="K=V", help="method parameter, repeatable")
     p.add_argument("--weights", type=float, nargs="+", help="one weight per adapter (overrides lam)")
     p.add_argument("--name", help="run name")
-    p.add_argument("--out", type=Path, help="also write the run to this folder")
+    p.add_argument("--out", type=Path, help="also write the run to this folder (new or empty unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder that mergecore wrote")
     p.set_defaults(fn=run)

@@ -19,8 +19,8 @@ Modes:
 Classifier families: every task's head goes to ``heads/<task>.safetensors``; the adapter itself carries
 the chosen task's head as ``modules_to_save`` so plain ``PeftModel.from_pretrained`` loads it. Seq2seq and
 causal LMs have no heads (the card's snippet loads them with their own Auto class).
-Writes are atomic (temporary folder next to the target, then rename) and never overwrite an
-existing target unless ``overwrite=True``.
+Writes are atomic (temporary folder next to the target, then rename) and never replace an existing
+non-empty target unless ``overwrite=True`` and mergecore wrote it (``files.check_target``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from mergecore.files import atomic_folder, check_target, inside, save_tensors, s
 from mergecore.forward.workbench import Workbench
 from mergecore.merged import Merge, MergedSource
 from mergecore.numbers import dumps
-from mergecore.runs.folder import RunSource, check_run_adapters
+from mergecore.runs.folder import RunSource, check_run_adapters, run_inputs
 
 
 def probability_change(bench: Workbench | ExportInputs, full: Merge, approx: Merge, samples: int) -> dict:
@@ -76,10 +76,14 @@ def prepare(bench: Workbench | ExportInputs, run: RunSource, params: ExportParam
     return factors, {"energy": energy, "probability_change": change}
 
 
-def export_run(bench: Workbench | ExportInputs, run: RunSource, out: str | Path, params: ExportParams = ExportParams()) -> ExportResult:
-    """Write the run as a PEFT adapter folder (or full weights) + heads + merge card, atomically."""
+def export_run(bench: Workbench | ExportInputs, run: RunSource, out: str | Path, params: ExportParams = ExportParams(),
+               protect=()) -> ExportResult:
+    """Write the run as a PEFT adapter folder (or full weights) + heads + merge card, atomically. An existing
+    non-empty ``out`` is replaced only with ``overwrite`` and only when mergecore wrote it; never the loaded
+    adapters' folders, the run's task files or ``protect`` (``files.check_target``)."""
     params = params.validate()
-    check_target(out, params.overwrite)
+    protect = [*protect, *run_inputs(None, [a.source for a in bench.adapters.adapters], run.config.get("task_source"))]
+    check_target(out, params.overwrite, protect)
     check_run_adapters(run.config, bench.adapters, run.id)
     head = pick_head(bench, params.head)
     heads = task_heads(bench)
@@ -87,7 +91,7 @@ def export_run(bench: Workbench | ExportInputs, run: RunSource, out: str | Path,
     factors, report = prepare(bench, run, params)
     ranks = {n: int(A.shape[0]) for n, (_, A) in (factors or {}).items()}
     card = merge_card(bench, run, params, head, files, ranks, report)
-    with atomic_folder(out, params.overwrite) as tmp:
+    with atomic_folder(out, params.overwrite, protect) as tmp:
         if factors is None:
             model, tokenizer = full_model(bench, run.merge, head, heads[head])
             model.save_pretrained(tmp)
@@ -100,7 +104,7 @@ def export_run(bench: Workbench | ExportInputs, run: RunSource, out: str | Path,
         (tmp / CARD_FILE).write_text(dumps(card, indent=2))  # NaN scores -> null
         (tmp / README_FILE).write_text(card_readme(card, Path(out).name))
         written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    return ExportResult(check_target(out, True), card, written)
+    return ExportResult(Path(out).expanduser().resolve(), card, written)
 
 
 def _write_heads(folder: Path, heads: dict[str, dict[str, torch.Tensor]], files: dict[str, str], bench) -> None:

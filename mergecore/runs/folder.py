@@ -1,7 +1,8 @@
 """Run folders: one run written to and read back from a plain folder (run.json, events.jsonl and one
 safetensors file per artifact), so a run can travel without its workspace.
 
-    write_run_folder(out, store, run_id)   written atomically (a ``.partial`` sibling renamed at the end)
+    write_run_folder(out, store, run_id)   written atomically (a ``.partial`` sibling renamed at the end);
+                                           never over a user's folder, the workspace or the run's inputs
     run_store(ref, store)                  ``--run`` as a run id in the store or a run folder
     run_config(ref, store)                 the config a run recorded
 """
@@ -23,10 +24,14 @@ from mergecore.numbers import dumps
 from mergecore.runs.store import RunRecord
 
 
-def write_run_folder(out: Path, store, run_id: str) -> None:
-    """run.json (config + result), events.jsonl and coefs.safetensors, written atomically."""
+def write_run_folder(out: Path, store, run_id: str, force: bool = False, protect=()) -> None:
+    """run.json (config + result), events.jsonl and coefs.safetensors, written atomically. An existing
+    non-empty ``out`` is replaced only with ``force`` and only when mergecore wrote it (``files.check_target``);
+    never the workspace nor the run's inputs (``run_inputs``), nor ``protect``."""
     rec = store.get(run_id)
-    with atomic_folder(Path(out), overwrite=True) as tmp:
+    keep = [*protect, *run_inputs(getattr(store, "workspace", None), [a.get("source") for a in
+                                  rec.config.get("adapters") or [] if isinstance(a, dict)], rec.config.get("task_source"))]
+    with atomic_folder(Path(out), force, keep, what="run folder target") as tmp:
         (tmp / "run.json").write_text(dumps({"id": rec.id, "name": rec.name, "kind": rec.kind, "status": rec.status,
                                              "config": rec.config, "result": rec.result}, indent=2))
         with open(tmp / "events.jsonl", "w") as f:
@@ -34,6 +39,52 @@ def write_run_folder(out: Path, store, run_id: str) -> None:
                 f.write(dumps(e) + "\n")
         for artifact in store.artifacts(run_id):  # coefs, merged (static / spectral), spectral gains
             (tmp / f"{artifact}.safetensors").write_bytes(store.get_blob(run_id, artifact))
+
+
+MAPPING_BYTES = 2**24  # a task mapping larger than this is not read for its file names (load_tasks reports it)
+
+
+def run_inputs(workspace, adapter_sources, task_source: dict | None) -> list[tuple[str, Path]]:
+    """What a written folder must never replace, as (label, path) pairs for ``files.check_target``: the
+    workspace, the local adapter folders, a local GLUE folder, the task mapping and the data files it names
+    (``task_source``: ``data.sources.record``'s form). Hub ids and unreadable mappings name nothing."""
+    keep = [("the workspace", Path(workspace))] if workspace else []
+    keep += [("the run's adapter folder", Path(str(s)).expanduser()) for s in adapter_sources or [] if is_local(s)]
+    src = task_source if isinstance(task_source, dict) else {}
+    if src.get("kind") == "glue" and src.get("dir"):
+        keep.append(("the run's GLUE folder", Path(str(src["dir"]))))
+    if src.get("kind") == "files" and src.get("path"):
+        mapping = Path(str(src["path"])).expanduser()
+        keep.append(("the run's task mapping", mapping))
+        keep += [("the run's task file", p) for p in _mapping_files(mapping)]
+    return keep
+
+
+def is_local(path) -> bool:
+    """Whether ``path`` names something on this machine (not a hub id or a run id)."""
+    try:
+        return bool(path) and Path(str(path)).expanduser().exists()
+    except (OSError, ValueError):  # a name with a NUL byte
+        return False
+
+
+def _mapping_files(mapping: Path) -> list[Path]:
+    """The train / eval files a task mapping names (relative to its folder, as ``load_tasks`` reads them);
+    only a regular file of bounded size is read (never a device or a FIFO)."""
+    try:
+        if not mapping.is_file() or mapping.stat().st_size > MAPPING_BYTES:
+            return []
+        specs = json.loads(mapping.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return []
+    paths = []
+    for spec in specs if isinstance(specs, list) else []:
+        for key in ("train", "eval"):
+            value = spec.get(key) if isinstance(spec, dict) else None
+            if isinstance(value, str) and value.strip():
+                p = Path(value).expanduser()
+                paths.append(p if p.is_absolute() else mapping.parent / p)
+    return paths
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
