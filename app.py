@@ -9,8 +9,12 @@ import streamlit as st
 from pages import live_view
 
 if __name__ != "__main__":  # imported by `streamlit run` (uvicorn): the server, with mergecore's routes
-    live_view.SERVED = True
-    app = st.App(__file__, routes=live_view.ROUTES)
+    from starlette.middleware import Middleware
+
+    from pages.hosts import HostCheck
+
+    live_view.SERVED = True  # and answering only its own host (pages/hosts.py: DNS rebinding)
+    app = st.App(__file__, routes=live_view.ROUTES, middleware=[Middleware(HostCheck)])
 else:  # run by Streamlit for each session
     from pages.common import sidebar
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from fractions import Fraction
+import math
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -18,10 +18,34 @@ from mergecore.data.sources import TaskSource, load_tasks, record, save_mapping
 from mergecore.errors import MergecoreError
 from mergecore.forward.workbench import open_workbench
 from mergecore.placement import LoadParams
+from mergecore.runs.store import default_workspace
+
+# Markdown (and HTML) that text from outside must not form: backslash-escaped wherever it appears; an underscore
+# inside a word cannot emphasise, so it stays (adapter_config.json reads as typed)
+_ESCAPE = re.compile(r"[\\`*\[\]<>&$~|]|(?<![^\W_])_|_(?![^\W_])")
+_LINE_START = re.compile(r"^(\s*)([-+=#>]|\d+(?=[.)]))", re.M)  # lists, headings, quotes, setext underlines
+# what remark turns into links or icons even when escaped: http://, www., e-mail addresses, :emoji: / :material/
+_AUTOLINK = re.compile(r"(?<=[:@])(?=\S)|(?i:(?<=www)(?=\.))")
+JOINER = "\u2060"  # WORD JOINER: invisible, breaks the autolink and shortcode patterns
 
 
-def default_workspace() -> str:
-    return os.environ.get("MERGECORE_WORKSPACE", str(Path.cwd() / "workspace"))
+def plain(text) -> str:
+    """Text from outside (URL parameters, adapter and base configs, file contents, task, label and run names,
+    paths, and so every MergecoreError message) as markdown that renders exactly that text: no link, image,
+    HTML, emphasis, heading, list, emoji or icon. For alerts, captions, subheaders, progress texts and labels."""
+    out = _ESCAPE.sub(lambda m: "\\" + m.group(0), str(text))
+    out = _LINE_START.sub(lambda m: m.group(1) + (m.group(2) + "\\" if m.group(2)[0].isdigit() else "\\" + m.group(2)), out)
+    return _AUTOLINK.sub(JOINER, out)
+
+
+def say(kind: str, text, where=None) -> None:
+    """One ``st.error`` / ``warning`` / ``info`` / ``success`` / ``caption`` of text that may hold outside text
+    (every MergecoreError does: paths, names), shown literally through ``plain``; ``where``: a column or container."""
+    where = st if where is None else where
+    if kind == "caption":
+        where.caption(plain(text))
+    else:
+        getattr(where, kind)(plain(text), icon="")  # icon="": no leading emoji of the text taken as the icon
 
 
 @st.cache_resource(show_spinner=False)
@@ -38,7 +62,7 @@ def bench(adapter_dirs: tuple[str, ...], device: str, task_source: tuple = ("dem
           workspace: str = "", load: tuple = ()):
     """One Workbench per adapter selection, task source and device, shared by all sessions (never mutated)."""
     adapters = load_adapters(list(adapter_dirs), base_model=base_model or None)
-    source = tasks_source(task_source, workspace or default_workspace())
+    source = tasks_source(task_source, workspace or str(default_workspace()))
     wb = open_workbench(adapters, load_tasks(adapters.names, source), device=device, load=LoadParams(**dict(load)))
     wb.task_source = record(source, wb.tasks.names)  # as the CLI records it: `--run` reuses it
     return wb
@@ -66,7 +90,7 @@ def tasks_source(task_source: tuple, workspace: str) -> TaskSource:
 
 def sidebar() -> None:
     with st.sidebar:
-        st.text_input("Workspace folder", value=default_workspace(), key="workspace",
+        st.text_input("Workspace folder", value=str(default_workspace()), key="workspace",
                       help="runs are stored in runs.sqlite inside this folder")
         import torch
 
@@ -77,7 +101,13 @@ def sidebar() -> None:
 
 
 def current_registry():
-    return registry(st.session_state.get("workspace") or default_workspace())
+    """The workers and run store of the sidebar's workspace; when the store cannot be opened (corrupt, read-only,
+    full), its one-line error and the page stops: pages that need no store (Workspace) never call this."""
+    try:
+        return registry(st.session_state.get("workspace") or str(default_workspace()))
+    except MergecoreError as exc:
+        say("error", exc)
+        st.stop()
 
 
 def adapter_dirs() -> tuple[str, ...]:
@@ -99,9 +129,9 @@ def current_bench():
     try:
         return bench(adapter_dirs(), st.session_state.get("device", "cpu"),
                      st.session_state.get("task_source", ("demo",)), st.session_state.get("base_model", ""),
-                     st.session_state.get("workspace") or default_workspace(), st.session_state.get("load_params", ()))
+                     st.session_state.get("workspace") or str(default_workspace()), st.session_state.get("load_params", ()))
     except MergecoreError as exc:
-        st.error(str(exc))
+        say("error", exc)
         return None
 
 
@@ -136,12 +166,16 @@ def analysis_inputs(title: str, need_runs: bool = True):
 
 
 def parse_optional_number(text: str, none_label: str, kind=float):
-    """A form's text for an ``X | None`` field: the none label (e.g. '1/K') or empty -> None, else a number
-    ('0.5', '1/3'); raises ValueError on anything else."""
+    """A form's text for an ``X | None`` field: the none label (e.g. '1/K') or empty -> None, else a finite
+    number ('0.5', '1/3'; a whole one for an int field); raises ValueError on anything else (1e999, nan, 1/0)."""
     raw = text.strip()
     if not raw or raw.lower() in {none_label.lower(), "none"}:
         return None
-    return kind(Fraction(raw))
+    parts = [float(x) for x in raw.split("/", 1)]  # floats: '1e999999999' is inf at once (never 10**N digits)
+    value = parts[0] / parts[1] if len(parts) == 2 else parts[0]
+    if not all(map(math.isfinite, [*parts, value])) or (kind is int and value != int(value)):
+        raise ValueError(raw)
+    return kind(value)
 
 
 def _optional_number(f, current, key: str, label: str, helptext: str | None):
@@ -151,8 +185,8 @@ def _optional_number(f, current, key: str, label: str, helptext: str | None):
     kind = int if isinstance(f.default, int) and not isinstance(f.default, bool) else float
     try:
         return parse_optional_number(text, none_label, kind)
-    except (ValueError, ZeroDivisionError):
-        st.error(f"{label}: give a number or {none_label} (got {text!r}); kept {shown}")
+    except (ValueError, ZeroDivisionError, OverflowError):
+        say("error", f"{label}: give a finite number or {none_label} (got {text!r}); kept {shown}")
         return current
 
 

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from mergecore.errors import MergecoreError
 from mergecore.runs import compare as cmp
 from pages import charts
-from pages.common import current_bench, current_registry
+from pages.common import current_bench, current_registry, say
 
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 METRICS = (("score", "score (avg %)"), ("confidence", "confidence (avg %)"),
@@ -126,7 +126,7 @@ if not chosen:
 try:
     c = cmp.compare_runs(store, chosen, tuple(show))
 except MergecoreError as exc:
-    st.error(str(exc))
+    say("error", exc)
     st.stop()
 
 st.subheader("Scores")
@@ -140,12 +140,12 @@ if c.baseline_source is None and show:
             record_baselines(bench, store)
             st.rerun()
 elif c.baseline_source and show:
-    st.caption(f"Baselines from run {c.baseline_source}; ANP = mean over tasks of score / expert score.")
+    say("caption", f"Baselines from run {c.baseline_source}; ANP = mean over tasks of score / expert score.")
 st.dataframe(charts.score_style(table_frame(c.scores)), key="compare_scores", width="stretch")
 
 label_ids = {store.get(i).label: i for i in chosen}
 if c.skipped:
-    st.caption("No learned coefficients (static merges), left out of the coefficient figures: " + ", ".join(c.skipped))
+    say("caption", "No learned coefficients (static merges), left out of the coefficient figures: " + ", ".join(c.skipped))
 if not c.coef_runs:
     st.stop()
 

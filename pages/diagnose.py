@@ -10,7 +10,7 @@ import streamlit as st
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
-from pages.common import analysis_inputs
+from pages.common import analysis_inputs, plain, say
 
 bench, store, runs = analysis_inputs("Diagnose a merge")
 ids = list(runs)
@@ -24,7 +24,7 @@ try:
     with st.spinner("Evaluating the merge and its experts..."):
         results = [compute_lens("calibration", bench, store, rid) for rid in chosen]
 except MergecoreError as exc:
-    st.error(str(exc))
+    say("error", exc)
     st.stop()
 
 
@@ -64,7 +64,7 @@ for n, (rid, lens, col) in enumerate(zip(chosen, results, columns)):
     ex = pd.DataFrame(lens["examples"])
     ex = ex if task == "all tasks" else ex[ex["task"] == task]
     with col:
-        st.subheader(runs[rid])
+        st.subheader(plain(runs[rid]))
         m = lens["overall"] if task == "all tasks" else lens["summary"][task]
         a, b, c = st.columns(3)
         a.metric("ECE", f"{m['ece']:.3f}")

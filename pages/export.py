@@ -15,7 +15,7 @@ from mergecore.files import safe_name, zip_folder
 from mergecore.merged import is_dense
 from mergecore.runs.folder import load_run
 from mergecore.runs.store import merge_runs
-from pages.common import current_bench, current_registry
+from pages.common import current_bench, current_registry, say
 
 LABELS = {"exact": "Exact adapter (rank = sum of source ranks)", "compressed": "Compressed adapter (rank r, SVD)",
           "full": "Full merged model weights"}
@@ -35,7 +35,7 @@ label = st.selectbox("Run", list(by_label), key="export_run")
 try:
     run = load_run(by_label[label], store, bench.adapters)
 except MergecoreError as exc:
-    st.error(str(exc))
+    say("error", exc)
     st.stop()
 
 dense = is_dense(run.merge)
@@ -51,7 +51,7 @@ head = cols[1].selectbox("Head carried by the adapter", bench.tasks.names, key="
 overwrite = cols[2].checkbox("Replace an existing export", key="export_force")
 suffix = f"-r{rank}" if mode == "compressed" else ""
 target = Path(store.workspace) / "exports" / f"{safe_name(run.name)}-{safe_name(run.id)}-{mode}{suffix}"
-st.caption(f"Target folder: `{target}`")
+say("caption", f"Target folder: {target}")
 
 if st.button("Export", type="primary", key="export_button"):
     try:
@@ -59,13 +59,13 @@ if st.button("Export", type="primary", key="export_button"):
             res = export_run(bench, run, target, ExportParams(mode=mode, rank=rank, head=head, overwrite=overwrite))
         st.session_state["export_path"] = str(res.path)
     except MergecoreError as exc:
-        st.error(str(exc))
+        say("error", exc)
 
 path = Path(st.session_state.get("export_path") or "")
 if st.session_state.get("export_path") and (path / "merge_card.json").is_file():
     card = json.loads((path / "merge_card.json").read_text())
     ex = card["export"]
-    st.success(f"Exported run {card['run']['name']} ({ex['mode']}) to {path}")
+    say("success", f"Exported run {card['run']['name']} ({ex['mode']}) to {path}")
     st.download_button("Download zip", data=zip_folder(path), file_name=f"{path.name}.zip",
                        mime="application/zip", on_click="ignore", key="export_download", type="primary")
     if "energy" in ex:

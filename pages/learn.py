@@ -13,7 +13,7 @@ from mergecore.learn.params import GRANULARITIES, PRESET_TITLES, PRESETS, LearnP
 from mergecore.runs.compare import score_table
 from mergecore.runs.follow import RunSeries
 from pages import charts, live_view
-from pages.common import bench_spec, dataclass_form, job_page
+from pages.common import bench_spec, dataclass_form, job_page, plain, say
 
 # the live view reads new events and redraws at most once a second (MERGECORE_LIVE_REFRESH_S to change it: what
 # watching costs on a 2-core machine at 1 s and 3 s is in docs/perf.md)
@@ -66,9 +66,10 @@ if start or start_race or pair:
     try:
         if not runs:
             raise MergecoreError("pick at least one objective and one granularity for the race")
+        runs = [p.validate() for p in runs]  # the form's numbers, range-checked before any worker starts
         follow(workers.start_learning(bench, bench_spec(bench), runs, names))
     except MergecoreError as exc:
-        st.error(str(exc))
+        say("error", exc)
 
 run_ids = followed()
 cache: dict = st.session_state.setdefault("learn_series", {})
@@ -78,14 +79,14 @@ for run_id in run_ids:
         series.append(cache.setdefault(run_id, RunSeries(run_id)))
         series[-1].update(store)
     except MergecoreError as exc:
-        st.error(str(exc))
+        say("error", exc)
         series.pop()
         cache.pop(run_id, None)
 
 
 def progress(s: RunSeries) -> None:
     fraction, text = s.progress()
-    st.progress(fraction, text=text)
+    st.progress(fraction, text=plain(text))
 
 
 def stop_button(running: list[RunSeries]) -> None:
@@ -133,7 +134,7 @@ def live() -> None:
 def finals(series: list[RunSeries]) -> None:
     for s in series:
         if s.status in ("failed", "interrupted") or s.message:
-            (st.error if s.status in ("failed", "interrupted") else st.warning)(f"{s.label}: {s.message}")
+            say("error" if s.status in ("failed", "interrupted") else "warning", f"{s.label}: {s.message}")
     results = [s for s in series if s.result.get("scores")]
     if not results:
         return

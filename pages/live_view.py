@@ -14,6 +14,7 @@ serves the route (``AppTest``), ``SERVED`` stays False and the Learn page falls 
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 from collections import OrderedDict
@@ -27,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
+from mergecore.errors import MergecoreError
 from mergecore.runs.follow import MAX_POINTS, RunSeries
 from pages import charts
 
@@ -67,12 +69,15 @@ def ticket(workers, run_ids: list[str]) -> str:
     return token
 
 
+COUNT = re.compile(r"[0-9]{1,12}")  # ASCII digits only ('²' is a digit to str.isdigit, not to int), bounded
+
+
 def parse_since(text: str) -> dict[str, tuple[int, int]]:
     """'RUN:STEPS:EVALS,...' (what the browser already drew) -> {run: (steps, evals)}; junk is ignored."""
     out = {}
     for item in text.split(","):
         parts = item.split(":")
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        if len(parts) == 3 and COUNT.fullmatch(parts[1]) and COUNT.fullmatch(parts[2]):
             out[parts[0]] = (int(parts[1]), int(parts[2]))
     return out
 
@@ -82,7 +87,11 @@ async def live_route(request: Request) -> JSONResponse:
     if found is None:
         return JSONResponse({"error": "this live view is no longer known to the server; reload the page"}, 404)
     since = parse_since(request.query_params.get("since", ""))
-    return JSONResponse(await run_in_threadpool(found.deltas, since), headers={"Cache-Control": "no-store"})
+    try:
+        body = await run_in_threadpool(found.deltas, since)
+    except MergecoreError as exc:  # a followed run deleted from the store, a store that cannot be read: one line
+        return JSONResponse({"error": " ".join(str(exc).split())}, 404, headers={"Cache-Control": "no-store"})
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 async def plotly_route(request: Request) -> FileResponse:

@@ -12,7 +12,7 @@ from mergecore.learn.params import LearnParams, apply_preset
 from mergecore.merges import METHODS, get_method
 from mergecore.runs.follow import RunSeries
 from pages import charts
-from pages.common import bench_spec, dataclass_form, job_page
+from pages.common import bench_spec, dataclass_form, job_page, plain, say
 
 SPACES = {"lora-factors": "LoRA factors", "core": "shared core space", "dense": "dense delta"}
 
@@ -39,9 +39,9 @@ with st.form("merge_form", enter_to_submit=False):
         params = dataclass_form(m.params_cls, f"merge_{method}")
     except MergecoreError as exc:
         params = None
-        st.error(str(exc))
-    weights_text = st.text_input(f"Weights (one per adapter: {', '.join(bench.adapters.names)}; empty: the method's "
-                                 "default)", key="merge_weights")
+        say("error", exc)
+    weights_text = st.text_input(f"Weights (one per adapter: {plain(', '.join(bench.adapters.names))}; empty: the "
+                                 "method's default)", key="merge_weights")
     name = st.text_input("Run name (optional)", key="merge_name")
     go = st.form_submit_button("Merge", type="primary")
 
@@ -51,7 +51,7 @@ if go and params is not None:
         st.session_state["merge_run"] = run_id
         st.query_params["run"] = run_id
     except MergecoreError as exc:
-        st.error(str(exc))
+        say("error", exc)
 
 run_id = st.session_state.get("merge_run") or st.query_params.get("run")
 series = None
@@ -60,7 +60,7 @@ if run_id:
         series = st.session_state.setdefault("merge_series", {}).setdefault(run_id, RunSeries(run_id))
         series.update(store)
     except MergecoreError as exc:
-        st.error(str(exc))
+        say("error", exc)
         series = None
 
 
@@ -77,7 +77,7 @@ def live() -> None:
     workers.reap()
     series.update(store)
     if not series.done:
-        st.progress(0.5, text=f"{series.label}: {series.stage or 'starting a worker process'} ({series.status})")
+        st.progress(0.5, text=plain(f"{series.label}: {series.stage or 'starting a worker process'} ({series.status})"))
         if st.button("Stop", key="merge_stop"):
             workers.stop(series.run_id)
     elif not st.session_state.get(f"merge_final_{series.run_id}"):
@@ -89,9 +89,9 @@ if series is not None:
     live()
     if series.done:
         if series.status != "done":
-            st.error(f"{series.label}: {series.status}. {series.message}")
+            say("error", f"{series.label}: {series.status}. {series.message}")
         elif series.result.get("scores"):
-            st.subheader(f"{series.label}: per-task scores")
+            st.subheader(plain(f"{series.label}: per-task scores"))
             st.dataframe(charts.score_style(charts.score_frame(series.result)), key="merge_scores")
             st.caption(f"{series.result.get('seconds', 0):.1f} s; stored: Compare, Spectra, Representation, "
                        "Diagnose and Export offer this run.")
@@ -100,4 +100,4 @@ if series is not None:
                 try:
                     loradv_from(series)
                 except MergecoreError as exc:
-                    st.error(str(exc))
+                    say("error", exc)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
-from pages.common import analysis_inputs
+from pages.common import analysis_inputs, say
 
 bench, store, runs = analysis_inputs("Representation bias")
 chosen = st.multiselect("Runs", list(runs), default=list(runs)[:2], format_func=runs.get, key="rep_runs")
@@ -16,14 +16,14 @@ try:
     with st.spinner("Running each merge and each expert on the experts' tasks..."):
         results = {runs[rid]: compute_lens("representation", bench, store, rid) for rid in chosen}
 except MergecoreError as exc:
-    st.error(str(exc))
+    say("error", exc)
     st.stop()
 if not results:
     st.stop()
 
 tasks = next(iter(results.values()))["tasks"]  # label tasks; generative ones are listed as skipped
 for item in next(iter(results.values())).get("skipped", []):
-    st.info(f"{item['task']}: {item['reason']}" if isinstance(item, dict) else str(item))
+    say("info", f"{item['task']}: {item['reason']}" if isinstance(item, dict) else item)
 bars = go.Figure([go.Bar(x=tasks, y=[r["mean"][t] for t in tasks], name=name) for name, r in results.items()])
 bars.update_layout(title="Representation bias per task (mean over layers)", xaxis_title="task",
                    yaxis_title="mean |h_merged − h_expert|", barmode="group", height=380, margin={"t": 40, "b": 30})

@@ -11,7 +11,7 @@ from mergecore.analysis import lenses
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
 from mergecore.numbers import fmt
-from pages.common import analysis_inputs
+from pages.common import analysis_inputs, say
 
 bench, store, runs = analysis_inputs("Spectra and subspaces", need_runs=False)
 chosen = st.multiselect("Runs", list(runs), default=list(runs)[:2], format_func=runs.get, key="spectra_runs",
@@ -101,4 +101,4 @@ try:
         st.caption(f"DivMerge: divergence predicts the score drop. Spearman(divergence, score drop) = "
                    f"{fmt(div[f'spearman_{kind}'], 3)} over all off-diagonal pairs.")
 except MergecoreError as exc:
-    st.error(str(exc))
+    say("error", exc)

@@ -12,8 +12,9 @@ import streamlit as st
 
 from mergecore.errors import MergecoreError
 from mergecore.placement import LoadParams
+from mergecore.runs.store import default_workspace
 from pages.common import bench as load_bench
-from pages.common import current_bench, dataclass_form, default_workspace
+from pages.common import current_bench, dataclass_form, plain, say
 
 st.title("Workspace")
 st.caption("Pick LoRA adapters of one base model; adapter k is the expert of task k.")
@@ -78,7 +79,7 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
         col.button(label, key=f"preset_{label}", on_click=_use_preset, args=(dirs, kind), width="stretch",
                    help="fill in the committed adapters of this preset, then press Load")
     if st.session_state.get("preset_refusal"):
-        st.error(st.session_state["preset_refusal"])
+        say("error", st.session_state["preset_refusal"])
     st.session_state.setdefault("adapter_text", "\n".join(st.session_state.get("adapter_dirs") or []))
     text = st.text_area("Adapter folders or hub ids, one per line (empty: the embedded demo kit)", key="adapter_text")
     base = st.text_input("Base model override (path or hub id; empty: from the adapters' configs)", key="base_text")
@@ -109,14 +110,14 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
                 json.loads(spec[1])
             placed = tuple(dataclasses.asdict(load.validate()).items())
             load_bench(tuple(dirs) or _demo_dirs(), st.session_state.get("device", "cpu"), spec, base,
-                       st.session_state.get("workspace") or default_workspace(), placed)
+                       st.session_state.get("workspace") or str(default_workspace()), placed)
             st.session_state.update(adapter_dirs=dirs, task_source=spec, base_model=base, preset_refusal=None,
                                     load_params=placed)
             st.rerun()
         except json.JSONDecodeError as exc:
-            st.error(f"the column mapping is not valid JSON ({exc}); give a list of objects, one per adapter")
+            say("error", f"the column mapping is not valid JSON ({exc}); give a list of objects, one per adapter")
         except MergecoreError as exc:
-            st.error(str(exc))
+            say("error", exc)
 
 
 
@@ -126,9 +127,9 @@ if bench is None:
 
 ad = bench.adapters
 family = type(bench.reader).__name__.replace("Reader", "").lower()
-st.subheader(f"{len(ad)} adapters on {bench.base_name} ({family} family)")
+st.subheader(plain(f"{len(ad)} adapters on {bench.base_name} ({family} family)"))
 if bench.load != LoadParams():
-    st.caption("Base weights: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataclasses.asdict(bench.load).items()
+    say("caption", "Base weights: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataclasses.asdict(bench.load).items()
                                             if v is not None) + "; adapters, coefficients and losses in float32")
 st.dataframe(pd.DataFrame(ad.report()), hide_index=True)
 
