@@ -78,3 +78,29 @@ def test_streamlit_run_serves_app_py_through_its_asgi_app():
     found = discover_asgi_app(ROOT / "app.py")
     assert found.is_asgi_app and found.import_string == "app:app"
     assert "routes=live_view.ROUTES" in (ROOT / "app.py").read_text()
+
+
+def test_since_counts_are_ascii_digits_only():
+    """'²' is a digit to str.isdigit but not to int(): it raised (HTTP 500); now junk like any other."""
+    assert live_view.parse_since("a:²:0,b:0:٣,c:1:2") == {"c": (1, 2)}
+    assert live_view.parse_since("a:" + "9" * 5000 + ":0") == {}  # int() refuses > 4300 digits
+
+
+def test_the_route_ignores_a_since_with_unicode_digits(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create("js", "learned", {"params": {"steps": 3}})
+    store.add_event(run_id, "step", 1, {"loss": 1.0, "task_loss": {}, "coefs": [0.5]})
+    token = live_view.ticket(Workers(store), [run_id])
+    status, response = get(f"{live_view.PREFIX}/live/{token}", f"since={run_id}:%C2%B2:0")
+    assert status == 200 and json.loads(response.body)["runs"][0]["steps"] == [1]
+
+
+def test_a_run_deleted_while_followed_is_a_one_line_404(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create("js", "learned", {"params": {"steps": 3}})
+    token = live_view.ticket(Workers(store), [run_id])
+    assert get(f"{live_view.PREFIX}/live/{token}")[0] == 200
+    store.delete(run_id)
+    status, response = get(f"{live_view.PREFIX}/live/{token}")
+    body = json.loads(response.body)
+    assert status == 404 and list(body) == ["error"] and run_id in body["error"] and "\n" not in body["error"]
