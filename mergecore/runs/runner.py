@@ -23,7 +23,7 @@ from mergecore.learn.params import LearnParams
 from mergecore.merged import MergedSource, coefs_to_merge, merge_to_tensors, run_merge
 from mergecore.merges import METHODS, get_method, merge_adapters
 from mergecore.numbers import as_float, dumps
-from mergecore.runs.store import RunStore
+from mergecore.runs.store import RunStore, StoreError
 
 
 def cached_baselines(bench: Workbench, store: RunStore | None = None) -> dict[str, dict[str, float]]:
@@ -45,6 +45,19 @@ def summarize(bench: Workbench, scores: dict[str, float], store: RunStore | None
             "uniform": base["uniform"], "baselines": base}
 
 
+def store_stopped(store: RunStore, run_id: str, exc: StoreError, when: str) -> StoreError:
+    """A run whose store failed mid-run (a full disk, a lock held too long, ...) stops there: it is marked
+    'interrupted' saying why if the store still takes that write, else by the store's next open once this process
+    has ended. The error returned says which, in one line."""
+    why = "the disk holding the run store was full" if exc.kind == "full" else f"the run store failed ({exc.problem})"
+    try:
+        store.finish(run_id, "interrupted", {}, f"{why} {when}: events up to there are kept")
+        marked = "it is marked interrupted"
+    except StoreError:
+        marked = "it could not be marked interrupted either: the next open of the store will, once this process has ended"
+    return StoreError(exc.kind, exc.path, f"{exc.problem} (run {run_id} stopped {when}, {marked})", exc.fix)
+
+
 def create_learning_run(bench: Workbench, params: LearnParams, store: RunStore, name: str | None = None) -> str:
     name = name or f"{params.objective}-{params.granularity}"
     return store.create(name, "learned", {"method": "learned", "params": asdict(params), **bench_config(bench)})
@@ -58,13 +71,18 @@ def run_learning(bench: Workbench, params: LearnParams, store: RunStore | None =
     ``run_id``: a run already created with ``create_learning_run`` (the app creates it first so
     the page can follow it before the first step)."""
     params = params.validate()
+    if store:
+        store.check_writable()  # a read-only store is refused before any work
     start_coefs, start_merge = resolve_start(bench, params, store, start)  # bad input fails before any write
     if store and run_id is None:
         run_id = create_learning_run(bench, params, store, name)
+    stored = {"step": 0}  # the last step whose event is stored
 
     def sink(kind: str, step: int, payload: dict) -> None:
         if store:
             store.add_event(run_id, kind, step, payload)
+        if kind == "step":
+            stored["step"] = step
         if on_event:
             on_event(kind, step, payload)
 
@@ -73,17 +91,20 @@ def run_learning(bench: Workbench, params: LearnParams, store: RunStore | None =
         sink("stage", res.steps_done, {"stage": "evaluating", "text": "scoring the merge on the evaluation split"
                                        + ("" if bench.baselines else " (and the baselines, once per workspace)")})
         result = _learned_result(bench, res, store)
+        if store:
+            if res.merge is not None:
+                store.put_tensors(run_id, "merged", merge_to_tensors(res.merge))
+                store.put_tensors(run_id, "spectral", res.spectral)
+            else:
+                store.put_tensors(run_id, "coefs", {"coefs": res.coefs})
+            store.finish(run_id, res.status, result, res.message)
+    except StoreError as exc:
+        raise store_stopped(store, run_id, exc, f"after step {stored['step']}" if stored["step"] else
+                            "before its first step") from exc
     except Exception as exc:
         if store:
             store.finish(run_id, "failed", {}, f"{type(exc).__name__}: {exc}")
         raise
-    if store:
-        if res.merge is not None:
-            store.put_tensors(run_id, "merged", merge_to_tensors(res.merge))
-            store.put_tensors(run_id, "spectral", res.spectral)
-        else:
-            store.put_tensors(run_id, "coefs", {"coefs": res.coefs})
-        store.finish(run_id, res.status, result, res.message)
     return run_id, result
 
 
@@ -144,6 +165,8 @@ def run_static(bench: Workbench, method: str, params=None, store: RunStore | Non
     failure marks it failed); without one the run is created only once the merge has succeeded."""
     m = get_method(method)
     params = params or m.params_cls()
+    if store:
+        store.check_writable()
 
     def stage(key: str, text: str) -> None:
         if store and run_id:
@@ -153,14 +176,18 @@ def run_static(bench: Workbench, method: str, params=None, store: RunStore | Non
 
     try:
         merge, result = _static_merge(bench, m, params, weights, store, stage)
+        if store:
+            run_id = run_id or create_static_run(bench, m.name, params, store, weights, name)
+            store.put_tensors(run_id, "merged", merge_to_tensors(merge))
+            store.finish(run_id, "done", result)
+    except StoreError as exc:
+        if not run_id:  # nothing was recorded: the error as it is
+            raise
+        raise store_stopped(store, run_id, exc, "before its merge was saved") from exc
     except Exception as exc:
         if store and run_id:
             store.finish(run_id, "failed", {}, str(exc) if isinstance(exc, MergecoreError) else f"{type(exc).__name__}: {exc}")
         raise
-    if store:
-        run_id = run_id or create_static_run(bench, m.name, params, store, weights, name)
-        store.put_tensors(run_id, "merged", merge_to_tensors(merge))
-        store.finish(run_id, "done", result)
     return run_id, result
 
 

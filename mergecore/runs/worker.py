@@ -22,7 +22,7 @@ from mergecore.learn.params import LearnParams
 from mergecore.merges import parse_params
 from mergecore.runs.jobs import JobSpec
 from mergecore.runs.runner import run_learning, run_static
-from mergecore.runs.store import RunStore
+from mergecore.runs.store import RunStore, StoreError
 
 
 class Cancelled(BaseException):
@@ -69,26 +69,44 @@ def wait_for_spec() -> str | None:
     return line
 
 
+def _finish(store: RunStore, run_id: str, status: str, message: str, if_running: bool = False) -> None:
+    """Record how the job ended if the store takes it (a store that fails says so in the log; the run is
+    then marked interrupted when the server reaps this process)."""
+    try:
+        if not if_running or store.get(run_id).status == "running":
+            store.finish(run_id, status, {}, message)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = wait_for_spec() if argv[:1] == ["--wait"] else argv[0]
     if path is None:
         return 0
     spec = JobSpec.read(path)
-    store = RunStore(spec.workspace)
-    store.set_pid(spec.run_id, os.getpid())
+    try:
+        store = RunStore(spec.workspace)
+        store.set_pid(spec.run_id, os.getpid())
+    except StoreError as exc:  # the run stays 'running' until the server reaps this process: 'interrupted'
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if spec.threads:
         torch.set_num_threads(spec.threads)
     try:
         run_job(spec, store)
     except Cancelled:
-        store.finish(spec.run_id, "cancelled", {}, "stopped by the user before the first step")
+        _finish(store, spec.run_id, "cancelled", "stopped by the user before the first step")
+    except StoreError as exc:  # the runner marked the run interrupted if the store let it
+        print(f"error: {exc}", file=sys.stderr)
+        _finish(store, spec.run_id, "interrupted", str(exc), if_running=True)
+        return 2
     except MergecoreError as exc:
-        store.finish(spec.run_id, "failed", {}, str(exc))
+        _finish(store, spec.run_id, "failed", str(exc))
         return 2
     except Exception as exc:  # the traceback goes to the job's log next to the spec
         traceback.print_exc()
-        store.finish(spec.run_id, "failed", {}, f"{type(exc).__name__}: {exc}")
+        _finish(store, spec.run_id, "failed", f"{type(exc).__name__}: {exc}")
         return 1
     return 0
 
