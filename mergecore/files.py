@@ -52,8 +52,9 @@ def check_target(out: Path, overwrite: bool, protect=(), what: str = "export tar
     for label, path in protect:
         kept = Path(path).expanduser().resolve()
         if kept == out or kept.is_relative_to(out):
-            raise MergecoreError(f"{what} {out} {'is' if kept == out else 'holds'} {label} {kept}, which mergecore "
-                                 "never replaces (not even with --force); choose another folder")
+            held = f"is {label}" if kept == out else f"holds {label} {kept}"
+            raise MergecoreError(f"{what} {out} {held}, which mergecore never replaces "
+                                 "(not even with --force); choose another folder")
     if not out.is_dir() or not any(out.iterdir()):
         return out
     if (out / STORE_NAME).exists():
