@@ -2,8 +2,8 @@
 
 PEFT is the oracle for everything it defines, so nothing here re-derives PEFT's rules:
     defaults       ``r`` and ``lora_alpha`` when a config omits them: ``peft.LoraConfig``'s own defaults
-    patterns       ``rank_pattern`` / ``alpha_pattern`` keys matched by ``peft.utils.other.get_pattern_key``
-                   (first matching key wins, the key matched against the module's dotted suffix)
+    patterns       ``rank_pattern`` / ``alpha_pattern`` keys matched as ``peft.utils.other.get_pattern_key`` does
+                   (first matching key wins, the key matched against the module's dotted suffix), under a time bound
     scaling        alpha / r, or alpha / sqrt(r) with ``use_rslora`` (``LoraLayer.update_layer``)
     heads          saved tensors outside the LoRA factors belong to a ``modules_to_save`` entry
                    (PEFT matches those entries as dotted suffixes of module names)
@@ -22,10 +22,11 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+import regex
 from peft import LoraConfig
-from peft.utils.other import get_pattern_key
 
 from mergecore.errors import MergecoreError
+from mergecore.files import read_json, read_regular_file
 
 # init_lora_weights values that rewrite the base weights (the adapter is relative to a changed base)
 BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
@@ -51,23 +52,59 @@ def lora_defaults() -> dict[str, object]:
     return {"r": fields["r"], "lora_alpha": fields["lora_alpha"]}
 
 
+MATCH_SECONDS = 0.1  # one key against one module name: microseconds for any real key
+MAX_KEY_CHARS = 1000  # a key is a module name or a short pattern
+MAX_COUNTS = 10_000  # the {m,n} counts of a key multiplied
+# where `regex` and `re` read a key differently: POSIX classes [[:alpha:]], fuzzy counts {e<=1}, and a negated
+# set holding a class and its complement ([^\w\W] matches nothing in `re`)
+_REGEX_ONLY = re.compile(r"\[:\^?\w*:\]|\{[^}]*[A-Za-z<=]|\[\^[^\]]*\\[WDS]")
+
+
 def pattern_key(patterns, module: str, name: str = "rank_pattern", where: str = "adapter_config.json") -> str | None:
-    """The key of pattern field ``name`` PEFT picks for ``module`` (None: no key matches)."""
-    keys = list(patterns)
-    try:
-        key = get_pattern_key(keys, module)
-    except re.error:
-        bad = next(k for k in keys if not _compiles(k))
-        raise MergecoreError(f"{where}: {name} key {bad!r} is not a valid regex; fix it") from None
-    return key if key in keys else None
+    """The key of pattern field ``name`` PEFT picks for ``module`` (None: no key matches).
+
+    PEFT's ``get_pattern_key``: the first key ``k`` (in order) with ``re.match(rf"(.*\.)?({k})$", module)``, else
+    the module's own name if it is a key. The keys come from an untrusted file, and ``re`` backtracks without
+    bound on keys such as ``(.|.)*Z``, so the match runs in the ``regex`` package (the same syntax and
+    semantics for what ``re`` compiles, VERSION0) under a ``MATCH_SECONDS`` time bound; a key over the bound,
+    one ``re`` cannot compile, or one using syntax only ``regex`` reads is refused in one line. On non-ASCII
+    module names ``regex``'s (newer) Unicode tables decide ``\w`` and case folding."""
+    for key in patterns:
+        if _matches(_compiled(str(key), name, where), module, key, name, where):
+            return key
+    return module if module in patterns else None
 
 
-def _compiles(pattern: str) -> bool:
+@lru_cache(maxsize=4096)
+def _compiled(key: str, name: str, where: str):
+    shown = repr(key) if len(key) <= 80 else repr(key[:80]) + "..."
+    if len(key) > MAX_KEY_CHARS:
+        raise MergecoreError(f"{where}: {name} key {shown} is longer than {MAX_KEY_CHARS} characters; "
+                             "give a module name or a short regex")
     try:
-        re.compile(pattern)
-        return True
-    except re.error:
-        return False
+        re.compile(rf"(.*\.)?({key})$")  # as PEFT compiles it: "(?i)" inside is an error there too
+    except (re.error, RecursionError, OverflowError):
+        raise MergecoreError(f"{where}: {name} key {shown} is not a valid regex; fix it") from None
+    counts = [max(int(lo or 0), int(hi or 0), 1) for lo, hi in re.findall(r"\{(\d*),?(\d*)\}", key)]
+    if math.prod(counts) > MAX_COUNTS:  # `regex` unrolls counted repeats when it compiles: {100} in {100} in {100}
+        raise MergecoreError(f"{where}: {name} key {shown} repeats more than {MAX_COUNTS} times in all ({{m,n}} "
+                             "counts multiplied); give a module name or a shorter regex")
+    if _REGEX_ONLY.search(key):
+        raise MergecoreError(f"{where}: {name} key {shown} uses a POSIX class, a brace that is not a repeat count or "
+                             "a negated \\W/\\D/\\S in a set, read differently by the bounded matcher; write it plainly")
+    try:
+        return regex.compile(rf"(.*\.)?({key})$", flags=regex.VERSION0)
+    except (regex.error, RecursionError, OverflowError):
+        raise MergecoreError(f"{where}: {name} key {shown} is not a valid regex; fix it") from None
+
+
+def _matches(pattern, module: str, key: str, name: str, where: str) -> bool:
+    try:
+        return pattern.match(module, timeout=MATCH_SECONDS) is not None
+    except TimeoutError:
+        shown = repr(key) if len(key) <= 80 else repr(key[:80]) + "..."
+        raise MergecoreError(f"{where}: {name} key {shown} takes over {MATCH_SECONDS} s to match a module name "
+                             "(catastrophic backtracking); simplify the regex, e.g. list the modules") from None
 
 
 def _number(value, where: str) -> float:
@@ -149,6 +186,7 @@ def stray_tensor(key: str, config: dict) -> str:
 
 
 CONFIG_FILE = "adapter_config.json"
+MAX_CONFIG_BYTES = 16 * 2**20  # a rank_pattern naming every module of a large model is well under 1 MiB
 
 
 def target_list(targets) -> list[str]:
@@ -158,11 +196,11 @@ def target_list(targets) -> list[str]:
 
 def read_config(folder: Path) -> dict:
     f = folder / CONFIG_FILE
-    if not f.is_file():
+    if not f.exists():
         raise MergecoreError(f"{f} is missing; a PEFT adapter folder needs {CONFIG_FILE}")
     try:
-        config = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = read_json(read_regular_file(f, MAX_CONFIG_BYTES, "adapter config").decode("utf-8"), str(f))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MergecoreError(f"{f} is not valid JSON ({exc}); re-save the adapter with PEFT") from None
     if not isinstance(config, dict):
         raise MergecoreError(f"{f} must hold a JSON object; re-save the adapter with PEFT")

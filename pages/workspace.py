@@ -63,17 +63,28 @@ def _use_preset(dirs: list[str], kind: str) -> None:
 with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapter_dirs")):
     upload = st.file_uploader("Or upload a .zip of adapter folders (unpacked into the workspace)", type=["zip"],
                               key="adapter_zip")
-    if upload is not None and st.session_state.get("unpacked") != upload.file_id:
+    # the unpacked folder (safezip.Unpacked) lives as long as this browser session holds it: it is removed when
+    # the upload is replaced or cleared, when Streamlit drops the session, or when the server exits
+    file_id, held = st.session_state.get("upload") or (None, None)
+    if held is not None and (upload is None or upload.file_id != file_id):
+        held.remove()
+        if st.session_state.get("adapter_text") == "\n".join(map(str, held.adapters)):
+            st.session_state["adapter_text"] = ""
+        del st.session_state["upload"]
+    if upload is not None and st.session_state.get("upload_tried") != upload.file_id:
+        st.session_state.update(upload_tried=upload.file_id, upload_refused=None)
         try:
-            from mergecore.safezip import extract_zip
+            from mergecore.safezip import Unpacked
 
-            dest = Path(st.session_state.get("workspace") or ".") / "uploads" / upload.file_id
-            found = extract_zip(upload.getvalue(), dest)
-            st.session_state["unpacked"] = upload.file_id
-            st.session_state["adapter_text"] = "\n".join(str(p) for p in found)
-            st.success(f"unpacked {len(found)} adapter folders into {dest}; press Load")
+            held = Unpacked(upload.getvalue(), Path(st.session_state.get("workspace") or default_workspace()) / "uploads")
+            st.session_state["upload"] = (upload.file_id, held)
+            st.session_state["adapter_text"] = "\n".join(str(p) for p in held.adapters)
+            say("success", f"unpacked {len(held.adapters)} adapter folders into {held.folder} (removed when this "
+                           "browser session ends or the upload changes); press Load")
         except MergecoreError as exc:
-            st.error(str(exc))
+            st.session_state["upload_refused"] = str(exc)
+    if upload is not None and st.session_state.get("upload_refused"):
+        say("error", st.session_state["upload_refused"])
     presets = _presets()
     for col, (label, (dirs, kind)) in zip(st.columns(len(presets)), presets.items()):
         col.button(label, key=f"preset_{label}", on_click=_use_preset, args=(dirs, kind), width="stretch",

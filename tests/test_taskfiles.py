@@ -319,3 +319,37 @@ def test_app_runs_record_their_task_source(tmp_path):
     glue = record(tasks_source(("glue", str(tmp_path), 32, 50), str(tmp_path)), ["sst2"])
     assert glue == {"kind": "glue", "names": ["sst2"], "dir": str(tmp_path.resolve()), "source": None,
                     "calibration": 32, "eval_size": 50}
+
+
+# ----------------------------------------------------------------------------- bounds that real files never meet
+# (the probes that hit them are in tests/reliability/test_bounded.py)
+
+
+def test_brackets_inside_json_strings_are_not_nesting(tmp_path):
+    from mergecore.data.taskfiles import Columns, load_split
+
+    text = "[" * 200 + "{x"
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"sentence": text, "label": 1}) + "\n", encoding="utf-8")
+    assert load_split(path, Columns()).inputs == ((text,),)
+
+
+def test_missing_columns_list_a_real_header(tmp_path):
+    from mergecore.data.taskfiles import Columns, load_split
+
+    path = write_rows(tmp_path / "t.csv", [("good", "1")])
+    with pytest.raises(MergecoreError, match=r"missing column\(s\) sentence, label \(columns: review, stars\)"):
+        load_split(path, Columns())
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(f"c{i}" for i in range(12)) + "\n" + ",".join("x" * 12) + "\n", encoding="utf-8")
+    with pytest.raises(MergecoreError, match=r"\(columns: c0, c1, .*, c9, and 2 more\)"):
+        load_split(wide, Columns())
+
+
+def test_bare_positional_prompts_pass():
+    from mergecore.data.taskfiles import check_prompt
+
+    check_prompt("pair", "A: {0}\nB: {1}\n{{literal}}", ("a", "b"))
+    check_prompt("auto", "A: {} B: {}", ("a", "b"))
+    with pytest.raises(MergecoreError, match="cannot be filled"):
+        check_prompt("mixed", "{} {0}", ("a",))

@@ -22,7 +22,7 @@ from mergecore.data.metrics import METRICS
 from mergecore.data.taskfiles import Columns, file_task, generative_task
 from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
-from mergecore.files import write_text_atomic
+from mergecore.files import read_json, read_regular_file, write_text_atomic
 
 KINDS = ("demo", "glue", "files")
 
@@ -73,7 +73,9 @@ def _spec_keys(s, where: str) -> str:
 def _spec_values(s: dict, where: str) -> None:
     """One line naming the key whose value has the wrong type (or an unknown metric)."""
     def bad(key: str, want: str):
-        raise MergecoreError(f"{where}: {key!r} is {json.dumps(s[key])}; give {want}")
+        shown = json.dumps(s[key])
+        shown = shown if len(shown) <= 60 else shown[:60] + "..."
+        raise MergecoreError(f"{where}: {key!r} is {shown}; give {want}")
 
     for key in ("train", "eval"):
         if not isinstance(s[key], str) or not s[key].strip():
@@ -129,12 +131,17 @@ def tasks_from_specs(names: list[str], specs, base_dir: str | Path | None = None
     return TaskSet(tuple(tasks))
 
 
+MAX_MAPPING_BYTES = 16 * 2**20
+
+
 def read_mapping(path: str | Path) -> list:
+    """The parsed task mapping: a regular file of at most 16 MiB holding JSON nested at most 64 levels."""
     path = Path(path).expanduser()
+    data = read_regular_file(path, MAX_MAPPING_BYTES, "the task mapping")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MergecoreError(f"cannot read the task mapping {path} ({type(exc).__name__}); check the path") from None
+        return read_json(data.decode("utf-8"), str(path))
+    except UnicodeDecodeError:
+        raise MergecoreError(f"the task mapping {path} is not UTF-8 text; save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise MergecoreError(f"{path} is not valid JSON ({exc.msg}); give a list with one object per adapter") from None
 

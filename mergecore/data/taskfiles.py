@@ -23,6 +23,7 @@ import torch
 
 from mergecore.data.tasks import Split, Task
 from mergecore.errors import MergecoreError
+from mergecore.files import read_json, read_regular_file
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,14 @@ class Columns:
     header: bool = field(default=True, metadata={"help": "first row names the columns"})
 
 
+MAX_FILE_BYTES = 512 * 2**20  # a task file read whole: GLUE's largest (MNLI train.tsv) is about 300 MiB
+MAX_FIELD_CHARS = 16 * 2**20  # one CSV / TSV cell (the csv module's default stops at 128K characters)
+
+
 def _open_text(path: Path) -> str:
+    data = read_regular_file(path, MAX_FILE_BYTES, "task file")
     try:
-        return path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise MergecoreError(f"{path} does not exist; check the data folder or file name") from None
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise MergecoreError(f"{path} is not UTF-8 (bad byte at offset {exc.start}); re-save it as UTF-8") from None
 
@@ -55,8 +59,7 @@ def read_rows(path: str | Path, header: bool = True) -> tuple[list[str], list[di
         return list(dict.fromkeys(k for r in rows for k in r)), rows
     delim = "\t" if path.suffix == ".tsv" else ","
     quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL  # GLUE TSVs carry raw quotes
-    rows = list(csv.reader(text.splitlines(), delimiter=delim, quoting=quoting))
-    rows = [r for r in rows if r]
+    rows = _csv_rows(path, text, delim, quoting)
     if not header:
         width = max((len(r) for r in rows), default=0)
         return [str(i) for i in range(width)], [{str(i): v for i, v in enumerate(r)} for r in rows]
@@ -66,13 +69,27 @@ def read_rows(path: str | Path, header: bool = True) -> tuple[list[str], list[di
     return names, [dict(zip(names, r)) for r in rows[1:]]
 
 
+def _csv_rows(path: Path, text: str, delim: str, quoting: int) -> list[list[str]]:
+    """The non-empty rows; a cell over MAX_FIELD_CHARS or a malformed row is one line naming the line."""
+    before = csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.reader(text.splitlines(), delimiter=delim, quoting=quoting)
+    try:
+        return [r for r in reader if r]
+    except csv.Error as exc:
+        why = ("has a cell over 16 Mi characters" if "field larger" in str(exc)
+               else "is not valid CSV (e.g. a stray NUL byte)")
+        raise MergecoreError(f"{path} line {reader.line_num} {why}; fix the row") from None
+    finally:
+        csv.field_size_limit(before)
+
+
 def _jsonl(path: Path, text: str) -> list[dict[str, str]]:
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = read_json(line, f"{path} line {n}")
         except json.JSONDecodeError as exc:
             raise MergecoreError(f"{path} line {n} is not valid JSON ({exc.msg}); one JSON object per line") from None
         if not isinstance(obj, dict):
@@ -81,16 +98,33 @@ def _jsonl(path: Path, text: str) -> list[dict[str, str]]:
     return out
 
 
+_NAME = re.compile(r"\w[\w .-]{0,39}")  # what a column name looks like: never a line of some other file
+
+
+def _shown(names: list[str]) -> str:
+    """The columns found, listed only when they look like column names (at most 10): an error never prints a
+    line of a file that is not a table (e.g. /etc/passwd named by mistake)."""
+    if not names or not all(_NAME.fullmatch(n) for n in names):
+        return f"the first row has {len(names)} field(s) that do not look like column names"
+    more = f", and {len(names) - 10} more" if len(names) > 10 else ""
+    return f"columns: {', '.join(names[:10])}{more}"
+
+
+def _cut(value: str) -> str:
+    """A cell's value as an error shows it: quoted, at most 40 characters."""
+    return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+
+
 def _label(raw: str, cols: Columns, where: str) -> float:
     if cols.numeric:
         try:
             return float(raw)
         except ValueError:
-            raise MergecoreError(f"{where}: label {raw!r} is not a number; fix the row or the label column") from None
+            raise MergecoreError(f"{where}: label {_cut(raw)} is not a number; fix the row or the label column") from None
     if cols.label_map is not None:
         if raw not in cols.label_map:
             known = ", ".join(map(str, cols.label_map))
-            raise MergecoreError(f"{where}: unknown label {raw!r} (known: {known}); fix the row or the label mapping")
+            raise MergecoreError(f"{where}: unknown label {_cut(raw)} (known: {known}); fix the row or the label mapping")
         return int(cols.label_map[raw])
     if raw in cols.label_names:
         return cols.label_names.index(raw)
@@ -98,9 +132,9 @@ def _label(raw: str, cols: Columns, where: str) -> float:
         return int(raw)
     except ValueError:
         if cols.label_names:
-            raise MergecoreError(f"{where}: label {raw!r} is not one of the labels ({', '.join(cols.label_names)}) "
+            raise MergecoreError(f"{where}: label {_cut(raw)} is not one of the labels ({', '.join(cols.label_names)}) "
                                  "nor a class id; fix the row or add the label to the task's labels") from None
-        raise MergecoreError(f"{where}: label {raw!r} is not a class id; give a label mapping") from None
+        raise MergecoreError(f"{where}: label {_cut(raw)} is not a class id; give a label mapping") from None
 
 
 def load_split(path: str | Path, cols: Columns, limit: int | None = None, labeled: bool = True) -> Split:
@@ -110,8 +144,8 @@ def load_split(path: str | Path, cols: Columns, limit: int | None = None, labele
     if rows:
         missing = [c for c in need if c not in names]
         if missing:
-            have = ", ".join(names)
-            raise MergecoreError(f"{path}: missing column(s) {', '.join(missing)} (columns: {have}); fix the column mapping")
+            raise MergecoreError(f"{path}: missing column(s) {', '.join(missing)} ({_shown(names)}); "
+                                 "fix the column mapping")
     inputs, labels = [], []
     first = 2 if cols.header and Path(path).suffix not in (".jsonl", ".json") else 1
     for n, row in enumerate(rows[:limit] if limit else rows, first):
@@ -138,28 +172,38 @@ def sample(split: Split, n: int, seed: int) -> Split:
     return Split(tuple(split.inputs[i] for i in idx), labels)
 
 
+MAX_PROMPT_FIELDS = 16  # placeholders in one prompt: each copies a row's text into every prompt
+
+
 def check_prompt(task: str, prompt: str, fields: tuple[str, ...]) -> None:
-    """Refuse a prompt whose placeholders do not all name a column by position ({0}, {1}, ...)."""
+    """Refuse a prompt whose placeholders are not bare column positions ({0}, {1}, ... or {}): no format spec,
+    conversion, attribute or index (``{0:>300000000}`` would build a 300-million-character string per row)."""
     cols = ", ".join(f"{{{i}}}={c}" for i, c in enumerate(fields))
     try:
         parsed = list(string.Formatter().parse(prompt))
     except ValueError as exc:
-        raise MergecoreError(f"task {task!r}: prompt {prompt!r} is not a valid template ({exc}); use {cols} "
+        raise MergecoreError(f"task {task!r}: prompt {_cut(prompt)} is not a valid template ({exc}); use {cols} "
                              "and write {{ and }} for literal braces") from None
+    holders = [(p, spec, conv) for _, p, spec, conv in parsed if p is not None]
+    if len(holders) > MAX_PROMPT_FIELDS:
+        raise MergecoreError(f"task {task!r}: the prompt has {len(holders)} placeholders (limit {MAX_PROMPT_FIELDS}); "
+                             "use each column once or twice")
     auto = 0
-    for _, placeholder, _, _ in parsed:
-        if placeholder is None:
-            continue
-        key = re.split(r"[.\[]", placeholder, maxsplit=1)[0]
+    for placeholder, spec, conversion in holders:
+        shown = "{" + placeholder[:40] + (f"!{conversion}" if conversion else "") + (f":{spec[:20]}" if spec else "") + "}"
+        if spec or conversion:
+            raise MergecoreError(f"task {task!r}: prompt placeholder {shown} has a format spec or conversion; "
+                                 f"use bare placeholders ({cols})")
+        key = placeholder
         if key == "":
             key, auto = str(auto), auto + 1
-        if not key.isdigit() or int(key) >= len(fields):
-            raise MergecoreError(f"task {task!r}: prompt placeholder {{{placeholder}}} has no column "
+        if not re.fullmatch(r"[0-9]{1,4}", key) or int(key) >= len(fields):
+            raise MergecoreError(f"task {task!r}: prompt placeholder {shown} has no column "
                                  f"(columns: {cols}); use only these placeholders")
     try:
         prompt.format(*fields)
-    except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
-        raise MergecoreError(f"task {task!r}: prompt {prompt!r} cannot be filled ({exc}); use {cols}") from None
+    except (ValueError, IndexError) as exc:  # "{} {0}": automatic and manual numbering mixed
+        raise MergecoreError(f"task {task!r}: prompt {_cut(prompt)} cannot be filled ({exc}); use {cols}") from None
 
 
 def _label_columns(name: str, cols: Columns, label_names: tuple[str, ...], metric: str):

@@ -53,3 +53,16 @@ def test_limits_corrupt_and_existing_target(tmp_path):
     (tmp_path / "up").mkdir()
     with pytest.raises(MergecoreError, match="already exists"):
         extract_zip(_zip({"a": b"x"}), tmp_path / "up")
+
+
+def test_real_adapter_zips_pass_the_ratio_bound(tmp_path):
+    """A real LoRA adapter compresses about 1.1x, far under the ratio bound (bombs: tests/reliability/test_bounded.py)."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "mergecore" / "demo" / "adapters" / "sentiment"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in folder.iterdir():
+            if p.is_file():
+                z.writestr(f"sentiment/{p.name}", p.read_bytes())
+    assert extract_zip(buf.getvalue(), tmp_path / "up") == [tmp_path / "up" / "sentiment"]
