@@ -106,6 +106,38 @@ def test_pattern_key_is_peft_get_pattern_key(keys):
         assert pattern_key({k: 1 for k in keys}, module, "rank_pattern", WHERE) == expected, module
 
 
+# random keys over the syntax real keys use (and some they do not), against PEFT's re-based matcher
+TOKENS = ["a", "q", "v", "fc", "0", "1", ".", r"\.", "*", "+", "?", "|", "(", ")", "[", "]", "^", "$", "-", "_",
+          r"\w", r"\d", r"\b", r"\B", r"\W", "(?:", "(?=", "(?!", "(?<=", "*?", "+?", "{1,2}", "{2}", "[^", "layers",
+          r"\1", "(?>", "++", r"\Z", r"\A", "{", "}", ",", ":", "(?i)", "Q"]
+NAMES = ["layers.0.q", "layers.1.fc", "q", "qq", "a.q", "layers.10.v_proj", "model.Q.v", "x.0", "a-b.c_d"]
+
+
+def test_bounded_matcher_agrees_with_peft_on_random_keys():
+    """pattern_key runs in the regex package under a time bound; on every key PEFT's re compiles (and the
+    matcher does not refuse) it picks what peft.utils.other.get_pattern_key picks."""
+    import random
+
+    from peft.utils.other import get_pattern_key
+
+    rng, checked = random.Random(0), 0
+    while checked < 3000:
+        key = "".join(rng.choice(TOKENS) for _ in range(rng.randint(1, 6)))
+        try:
+            re.compile(rf"(.*\.)?({key})$")
+        except re.error:
+            continue
+        for module in NAMES:
+            try:
+                got = pattern_key({key: 1}, module, "rank_pattern", WHERE)
+            except MergecoreError as exc:
+                assert "POSIX class" in str(exc) or "takes over" in str(exc), (key, str(exc))
+                break
+            expected = get_pattern_key([key], module)
+            assert got == (expected if expected == key or module == key else None), (key, module)
+        checked += 1
+
+
 def test_invalid_pattern_key_names_field_and_key():
     with pytest.raises(MergecoreError, match=r"^cfg\.json: alpha_pattern key 'q\(' is not a valid regex; fix it$"):
         pattern_key({"v": 1, "q(": 2}, "layers.0.q", "alpha_pattern", WHERE)
