@@ -204,7 +204,7 @@ def _resolve(path: str | Path) -> Path:
         if not p.is_dir():
             raise MergecoreError(f"{p} is a file; pass the adapter folder that holds {CONFIG_FILE}")
         return p
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
+    if re.fullmatch(r"\w[\w.-]*/\w[\w.-]*", str(path)):  # a hub id: owner/name, no part starts with . (../x)
         return _download(str(path))
     raise MergecoreError(f"adapter folder {p} does not exist; pass a PEFT adapter folder or a hub id")
 

@@ -186,10 +186,11 @@ def resolve(name: str, base_path: str | None = None) -> str:
 
 
 def looks_local(name: str) -> bool:
-    """A path, not a hub id: starts with /, ./, ../ or ~, or has a separator a hub id ('owner/name') cannot have."""
+    """A path, not a hub id: starts with /, . or ~, has a '..' part, or has a separator a hub id ('owner/name')
+    cannot have (a hub id's parts never start with '.')."""
     seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
-    starts = ("/", "~") + tuple(d + sep for d in (".", "..") for sep in seps)
-    return (name.startswith(starts) or name in (".", "..") or name.count("/") > 1
+    parts = name.replace(os.sep, "/").replace(os.altsep or "/", "/").split("/")
+    return (name.startswith(("/", "~", ".")) or ".." in parts or name.count("/") > 1
             or any(sep in name for sep in seps - {"/"}))
 
 

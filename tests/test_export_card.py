@@ -446,8 +446,8 @@ def test_zip_entries_are_compressed(tmp_path):
 def test_export_params_name_what_is_wrong():
     for params, msg in [(ExportParams(mode="lossy"), "unknown export mode 'lossy'; valid modes: exact, compressed, full"),
                         (ExportParams(mode="compressed", rank=0),
-                         "rank must be at least 1 for a compressed export (got 0)"),
-                        (ExportParams(samples=0), "samples must be at least 1 (got 0)")]:
+                         "rank must be at least 1 (got 0); set --rank (compressed export) to a whole number >= 1"),
+                        (ExportParams(samples=0), "samples must be at least 1 (got 0); set --samples to a whole number >= 1")]:
         with pytest.raises(MergecoreError, match=f"^{re.escape(msg)}$"):
             params.validate()
     assert ExportParams(mode="exact", rank=0).validate().rank == 0  # the rank only matters when compressing

@@ -67,7 +67,7 @@ def test_init_unset_means_one_over_k():
     assert p.init is None and p.start_value(4) == 0.25 and p.validate() is p
     assert apply_preset(p, "sourcejs").init is None and apply_preset(p, "divmerge").init == 0.5
     assert LearnParams(init=-0.5).start_value(4) == -0.5  # a number is a number: no sentinel
-    with pytest.raises(MergecoreError, match=r"^init must be a finite number or None for 1/K \(got nan\)$"):
+    with pytest.raises(MergecoreError, match=r"^init must be a finite number or None for 1/K \(got nan\); set --init to a number or 1/K$"):
         LearnParams(init=float("nan")).validate()
 
 

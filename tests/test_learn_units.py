@@ -121,16 +121,16 @@ def test_every_parameter_has_help_and_checked_choices():
 @pytest.mark.parametrize("change, message", [
     (dict(objective="mse"), None),  # the objective's own message (objectives.py)
     (dict(granularity="row"), r"^unknown granularity 'row'; valid: task, layer, block, spectral$"),
-    (dict(steps=0), r"^steps must be at least 1 \(got 0\)$"),
-    (dict(samples=0), r"^samples must be at least 1 \(got 0\)$"),
-    (dict(batch_size=-2), r"^batch_size must be at least 1 \(got -2\)$"),
-    (dict(lr=0.0), r"^lr must be a positive number \(got 0.0\)$"),
-    (dict(lr=-0.1), r"^lr must be a positive number \(got -0.1\)$"),
-    (dict(lr=math.inf), r"^lr must be a positive number \(got inf\)$"),
-    (dict(lr=math.nan), r"^lr must be a positive number \(got nan\)$"),
+    (dict(steps=0), r"^steps must be at least 1 \(got 0\); set --steps to a whole number >= 1$"),
+    (dict(samples=0), r"^samples must be at least 1 \(got 0\); set --samples to a whole number >= 1$"),
+    (dict(batch_size=-2), r"^batch_size must be at least 1 \(got -2\); set --batch-size to a whole number >= 1$"),
+    (dict(lr=0.0), r"^lr must be a positive number \(got 0.0\); set --lr to a finite number > 0$"),
+    (dict(lr=-0.1), r"^lr must be a positive number \(got -0.1\); set --lr to a finite number > 0$"),
+    (dict(lr=math.inf), r"^lr must be a positive number \(got inf\); set --lr to a finite number > 0$"),
+    (dict(lr=math.nan), r"^lr must be a positive number \(got nan\); set --lr to a finite number > 0$"),
     (dict(l2_target="origin"), r"^unknown l2_target 'origin'; valid: uniform, start$"),
     (dict(clamp=True, softmax=True), r"clamp and softmax"),
-    (dict(iterations=0), r"^iterations must be at least 1 \(got 0\)$"),
+    (dict(iterations=0), r"^iterations must be at least 1 \(got 0\); set --iterations to a whole number >= 1$"),
 ])
 def test_validate_names_the_bad_parameter(change, message):
     with pytest.raises(MergecoreError, match=message or "mse"):

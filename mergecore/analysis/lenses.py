@@ -37,7 +37,7 @@ from mergecore.forward.coefs import block_index
 from mergecore.forward.features import collect_features
 from mergecore.forward.workbench import Workbench, bench_key
 from mergecore.merged import run_merge
-from mergecore.merges.base import ModuleMerge, numerical_rank, singular_values
+from mergecore.merges.base import ModuleMerge, check_number, numerical_rank, singular_values
 
 LENS_VERSION = 2  # bump when a lens's output changes: cached results of older code are not served
 
@@ -59,10 +59,13 @@ class LensParams:
     max_rows: int = field(default=256, metadata=_help("rows per forward pass"))
 
     def validate(self) -> "LensParams":
-        if self.limit < 1 or self.samples < 1 or self.n_bins < 1 or self.max_rows < 1:
-            raise MergecoreError("limit, samples, n_bins and max_rows must be positive integers; raise them")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise MergecoreError(f"threshold must lie in [0, 1] (got {self.threshold}); pick a confidence level")
+        """One line for the first bad field (its flag and range); ``analyze`` runs it before loading anything
+        (the app's pages use the defaults)."""
+        for name in ("limit", "samples", "n_bins", "max_rows"):
+            check_number(name, getattr(self, name), "--" + name.replace("_", "-"), 1, whole=True)
+        check_number("energy_rank", self.energy_rank, "--energy-rank", 0, whole=True)  # 0 = the largest rank
+        check_number("shared_threshold", self.shared_threshold, "--shared-threshold", 1)
+        check_number("threshold", self.threshold, "--threshold", 0, 1)
         return self
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mergecore.adapters import load_adapters
-from mergecore.bases import base_family, family_of_adapters
+from mergecore.bases import base_family, family_of_adapters, looks_local
 from mergecore.data.sources import TaskSource, load_tasks, record
 from mergecore.demo.kit import demo_adapter_dirs
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportInputs
-from mergecore.forward.workbench import Workbench, open_workbench
+from mergecore.forward.workbench import DEVICES, Workbench, open_workbench, resolve_device
 from mergecore.numbers import dumps
 from mergecore.placement import LoadParams
 from mergecore.runs import compare
@@ -73,6 +73,33 @@ def dataclass_from_args(cls, args: argparse.Namespace, base=None):
     return dataclasses.replace(base or cls(), **given)
 
 
+def flag_type(check, name: str):
+    """argparse type from a checking function: its MergecoreError becomes argparse's one-line error."""
+    def convert(raw: str):
+        try:
+            return check(raw)
+        except MergecoreError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = name
+    return convert
+
+
+def _count(raw: str) -> int:
+    """A whole number >= 0 (0: all)."""
+    try:
+        n = int(raw)
+    except ValueError:
+        raise MergecoreError(f"give a whole number >= 0 (got {raw!r})") from None
+    if n < 0:
+        raise MergecoreError(f"must be >= 0, 0 = all (got {n})")
+    return n
+
+
+def _device(raw: str) -> str:
+    resolve_device(raw)  # one line for a device this torch does not have, before anything is loaded
+    return raw
+
+
 def add_source_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--demo", action="store_true", help="the embedded demo kit (default when no adapters are given)")
@@ -85,14 +112,46 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-files", type=Path, metavar="JSON", help=(
         "tasks from CSV/TSV/JSONL files: a JSON list, one object per adapter, {train, eval, text, label, labels} "
         "for a label task or {train, eval, text, reference} for a generative task (ROUGE-1)"))
-    p.add_argument("--calibration", type=int, default=128, help="GLUE: calibration examples per task")
-    p.add_argument("--eval-size", type=int, default=0, help="GLUE: evaluation examples per task (0: all)")
+    p.add_argument("--calibration", type=flag_type(_count, "count"), default=128,
+                   help="GLUE: calibration examples per task (0: all)")
+    p.add_argument("--eval-size", type=flag_type(_count, "count"), default=0,
+                   help="GLUE: evaluation examples per task (0: all)")
     p.add_argument("--family", choices=["classifier", "seq2seq", "causal"], help="model family (default: detected)")
     p.add_argument("--base-path", help="local folder of the base model when the adapters name a hub id")
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--device", default="auto", type=flag_type(_device, "device"),
+                   help=f"{DEVICES} (auto: CUDA when visible)")
     add_dataclass_args(p, LoadParams)  # --dtype, --quantize, --device-map
     p.add_argument("--workspace", type=Path, help="run store folder (default: ./workspace or $MERGECORE_WORKSPACE)")
     p.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
+
+
+def _missing(what: str, path, fix: str) -> MergecoreError:
+    return MergecoreError(f"{what} {path} does not exist; {fix}")
+
+
+def check_sources(args: argparse.Namespace) -> None:
+    """The local paths the flags name, checked before any adapter, hub look-up or model is loaded: a path
+    that does not exist is said to be missing (never looked up as a hub id), a folder where a file is due
+    is one line."""
+    dataclass_from_args(LoadParams, args).validate()  # --dtype, --quantize, --device-map (a JSON file)
+    for a in args.adapters or []:
+        if looks_local(str(a)) and not Path(a).expanduser().exists():
+            raise _missing("adapter folder", a, "pass a PEFT adapter folder (adapter_config.json inside) or a hub id")
+    if args.base_model and looks_local(args.base_model) and not Path(args.base_model).expanduser().exists():
+        raise _missing("base model folder", args.base_model, "pass the folder holding config.json, or a hub id")
+    if args.base_path and not Path(args.base_path).expanduser().is_dir():
+        raise _missing("base model folder", args.base_path, "--base-path needs the folder holding config.json")
+    if args.glue is not None and args.glue_dir and args.glue_dir not in ("hf", "auto"):
+        if not Path(args.glue_dir).expanduser().is_dir():
+            raise _missing("GLUE folder", args.glue_dir, "pass --glue-dir DIR holding <TASK>/train.tsv and "
+                           "dev.tsv, or leave it out to fetch GLUE from the hub")
+    if args.glue is None and args.task_files is not None:
+        mapping = Path(args.task_files).expanduser()
+        if not mapping.exists():
+            raise _missing("task mapping", mapping, "pass --task-files FILE.json")
+        if not mapping.is_file():
+            raise MergecoreError(f"task mapping {mapping} is not a file; pass --task-files FILE.json (a JSON list, "
+                                 "one object per adapter)")
 
 
 def task_source(args: argparse.Namespace) -> TaskSource:
@@ -106,8 +165,9 @@ def task_source(args: argparse.Namespace) -> TaskSource:
 
 
 def open_bench(args: argparse.Namespace) -> Workbench:
-    adapters = load_adapters(args.adapters or demo_adapter_dirs(), allow_bin=args.allow_bin, base_model=args.base_model)
+    check_sources(args)
     source = task_source(args)
+    adapters = load_adapters(args.adapters or demo_adapter_dirs(), allow_bin=args.allow_bin, base_model=args.base_model)
     bench = open_workbench(adapters, load_tasks(adapters.names, source), device=args.device,
                            trust_remote_code=args.trust_remote_code, family=args.family, base_path=args.base_path,
                            load=dataclass_from_args(LoadParams, args))
@@ -118,6 +178,7 @@ def open_bench(args: argparse.Namespace) -> Workbench:
 def open_inputs(args: argparse.Namespace) -> ExportInputs:
     """Adapters, tasks, family and base name from the flags, without loading the base model (the family from
     --family, the adapters' PEFT task_type, else the base's config.json)."""
+    check_sources(args)
     adapters = load_adapters(args.adapters or demo_adapter_dirs(), allow_bin=args.allow_bin, base_model=args.base_model)
     name = args.base_model or adapters.base_model
     if not name and not args.base_path:

@@ -9,6 +9,7 @@ from pathlib import Path
 from mergecore.adapters import AdapterSet
 from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
+from mergecore.merges.base import check_number
 
 MODES = ("exact", "compressed", "full")
 
@@ -30,10 +31,9 @@ class ExportParams:
     def validate(self) -> "ExportParams":
         if self.mode not in MODES:
             raise MergecoreError(f"unknown export mode {self.mode!r}; valid modes: {', '.join(MODES)}")
-        if self.mode == "compressed" and self.rank < 1:
-            raise MergecoreError(f"rank must be at least 1 for a compressed export (got {self.rank})")
-        if self.samples < 1:
-            raise MergecoreError(f"samples must be at least 1 (got {self.samples})")
+        if self.mode == "compressed":  # the rank only matters when compressing
+            check_number("rank", self.rank, "--rank (compressed export)", 1, whole=True)
+        check_number("samples", self.samples, "--samples", 1, whole=True)
         return self
 
 

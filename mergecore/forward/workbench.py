@@ -162,12 +162,28 @@ def open_workbench(adapters: AdapterSet, tasks: TaskSet, device: str | None = No
     return Workbench(adapters, tasks, mm, reader, base_name=name or base_path, load=load)
 
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
+    """The torch device ``device`` names (auto: CUDA when visible, else the CPU), checked against what this
+    torch has (CUDA and its device count, MPS); anything else is one line naming the valid devices."""
+    if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        where = torch.device(str(device).strip().lower())
+    except (RuntimeError, ValueError, TypeError):
+        where = None
+    if where is None or where.type not in ("cpu", "cuda", "mps") or (where.type != "cuda" and where.index):
+        raise MergecoreError(f"unknown device {device!r}; valid: {DEVICES}")
+    if where.type == "cuda" and not torch.cuda.is_available():
         raise MergecoreError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(device)
+    if where.type == "cuda" and (where.index or 0) >= torch.cuda.device_count():
+        raise MergecoreError(f"device {device!r} does not exist: torch sees {torch.cuda.device_count()} CUDA "
+                             f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}; pick one of them")
+    if where.type == "mps" and not torch.backends.mps.is_available():
+        raise MergecoreError(f"device {device!r} asked for but MPS is not available here; use --device cpu")
+    return where
 
 
 def bench_config(bench: Workbench) -> dict:

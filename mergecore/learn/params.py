@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import coefficient_transform
 from mergecore.learn.objectives import OBJECTIVES, get_objective
+from mergecore.merges.base import check_number
 
 GRANULARITIES = ("task", "layer", "block", "spectral")
 
@@ -17,6 +18,10 @@ L2_TARGETS = ("uniform", "start")
 
 
 GENERATIVE_OBJECTIVES = ("js", "kl")  # token-level divergences on the expert's outputs (generative tasks)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _meta(label: str, text: str, advanced: bool = False, **extra) -> dict:
@@ -96,21 +101,23 @@ class LearnParams:
         advanced=True))
 
     def validate(self) -> "LearnParams":
+        """One line for the first bad field (its flag and valid range); the CLI runs it before loading anything,
+        the app's runs (``Workers.start_learning``, ``run_learning``) before starting."""
         get_objective(self.objective)
         if self.granularity not in GRANULARITIES:
             raise MergecoreError(f"unknown granularity {self.granularity!r}; valid: {', '.join(GRANULARITIES)}")
-        for name in ("steps", "samples", "batch_size"):
-            if getattr(self, name) < 1:
-                raise MergecoreError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise MergecoreError(f"lr must be a positive number (got {self.lr})")
+        for name in ("steps", "samples", "batch_size", "labeled", "eval_limit", "iterations"):
+            check_number(name, getattr(self, name), _flag(name), 1, whole=True)
+        check_number("eval_every", self.eval_every, "--eval-every", 0, whole=True)  # 0 = never
+        check_number("seed", self.seed, "--seed", 0, 2**63 - 1, whole=True)
+        check_number("lr", self.lr, "--lr", 0, above=True)
+        check_number("l2", self.l2, "--l2", 0)  # 0 = no pull
         if self.l2_target not in L2_TARGETS:
             raise MergecoreError(f"unknown l2_target {self.l2_target!r}; valid: {', '.join(L2_TARGETS)}")
         coefficient_transform(self.clamp, self.softmax)
-        if self.init is not None and not math.isfinite(self.init):
-            raise MergecoreError(f"init must be a finite number or None for 1/K (got {self.init})")
-        if self.iterations < 1:
-            raise MergecoreError(f"iterations must be at least 1 (got {self.iterations})")
+        if self.init is not None and not (isinstance(self.init, (int, float)) and math.isfinite(self.init)):
+            raise MergecoreError(f"init must be a finite number or None for 1/K (got {self.init}); set --init to a "
+                                 "number or 1/K")
         return self
 
     def start_value(self, num_tasks: int) -> float:

@@ -33,6 +33,7 @@ from mergecore.merges.base import (
     ModuleMerge,
     check_choice,
     check_density,
+    check_finite,
     lam_weights,
     numerical_rank,
     present,
@@ -132,6 +133,7 @@ class KnotsParams:
         check_choice("knots", "merge", self.merge, ("ties", "ta"))
         check_density("knots", self.density)
         check_choice("knots", "majority_sign_method", self.majority_sign_method, SIGN_METHODS)
+        check_finite("knots", self, "lam")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ class TsvParams:
     def __post_init__(self):
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise MergecoreError(f"tsv_m: fraction must be in (0, 1] or none, got {self.fraction}")
+        check_finite("tsv_m", self, "alpha")
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,9 @@ class IsoParams:
     alpha: float = field(default=1.0, metadata={"label": "Scale of the merged update (alpha)", "advanced": False,
                                                 "help": (
         "scale of the isotropic merged update (Iso-C tunes it; default 1.0)")})
+
+    def __post_init__(self):
+        check_finite("iso_c", self, "alpha")
 
 
 def knots(factors: list[LoraFactors | None], weights: list[float], params: KnotsParams) -> ModuleMerge:

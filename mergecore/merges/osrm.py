@@ -26,7 +26,7 @@ import torch
 
 from mergecore.adapters import LoraFactors
 from mergecore.errors import MergecoreError
-from mergecore.merges.base import MergeMethod, ModuleMerge, lam_weights, module_shape, present
+from mergecore.merges.base import MergeMethod, ModuleMerge, check_finite, lam_weights, module_shape, present
 
 EIG_RTOL = 1e-9  # eigenvalues within EIG_RTOL * max of the r-th smallest are tied
 
@@ -78,6 +78,9 @@ class OsrmParams:
     fit_on_features: bool = field(default=True, metadata={"label": "Fit on the task's features", "advanced": True,
                                                           "help": (
         "fit B' on the task's own features when they are given (else Frobenius fit)")})
+
+    def __post_init__(self):
+        check_finite("osrm", self, "lam")
 
 
 def _features(features: dict[int, torch.Tensor], num: int, inn: int, ref: torch.Tensor) -> dict[int, torch.Tensor]:

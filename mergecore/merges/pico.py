@@ -33,6 +33,7 @@ from mergecore.merges.base import (
     ModuleMerge,
     check_choice,
     check_density,
+    check_finite,
     dense_deltas,
     numerical_rank,
     present,
@@ -98,8 +99,11 @@ class PicoParams:
         check_choice("pico", "base_method", self.base_method, BASES)
         check_density("pico", self.density)
         check_choice("pico", "majority_sign_method", self.majority_sign_method, SIGN_METHODS)
-        if self.strength < 0:
+        if not self.strength >= 0:  # NaN too
             raise MergecoreError(f"pico: strength must be >= 0, got {self.strength}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise MergecoreError(f"pico: fraction must be in (0, 1] or none, got {self.fraction}")
+        check_finite("pico", self, "strength", "lam", "alpha")
 
 
 def _core_merge(cores: torch.Tensor, weights: list[float], params: PicoParams, keep: list[int]) -> torch.Tensor:

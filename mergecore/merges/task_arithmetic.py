@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mergecore.adapters import LoraFactors
-from mergecore.merges.base import MergeMethod, ModuleMerge, lam_weights, present
+from mergecore.merges.base import MergeMethod, ModuleMerge, check_finite, lam_weights, present
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class TaskArithmeticParams:
     lam: float = field(default=0.3, metadata={"label": "Task-vector weight (lambda)", "advanced": False, "help": (
         "coefficient of every task vector when no explicit weights are given (Ilharco et al.; 0.3 "
         "is the usual default)")})
+
+    def __post_init__(self):
+        check_finite("task_arithmetic", self, "lam")
 
 
 @dataclass(frozen=True)

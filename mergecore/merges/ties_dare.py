@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 import torch
 
 from mergecore.adapters import LoraFactors
-from mergecore.merges.base import MergeMethod, ModuleMerge, check_choice, check_density, dense_deltas, lam_weights
+from mergecore.merges.base import (
+    MergeMethod,
+    ModuleMerge,
+    check_choice,
+    check_density,
+    check_finite,
+    check_number,
+    dense_deltas,
+    lam_weights,
+)
 
 SIGN_METHODS = ("total", "frequency")
 
@@ -101,6 +110,7 @@ class TiesParams:
 
     def __post_init__(self):
         check_density("ties", self.density)
+        check_finite("ties", self, "lam")
         check_choice("ties", "majority_sign_method", self.majority_sign_method, SIGN_METHODS)
 
 
@@ -119,6 +129,8 @@ class DareParams:
 
     def __post_init__(self):
         check_density("dare", self.density)
+        check_finite("dare", self, "lam")
+        check_number("dare: seed", self.seed, "--param seed", whole=True)
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,8 @@ class DareTiesParams(DareParams):
 
     def __post_init__(self):
         check_density("dare_ties", self.density)
+        check_finite("dare_ties", self, "lam")
+        check_number("dare_ties: seed", self.seed, "--param seed", whole=True)
         check_choice("dare_ties", "majority_sign_method", self.majority_sign_method, SIGN_METHODS)
 
 
@@ -143,6 +157,7 @@ class MagnitudeParams:
 
     def __post_init__(self):
         check_density("magnitude_prune", self.density)
+        check_finite("magnitude_prune", self, "lam")
 
 
 def _dense(merged: torch.Tensor) -> ModuleMerge:
