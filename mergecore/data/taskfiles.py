@@ -16,6 +16,7 @@ import dataclasses
 import json
 import re
 import string
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Columns:
 
 MAX_FILE_BYTES = 512 * 2**20  # a task file read whole: GLUE's largest (MNLI train.tsv) is about 300 MiB
 MAX_FIELD_CHARS = 16 * 2**20  # one CSV / TSV cell (the csv module's default stops at 128K characters)
+_FIELD_LIMIT = threading.Lock()
 
 
 def _open_text(path: Path) -> str:
@@ -71,16 +73,17 @@ def read_rows(path: str | Path, header: bool = True) -> tuple[list[str], list[di
 
 def _csv_rows(path: Path, text: str, delim: str, quoting: int) -> list[list[str]]:
     """The non-empty rows; a cell over MAX_FIELD_CHARS or a malformed row is one line naming the line."""
-    before = csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.reader(text.splitlines(), delimiter=delim, quoting=quoting)
-    try:
-        return [r for r in reader if r]
-    except csv.Error as exc:
-        why = ("has a cell over 16 Mi characters" if "field larger" in str(exc)
-               else "is not valid CSV (e.g. a stray NUL byte)")
-        raise MergecoreError(f"{path} line {reader.line_num} {why}; fix the row") from None
-    finally:
-        csv.field_size_limit(before)
+    with _FIELD_LIMIT:  # the limit is the csv module's global: set and restored by one reader at a time
+        before = csv.field_size_limit(MAX_FIELD_CHARS)
+        try:
+            return [r for r in reader if r]
+        except csv.Error as exc:
+            why = (f"has a cell over {MAX_FIELD_CHARS} characters" if "field larger" in str(exc)
+                   else "is not valid CSV")
+            raise MergecoreError(f"{path} line {reader.line_num} {why}; fix the row") from None
+        finally:
+            csv.field_size_limit(before)
 
 
 def _jsonl(path: Path, text: str) -> list[dict[str, str]]:
