@@ -10,6 +10,7 @@ that dies is marked interrupted by ``RunStore.mark_interrupted`` once its pid is
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mergecore.adapters import load_adapters
+from mergecore.errors import MergecoreError
 from mergecore.data.sources import from_record, load_tasks
 from mergecore.forward.workbench import Workbench, open_workbench
 from mergecore.learn.params import LearnParams
@@ -28,7 +30,7 @@ from mergecore.merges import get_method
 from mergecore.merges.base import check_weights
 from mergecore.placement import LoadParams
 from mergecore.runs.runner import create_learning_run, create_static_run, resolve_start
-from mergecore.runs.store import RunStore
+from mergecore.runs.store import RunStore, StoreError
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,12 @@ class Workers:
         """Start the spare now if there is none and no run of this server is going (its ~5 s of imports would
         take the cores from a running job); the pages that start runs call this when they open."""
         self.reap()
-        if self.keep_spare and not self.procs and (self.spare is None or self.spare.poll() is not None):
-            self._start_spare()
+        if self.keep_spare and not self.procs and (self.spare is None or self.spare.poll() is not None) \
+                and not self.store.readonly:  # a read-only store starts no run
+            try:
+                self._start_spare()
+            except OSError:  # a full disk or a read-only workspace: runs start without a spare (and say why)
+                self.spare = None
 
     def _start_spare(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -146,15 +152,31 @@ class Workers:
         return proc
 
     def spawn(self, spec: JobSpec) -> None:
-        path = spec.write(self.folder)
-        proc = self._take_spare(path)
-        if proc is None:
-            with open(self.folder / f"{spec.run_id}.log", "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "mergecore.runs.worker", str(path)],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        env=_env(spec.threads), start_new_session=True)
+        try:
+            path = spec.write(self.folder)
+            proc = self._take_spare(path)
+            if proc is None:
+                with open(self.folder / f"{spec.run_id}.log", "ab") as log:
+                    proc = subprocess.Popen([sys.executable, "-m", "mergecore.runs.worker", str(path)],
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            env=_env(spec.threads), start_new_session=True)
+        except OSError as exc:  # a full disk, a read-only workspace: the run is not left 'running'
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            error = MergecoreError(f"cannot start the worker of run {spec.run_id} ({exc.strerror or exc}: {self.folder})"
+                                   f"; {'free some space' if full else 'make the workspace writable'}, or point "
+                                   "--workspace elsewhere")
+            self.abandon([spec.run_id], str(error))
+            raise error from exc
         self.store.set_pid(spec.run_id, proc.pid)
         self.procs[spec.run_id] = proc
+
+    def abandon(self, run_ids: list[str], message: str) -> None:
+        """Runs created but never started: 'failed' with ``message`` (if the store takes it)."""
+        for run_id in run_ids:
+            try:
+                self.store.finish(run_id, "failed", {}, message)
+            except StoreError:
+                pass
 
     def reap(self) -> None:
         """Wait for finished children; runs whose worker died become 'interrupted'."""
@@ -189,9 +211,13 @@ class Workers:
             resolve_start(bench, params.validate(), self.store, None)
         ids = [create_learning_run(bench, p, self.store, n) for p, n in zip(runs, names)]
         threads = thread_share(len(runs))
-        for run_id, params, device in zip(ids, runs, devices_for(spec.device, len(runs))):
-            self.spawn(JobSpec(run_id, str(self.store.workspace), "learn", replace(spec, device=device),
-                               params=asdict(params), threads=threads))
+        for i, (run_id, params, device) in enumerate(zip(ids, runs, devices_for(spec.device, len(runs)))):
+            try:
+                self.spawn(JobSpec(run_id, str(self.store.workspace), "learn", replace(spec, device=device),
+                                   params=asdict(params), threads=threads))
+            except MergecoreError as exc:
+                self.abandon(ids[i + 1:], f"not started: {exc}")
+                raise
         return ids
 
     def start_merge(self, bench: Workbench, spec: BenchSpec, method: str, params=None,

@@ -488,3 +488,41 @@ def test_empty_workspace_variable_means_unset(value, tmp_path, monkeypatch, caps
     code, out, err = cli(["runs"], capsys)
     assert code == 0 and err == ""
     assert (tmp_path / "workspace" / "runs.sqlite").is_file() and not (tmp_path / "runs.sqlite").exists()
+
+
+# ----------------------------------------------------------------------------- the app's jobs
+
+
+def test_app_jobs_on_a_full_disk_leave_no_run_running(tiny_setup, tmp_path, monkeypatch):
+    """The server cannot write a job's spec (ENOSPC injected): one line, and the runs it created are 'failed',
+    not left 'running' under the server's live pid."""
+    from mergecore.runs.jobs import BenchSpec, JobSpec, Workers
+
+    store = RunStore(tmp_path / "ws")
+    workers = Workers(store)
+
+    def full(self, folder):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(JobSpec, "write", full)
+    with pytest.raises(MergecoreError) as exc:
+        workers.start_learning(tiny_bench(tiny_setup), BenchSpec(("a",)), [LearnParams(steps=2), LearnParams(steps=3)])
+    msg = str(exc.value)
+    assert "\n" not in msg and "cannot start the worker" in msg and os.strerror(errno.ENOSPC) in msg
+    assert msg.endswith("free some space, " + ELSEWHERE), msg
+    assert [r.status for r in store.list()] == ["failed", "failed"]
+
+
+def test_no_spare_worker_for_a_read_only_store(tmp_path, monkeypatch):
+    from mergecore.runs.jobs import Workers
+
+    ws = seeded(tmp_path / "ws")
+    monkeypatch.setattr(RunStore, "_readonly_reason", lambda self: "the file is not writable", raising=False)
+    workers = Workers(RunStore(ws), spare=True)
+    try:
+        workers.ensure_spare()
+        assert workers.spare is None and not (ws / "jobs").exists()
+    finally:
+        if workers.spare is not None:
+            workers.spare.kill()
+            workers.spare.wait()
