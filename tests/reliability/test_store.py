@@ -244,46 +244,41 @@ def restore(ws: Path) -> None:
         (ws / "runs.sqlite").chmod(0o644)
 
 
-@pytest.mark.parametrize("what", ["file", "folder"])
-def test_read_only_store_is_listed(what, tmp_path):
-    """Reading needs no write: ``runs`` lists the runs (one left running by a dead process shown interrupted,
-    as the next writable open would mark it), exit 0, nothing on stderr."""
-    ws = seeded(tmp_path / "ws", running_pid=dead_pid())
-    make_readonly(ws, what)
-    try:
-        proc = python_m_runs(ws, **UNPRIVILEGED)
-    finally:
-        restore(ws)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    rows = sorted(line.split()[1:4] for line in proc.stdout.splitlines())
-    assert rows == [["learned", "done", "seed"], ["learned", "interrupted", "left"]], proc.stdout
-
-
-READONLY_WRITE = textwrap.dedent('''
+READ_ONLY = textwrap.dedent('''
     import sys
+    from mergecore.cli import main
     from mergecore.errors import MergecoreError
     from mergecore.runs.store import RunStore
-    store = RunStore(sys.argv[1])
-    assert store.readonly and [r.name for r in store.list()] == ["seed"]
     try:
-        store.create("new", "learned", {})
+        main(["runs", "--workspace", sys.argv[1]])  # what python -m mergecore runs calls
+    except SystemExit as exc:
+        assert exc.code == 0, exc.code
+    try:
+        RunStore(sys.argv[1]).create("new", "learned", {})
     except MergecoreError as exc:
-        print(exc)
+        print("refused:", exc, file=sys.stderr)
 ''')
 
 
 @pytest.mark.parametrize("what", ["file", "folder"])
-def test_read_only_store_refuses_writes_in_one_line(what, tmp_path):
-    ws = seeded(tmp_path / "ws")
+def test_read_only_store_is_listed_and_refuses_writes(what, tmp_path):
+    """Reading needs no write: ``runs`` lists the runs (one left running by a dead process shown interrupted, as
+    the next writable open would mark it), exit 0; a write is one line naming the file and why."""
+    ws = seeded(tmp_path / "ws", running_pid=dead_pid())
     make_readonly(ws, what)
     try:
-        proc = subprocess.run([sys.executable, "-c", READONLY_WRITE, str(ws)], cwd=ROOT, env=ENV, capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", READ_ONLY, str(ws)], cwd=ROOT, env=ENV, capture_output=True,
                               text=True, timeout=120, **UNPRIVILEGED)
     finally:
         restore(ws)
     assert proc.returncode == 0, proc.stderr
+    rows = sorted(line.split()[1:4] for line in proc.stdout.splitlines())
+    assert rows == [["learned", "done", "seed"], ["learned", "interrupted", "left"]], proc.stdout
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refused: "), proc.stderr
     reason = "the file is not writable" if what == "file" else "its folder is not writable"
-    assert_store_line(proc.stdout.strip(), ws, ["is read-only", reason, "make it and its folder writable"])
+    assert_store_line(lines[0].removeprefix("refused: "), ws, ["is read-only", reason, "make it and its folder writable"])
+    assert len(RunStore(ws).list()) == 2
 
 
 def test_no_store_in_a_read_only_folder_is_one_line(tmp_path):
