@@ -134,6 +134,16 @@ def test_devices_torch_has_are_accepted():
         resolve_device("gpu")
 
 
+def test_cuda_index_beyond_the_device_count_is_one_line(monkeypatch):
+    """What a machine with two GPUs answers (the count is faked: this runs without CUDA too)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(MergecoreError, match=r"^device 'cuda:2' does not exist: torch sees 2 CUDA device\(s\), "
+                                             r"cuda:0 to cuda:1; pick one of them$"):
+        resolve_device("cuda:2")
+
+
 # ----------------------------------------------------------------------------- numeric fields, in the dataclass
 
 
