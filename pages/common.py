@@ -178,7 +178,7 @@ def parse_optional_number(text: str, none_label: str, kind=float):
     return kind(value)
 
 
-def _optional_number(f, current, key: str, label: str, helptext: str | None):
+def _optional_number(f, current, key: str, label: str, helptext: str | None, unread: list):
     none_label = f.metadata.get("none_label", "none")
     shown = none_label if current is None else f"{current:.12g}"
     text = st.text_input(label, value=shown, key=key, help=f"{helptext or ''} -- type {none_label} or a number".strip())
@@ -186,11 +186,12 @@ def _optional_number(f, current, key: str, label: str, helptext: str | None):
     try:
         return parse_optional_number(text, none_label, kind)
     except (ValueError, ZeroDivisionError, OverflowError):
-        say("error", f"{label}: give a finite number or {none_label} (got {text!r}); kept {shown}")
+        say("error", f"{label}: give a finite number or {none_label} (got {text!r}); nothing starts until it is one")
+        unread.append(label)
         return current
 
 
-def _field_widget(f, current, key: str):
+def _field_widget(f, current, key: str, unread: list):
     """One widget for one dataclass field, labelled from its metadata (choices -> selectbox, X | None -> text
     with the field's none label, bool -> checkbox, numbers -> number input)."""
     label, helptext = f.metadata.get("label") or f.name, f.metadata.get("help")
@@ -205,7 +206,7 @@ def _field_widget(f, current, key: str):
         text = st.text_input(label, value=current or "", help=f"{helptext or ''} (empty: {none_label})", key=key)
         return None if text.strip().lower() in {"", none_label.lower()} else text.strip()
     if none_label:
-        return _optional_number(f, current, key, label, helptext)
+        return _optional_number(f, current, key, label, helptext, unread)
     if isinstance(current, bool):
         return st.checkbox(label, value=current, help=helptext, key=key)
     if isinstance(current, int):
@@ -215,26 +216,27 @@ def _field_widget(f, current, key: str):
     return st.text_input(label, value=str(current), help=helptext, key=key)
 
 
-def _field_grid(fields, values, prefix: str, out: dict) -> None:
+def _field_grid(fields, values, prefix: str, out: dict, unread: list) -> None:
     if not fields:
         return
     cols = st.columns(3)
     for i, f in enumerate(fields):
         with cols[i % 3]:
-            out[f.name] = _field_widget(f, getattr(values, f.name), f"{prefix}_{f.name}")
+            out[f.name] = _field_widget(f, getattr(values, f.name), f"{prefix}_{f.name}", unread)
 
 
-def dataclass_form(cls, prefix: str, values=None, skip=()):
+def dataclass_form(cls, prefix: str, values=None, skip=(), unread: list | None = None):
     """Widgets for a frozen params dataclass, labelled and explained from its field metadata: the main fields
-    first, the ``advanced`` ones folded under "More settings"; returns an instance of ``cls``."""
-    values = values or cls()
+    first, the ``advanced`` ones folded under "More settings"; returns an instance of ``cls``. A field whose text
+    is no number shows its error and keeps its value; its label is appended to ``unread`` (start nothing then)."""
+    values, unread = values or cls(), [] if unread is None else unread
     fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
     out: dict = {}
-    _field_grid([f for f in fields if not f.metadata.get("advanced")], values, prefix, out)
+    _field_grid([f for f in fields if not f.metadata.get("advanced")], values, prefix, out, unread)
     folded = [f for f in fields if f.metadata.get("advanced")]
     if folded:
         with st.expander("More settings", expanded=False):
-            _field_grid(folded, values, prefix, out)
+            _field_grid(folded, values, prefix, out, unread)
     return dataclasses.replace(values, **out)
 
 

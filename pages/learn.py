@@ -45,7 +45,8 @@ with st.expander("Settings", expanded=not followed()):
                           help="loads a paper's hyperparameters into the form")
     base = apply_preset(LearnParams(), None if preset == "(none)" else preset)
     with st.form("learn_form", enter_to_submit=False):  # Enter in a field must not start a run
-        params = dataclass_form(LearnParams, f"learn_{preset}", base)
+        unread: list[str] = []  # fields whose text is no number: their error is shown, nothing starts
+        params = dataclass_form(LearnParams, f"learn_{preset}", base, unread=unread)
         name = st.text_input("Run name (optional)", key="learn_name")
         st.caption("A race runs the settings above once per objective x granularity, all at once, on shared axes.")
         c1, c2 = st.columns(2)
@@ -57,7 +58,7 @@ with st.expander("Settings", expanded=not followed()):
         pair = b3.form_submit_button("Entropy vs JS", help="entropy and JS at once, layer-wise (SourceJS's headline "
                                      "setting), the other settings from the form")
 
-if start or start_race or pair:
+if (start or start_race or pair) and not unread:
     if start:
         runs, names = [params], [name or None]
     else:

@@ -35,8 +35,9 @@ method = st.selectbox("Method", list(METHODS), key="merge_method",
 m = get_method(method)
 st.caption(f"{m.summary.rstrip('.')}. Works in the {SPACES.get(m.space, m.space)}.")
 with st.form("merge_form", enter_to_submit=False):
+    unread: list[str] = []  # fields whose text is no number: their error is shown, nothing starts
     try:
-        params = dataclass_form(m.params_cls, f"merge_{method}")
+        params = dataclass_form(m.params_cls, f"merge_{method}", unread=unread)
     except MergecoreError as exc:
         params = None
         say("error", exc)
@@ -45,7 +46,7 @@ with st.form("merge_form", enter_to_submit=False):
     name = st.text_input("Run name (optional)", key="merge_name")
     go = st.form_submit_button("Merge", type="primary")
 
-if go and params is not None:
+if go and params is not None and not unread:
     try:
         run_id = workers.start_merge(bench, bench_spec(bench), method, params, parse_weights(weights_text), name or None)
         st.session_state["merge_run"] = run_id
