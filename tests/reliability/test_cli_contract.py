@@ -273,6 +273,12 @@ def test_missing_local_paths_are_said_missing_before_any_hub_look_up(argv, says,
     assert "hub" not in line.split(";")[0]
 
 
+@pytest.mark.parametrize("argv, says", [(["--quantize", "q4"], "unknown quantization 'q4'"),
+                                        (["--device-map", f"{MISSING}.json"], f"device map '{MISSING}.json' is neither")])
+def test_load_flags_are_checked_before_the_adapters_load(argv, says, guarded, capsys):
+    assert refused(["eval", *argv, "--workspace", str(guarded)], capsys).startswith("error: " + says)
+
+
 def test_library_never_looks_a_relative_path_up_on_the_hub(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(mergecore.adapters.huggingface_hub, "snapshot_download",
