@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from pages.common import plain
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -135,7 +137,7 @@ def test_glue_preset_without_folder_or_hub_says_where_to_point(app, monkeypatch)
     app.text_input(key="glue_dir").set_value("").run()
     app.button(key=f"preset_{label}").click().run()
     (error,) = app.error
-    assert error.value.startswith("GLUE needs a local folder with <TASK>/train.tsv, dev.tsv")
+    assert error.value.startswith(plain("GLUE needs a local folder with <TASK>/train.tsv, dev.tsv"))  # shown as typed
     assert "unreachable" in error.value
     app.button(key="load_adapters").click().run()
     assert any(e.value.startswith("GLUE needs a local folder") for e in app.error)
