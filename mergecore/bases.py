@@ -37,7 +37,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from mergecore.errors import MergecoreError
-from mergecore.files import atomic_folder
+from mergecore.files import atomic_folder, read_json
 from mergecore.placement import LoadParams, pretrained_kwargs
 
 FAMILIES = ("classifier", "seq2seq", "causal")
@@ -211,7 +211,7 @@ def refuse_custom_code(path: str, name: str) -> None:
         if not f.is_file():
             continue
         try:
-            raw = json.loads(f.read_text(encoding="utf-8"))
+            raw = read_json(f.read_text(encoding="utf-8"), str(f))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MergecoreError(f"{f} is not valid JSON ({exc}); re-save the base model") from None
         if isinstance(raw, dict) and raw.get("auto_map"):

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mergecore.errors import MergecoreError
+from mergecore.files import read_json, read_regular_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZE = ("nf4", "int8")
@@ -84,8 +85,8 @@ def device_map_arg(value: str) -> str | dict:
         raise MergecoreError(f"device map {value!r} is neither auto, balanced nor a JSON file; "
                              "give --device-map auto|balanced|FILE.json")
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        mapping = read_json(read_regular_file(path, 2**20, "device map").decode("utf-8"), f"device map {path}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MergecoreError(f"device map {path} is not valid JSON ({exc}); write {{\"module\": \"device\"}}") from None
     if not isinstance(mapping, dict) or not all(isinstance(v, (str, int)) for v in mapping.values()):
         raise MergecoreError(f"device map {path} must be a JSON object {{\"module\": \"device\"}} "

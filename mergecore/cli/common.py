@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import typing
 from pathlib import Path
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from mergecore.adapters import load_adapters
 from mergecore.bases import base_family, family_of_adapters, looks_local
-from mergecore.data.sources import TaskSource, load_tasks, record
+from mergecore.data.sources import TaskSource, load_tasks, read_mapping, record
 from mergecore.demo.kit import demo_adapter_dirs
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportInputs
@@ -138,7 +137,7 @@ def check_sources(args: argparse.Namespace) -> None:
         if looks_local(str(a)) and not Path(a).expanduser().exists():
             raise _missing("adapter folder", a, "pass a PEFT adapter folder (adapter_config.json inside) or a hub id")
     if args.base_model and looks_local(args.base_model) and not Path(args.base_model).expanduser().exists():
-        raise _missing("base model folder", args.base_model, "pass the folder holding config.json, or a hub id")
+        raise _missing("base model folder", args.base_model, "pass --base-model PATH (the folder holding config.json) or a hub id")
     if args.base_path and not Path(args.base_path).expanduser().is_dir():
         raise _missing("base model folder", args.base_path, "--base-path needs the folder holding config.json")
     if args.glue is not None and args.glue_dir and args.glue_dir not in ("hf", "auto"):
@@ -220,8 +219,8 @@ def _gone(what: str, path, flag: str) -> MergecoreError:
 def _task_file_paths(mapping: Path) -> list[Path]:
     """The data files a task mapping names (relative paths from the mapping's folder, else the current one)."""
     try:
-        specs = json.loads(mapping.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        specs = read_mapping(mapping)  # bounded: a FIFO or /dev/zero named as the mapping is refused, not read
+    except MergecoreError:
         return []  # open_bench reports an unreadable mapping
     paths = []
     for s in specs if isinstance(specs, list) else []:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from mergecore.cli.common import add_source_args, emit_json, open_bench, open_store, score_table
 from mergecore.cli.targets import check_out, protected
+from mergecore.errors import MergecoreError
 from mergecore.merges import METHODS, get_method, parse_params
 from mergecore.runs.folder import write_run_folder
 from mergecore.runs.runner import run_static
@@ -15,6 +17,8 @@ def run(args) -> int:
     method = get_method(args.method)
     params = parse_params(method.name, args.param or [])
     check_out(args, "run folder target")  # before the model is loaded
+    if args.weights is not None and not all(math.isfinite(w) for w in args.weights):
+        raise MergecoreError(f"--weights must be finite numbers (got {args.weights}); give one finite weight per adapter")
     bench = open_bench(args)
     store = open_store(args)
     run_id, result = run_static(bench, method.name, params, store, weights=args.weights, name=args.name)

@@ -39,6 +39,10 @@ class TaskSource:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise MergecoreError(f"unknown task source {self.kind!r}; valid: {', '.join(KINDS)}")
+        for name, value in (("calibration", self.calibration), ("eval_size", self.eval_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:  # a slice bound: -1 drops rows
+                raise MergecoreError(f"{name} must be a whole number >= 0, 0 = all (got {value!r}); "
+                                     f"set --{name.replace('_', '-')} to a count")
 
 
 # ----------------------------------------------------------------------------- task mappings (JSON)

@@ -288,3 +288,31 @@ def test_library_never_looks_a_relative_path_up_on_the_hub(monkeypatch, tmp_path
             mergecore.adapters.load_adapters([path])
     assert all(looks_local(p) for p in ("../x", "./x", ".x/y", "x/..", "x/../y", "~/x", "/x", "a/b/c"))
     assert not any(looks_local(p) for p in ("owner/name", "owner/name.v2", "name"))
+
+
+# ----------------------------------------------------------------------------- checks that live below the CLI
+
+
+def test_merge_weights_refuse_nan_before_loading(guarded, capsys):
+    line = refused(["merge", "--demo", "--method", "task_arithmetic", "--weights", "1", "nan", "1", "1", "1",
+                    "--workspace", str(guarded)], capsys)
+    assert "--weights must be finite numbers" in line
+
+
+@pytest.mark.parametrize("field", ["calibration", "eval_size"])
+def test_task_source_refuses_a_negative_count_in_the_library_too(field):
+    from mergecore.data.sources import TaskSource
+
+    with pytest.raises(MergecoreError, match=f"{field} must be a whole number >= 0"):
+        TaskSource("glue", **{field: -1})
+
+
+def test_a_device_map_that_is_a_fifo_or_deeply_nested_is_one_line(tmp_path, guarded, capsys):
+    import os
+
+    fifo = tmp_path / "map.json"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    assert "device map" in refused(["learn", "--demo", "--device-map", str(fifo), "--workspace", str(guarded)], capsys)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert "deeper than" in refused(["learn", "--demo", "--device-map", str(deep), "--workspace", str(guarded)], capsys)
