@@ -57,3 +57,40 @@ def test_the_servers_own_host_works(server, host):
     assert http_get(server, "/_stcore/health", host) == (200, b"ok")
     assert http_get(server, "/", host)[0] == 200
     assert websocket_upgrade(server, host).startswith(b"HTTP/1.1 101")
+
+
+def ask(host: str, server=("127.0.0.1", 8501), kind: str = "http") -> list[dict]:
+    """What HostCheck sends for one request with ``Host: host`` arriving on ``server`` (the app answers 200)."""
+    import asyncio
+
+    from pages.hosts import HostCheck
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": kind, "path": "/", "headers": [(b"host", host.encode())], "server": server}
+    asyncio.run(HostCheck(app)(scope, receive, send))
+    return sent
+
+
+def test_the_host_rule_without_a_server(monkeypatch):
+    from pages.hosts import host_name
+
+    assert [host_name(h) for h in ("Example.ORG:8501", "[::1]:8501", "127.0.0.1", "::1")] == [
+        "example.org", "::1", "127.0.0.1", "::1"]
+    assert ask("localhost:1")[0]["status"] == 200 and ask("[::1]")[0]["status"] == 200
+    assert ask("evil.example")[0]["status"] == 403 and ask("")[0]["status"] == 403
+    assert ask("evil.example", kind="websocket") == [{"type": "websocket.close", "code": 1008}]
+    # served on the network (0.0.0.0): the address a request arrived on is ours, a name is not unless listed
+    assert ask("192.168.1.5:8501", server=("192.168.1.5", 8501))[0]["status"] == 200
+    assert ask("merge.lab:8501", server=("192.168.1.5", 8501))[0]["status"] == 403
+    monkeypatch.setenv("MERGECORE_ALLOWED_HOSTS", "merge.lab, other.lab:80")
+    assert ask("merge.lab:8501", server=("192.168.1.5", 8501))[0]["status"] == 200
