@@ -154,11 +154,14 @@ def test_readme_security_section_names_the_real_flags_and_defaults():
     sec = security_section()
     for words in ("127.0.0.1", "--allow-bin", "weights_only=True", "--trust-remote-code", ".safetensors"):
         assert words in sec, words
-    flags = {o for a in build_parser()._subparsers._group_actions[0].choices["eval"]._actions for o in a.option_strings}
+    commands = build_parser()._subparsers._group_actions[0].choices
+    flags = {o for c in commands.values() for a in c._actions for o in a.option_strings}
     for flag in re.findall(r"--[a-z][a-z-]+", sec):
         if flag.startswith("--server."):
             continue
-        assert flag in flags, f"README names {flag}, which `eval` does not accept"
+        assert flag in flags, f"README names {flag}, which no command accepts"
+    for words in ("--force", "MERGECORE_ALLOWED_HOSTS", "Host", "as text"):  # issue 25's promises
+        assert words in sec, words
 
 
 @pytest.mark.parametrize("claim", ["eval", "exec", "unpickle"])
