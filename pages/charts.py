@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -13,6 +14,33 @@ COLORS = qualitative.Plotly  # colour = task (or metric)
 RUN_COLORS = qualitative.Dark2  # colour of a run's total loss
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # dash = run
 METRICS = (("score", "score"), ("confidence", "mean confidence"), ("confidently_wrong", "confidently wrong"))
+
+
+_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def html_text(value):
+    """Plotly draws ``<a href>``, ``<b>``, ... in its texts and decodes entities only outside tags: escaped
+    strings show as typed. Numbers are left alone."""
+    if isinstance(value, str):
+        return value.translate(_HTML)
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind in "OU"):
+        return [html_text(v) for v in value]
+    return value
+
+
+def text_only(fig: go.Figure) -> go.Figure:
+    """A copy of ``fig`` whose texts that may hold outside text (trace names and categories: task, run, module
+    names; titles and subplot titles) render literally: the Plotly share of ``pages.common.plain``."""
+    fig = go.Figure(fig)
+    for trace in fig.data:
+        for key in ("name", "x", "y", "text", "hovertext"):
+            if key in trace and trace[key] is not None:
+                trace[key] = html_text(trace[key])
+    fig.for_each_annotation(lambda a: a.update(text=html_text(a.text)))
+    if fig.layout.title.text:
+        fig.layout.title.text = html_text(fig.layout.title.text)
+    return fig
 
 
 def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 360) -> go.Figure:

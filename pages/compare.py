@@ -58,7 +58,7 @@ def heatmap_figure(c: cmp.Comparison) -> go.Figure:
     for j, (label, m) in enumerate(maps.items()):
         fig.add_trace(go.Heatmap(z=m.z, x=np.asarray(m.columns), y=np.asarray(m.rows), zmin=zmin, zmax=zmax, zmid=0,
                                  colorscale="RdBu", showscale=j == 0, name=label,
-                                 hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra>" + label + "</extra>"), 1, j + 1)
+                                 hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra>" + charts.html_text(label) + "</extra>"), 1, j + 1)
         fig.update_yaxes(autorange="reversed", showticklabels=j == 0, row=1, col=j + 1)
     rows = max(len(m.rows) for m in maps.values())
     fig.update_layout(title="Layer x task coefficients (shared colour scale, centred on 0)",
@@ -150,20 +150,22 @@ if not c.coef_runs:
     st.stop()
 
 st.subheader("Coefficients")
-st.plotly_chart(coef_bars(c), key="compare_coef_bars", width="stretch")
+st.plotly_chart(charts.text_only(coef_bars(c)), key="compare_coef_bars", width="stretch")
 st.caption("Stability over the learned coefficients (task-wise: K, block-wise: blocks x K, layer-wise: L x K)")
 st.dataframe(table_frame(c.stability).style.format("{:.3f}", na_rep="-").format("{:.0f}", na_rep="-",
                                                                                 subset=["negatives", "count"]),
              key="compare_stability", width="stretch")
-st.plotly_chart(stability_bars(c.stability), key="compare_stability_bars", width="stretch")
-st.plotly_chart(heatmap_figure(c), key="compare_heatmaps", width="stretch")
+st.plotly_chart(charts.text_only(stability_bars(c.stability)), key="compare_stability_bars",
+                width="stretch")
+st.plotly_chart(charts.text_only(heatmap_figure(c)), key="compare_heatmaps", width="stretch")
 
 st.subheader("Training curves")
 learned = {label: label_ids[label] for label in c.coef_runs}
-st.plotly_chart(trajectory_figure(store, learned, c), key="compare_trajectories", width="stretch")
+st.plotly_chart(charts.text_only(trajectory_figure(store, learned, c)), key="compare_trajectories",
+                width="stretch")
 fig, drawn = collapse_figure(store, learned)
 if drawn:
     st.caption("Confidence rising while the score falls is the collapse (merged model confidently wrong).")
-    st.plotly_chart(fig, key="compare_collapse", width="stretch")
+    st.plotly_chart(charts.text_only(fig), key="compare_collapse", width="stretch")
 else:
     st.caption("No evaluation events in these runs (eval_every = 0): no collapse curves.")

@@ -10,6 +10,7 @@ import streamlit as st
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
+from pages import charts
 from pages.common import analysis_inputs, plain, say
 
 bench, store, runs = analysis_inputs("Diagnose a merge")
@@ -37,7 +38,7 @@ def reliability(lens: dict, key: str) -> None:
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": "gray"}, name="perfect"))
     fig.update_layout(title=f"Reliability (ECE {b['ece']:.3f})", xaxis_title="confidence", yaxis_title="accuracy",
                       xaxis_range=[0, 1], yaxis_range=[0, 1], height=340, margin={"t": 40, "b": 30}, showlegend=False)
-    st.plotly_chart(fig, key=f"rel_{key}", width="stretch")
+    st.plotly_chart(charts.text_only(fig), key=f"rel_{key}", width="stretch")
 
 
 def histogram(ex: pd.DataFrame, key: str) -> None:
@@ -47,7 +48,7 @@ def histogram(ex: pd.DataFrame, key: str) -> None:
                      for ok, name, color in ((True, "correct", "#2ca02c"), (False, "wrong", "#d62728"))])
     fig.update_layout(title="Confidence of correct vs wrong predictions", barmode="overlay", xaxis_title="confidence",
                       yaxis_title="examples", height=300, margin={"t": 40, "b": 30})
-    st.plotly_chart(fig, key=f"hist_{key}", width="stretch")
+    st.plotly_chart(charts.text_only(fig), key=f"hist_{key}", width="stretch")
 
 
 def ece_bars(lens: dict, key: str) -> None:
@@ -56,7 +57,7 @@ def ece_bars(lens: dict, key: str) -> None:
                      go.Bar(x=tasks, y=[lens["expert_summary"][t]["ece"] for t in tasks], name="expert")])
     fig.update_layout(title="ECE per task", xaxis_title="task", yaxis_title="ECE", barmode="group", height=300,
                       margin={"t": 40, "b": 30})
-    st.plotly_chart(fig, key=f"ece_{key}", width="stretch")
+    st.plotly_chart(charts.text_only(fig), key=f"ece_{key}", width="stretch")
 
 
 columns = st.columns(len(results))

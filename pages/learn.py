@@ -121,11 +121,11 @@ def live() -> None:
     loss, coefs, collapse = figures(series)
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(loss, key="loss_chart", width="stretch")
+        st.plotly_chart(charts.text_only(loss), key="loss_chart", width="stretch")
     with right:
-        st.plotly_chart(coefs, key="coef_chart", width="stretch")
+        st.plotly_chart(charts.text_only(coefs), key="coef_chart", width="stretch")
     if collapse is not None:
-        st.plotly_chart(collapse, key="collapse_chart", width="stretch")
+        st.plotly_chart(charts.text_only(collapse), key="collapse_chart", width="stretch")
     final_key = "final_" + ",".join(s.run_id for s in series)
     if not running and not st.session_state.get(final_key):
         st.session_state[final_key] = True

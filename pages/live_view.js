@@ -18,6 +18,9 @@ function loadPlotly(src) {
 }
 
 const CONFIG = { displaylogo: false, responsive: true };
+// Plotly draws <a href>, <b>, ... in trace names and decodes entities only outside tags: run and task names come
+// from outside, so they are escaped and show as typed (pages/charts.text_only does the same in Python)
+const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 class LiveView {
   constructor(data, root, finished) {
@@ -61,12 +64,13 @@ class LiveView {
 
   runLegend(chart) {  // one legend entry per run showing its dash (traces are named by task or quantity)
     const traces = this.d.runs.map((r, i) => ({
-      x: [null], y: [null], mode: "lines", name: r.label, legendgroup: "runs",
+      x: [null], y: [null], mode: "lines", name: esc(r.label), legendgroup: "runs",
       legendgrouptitle: { text: "runs" }, line: { color: "#444", dash: this.dash(i) } }));
     this.P.addTraces(this.el[chart], traces);
   }
 
   addTrace(chart, trace) {  // returns the new trace's index
+    if (trace.name !== undefined) trace.name = esc(trace.name);
     const gd = this.el[chart];
     this.P.addTraces(gd, trace);
     return gd.data.length - 1;

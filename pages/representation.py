@@ -8,6 +8,7 @@ import streamlit as st
 
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
+from pages import charts
 from pages.common import analysis_inputs, say
 
 bench, store, runs = analysis_inputs("Representation bias")
@@ -27,7 +28,7 @@ for item in next(iter(results.values())).get("skipped", []):
 bars = go.Figure([go.Bar(x=tasks, y=[r["mean"][t] for t in tasks], name=name) for name, r in results.items()])
 bars.update_layout(title="Representation bias per task (mean over layers)", xaxis_title="task",
                    yaxis_title="mean |h_merged − h_expert|", barmode="group", height=380, margin={"t": 40, "b": 30})
-st.plotly_chart(bars, key="rep_bars", width="stretch")
+st.plotly_chart(charts.text_only(bars), key="rep_bars", width="stretch")
 st.caption("Lower is better: the merged model sees each task's inputs the way that task's expert does.")
 
 task = st.selectbox("Task for the per-layer view", ["mean over tasks"] + tasks, key="rep_task")
@@ -37,6 +38,6 @@ for name, r in results.items():
     lines.add_trace(go.Scatter(x=r["layers"], y=y, name=name, mode="lines+markers"))
 lines.update_layout(title=f"Representation bias per layer ({task})", xaxis_title="layer",
                     yaxis_title="mean |h_merged − h_expert|", height=380, margin={"t": 40, "b": 30})
-st.plotly_chart(lines, key="rep_lines", width="stretch")
+st.plotly_chart(charts.text_only(lines), key="rep_lines", width="stretch")
 st.caption("Bias usually grows with depth as merged updates compound; a run that flattens the curve keeps "
            "later layers closer to the experts.")

@@ -11,6 +11,7 @@ from mergecore.analysis import lenses
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
 from mergecore.numbers import fmt
+from pages import charts
 from pages.common import analysis_inputs, say
 
 bench, store, runs = analysis_inputs("Spectra and subspaces", need_runs=False)
@@ -23,7 +24,7 @@ def heatmap(M, x, y, title: str, zmid=None, key: str = "") -> None:
     fig = go.Figure(go.Heatmap(z=np.asarray(M, dtype=float), x=x, y=y, colorscale="RdBu_r" if zmid is not None else "Viridis",
                                zmid=zmid, text=np.round(np.asarray(M, dtype=float), 2), texttemplate="%{text}"))
     fig.update_layout(title=title, height=380, margin={"t": 40, "b": 30}, yaxis_autorange="reversed")
-    st.plotly_chart(fig, key=key, width="stretch")
+    st.plotly_chart(charts.text_only(fig), key=key, width="stretch")
 
 
 try:
@@ -43,7 +44,7 @@ try:
                                                                      "width": 1.5 if is_task else 3}))
         fig.update_layout(title="Singular values per module (tasks dotted, runs solid)", xaxis_title="index",
                           yaxis_title="singular value", yaxis_type="log", height=420, margin={"t": 40, "b": 30})
-        st.plotly_chart(fig, key="spectra_chart", width="stretch")
+        st.plotly_chart(charts.text_only(fig), key="spectra_chart", width="stretch")
         st.caption("A merge that keeps every task's top directions shows a long flat head; "
                    "a fast drop means a few shared directions dominate.")
         scales = [(runs[rid], r["spectral"]) for rid, r in zip(chosen, results) if r["spectral"]]
@@ -52,7 +53,7 @@ try:
                                      name=m.split("encoder.")[-1]) for m in modules if m in spectral])
             sfig.update_layout(title=f"{name}: learned scale per singular value", xaxis_title="index",
                                yaxis_title="scale", height=320, margin={"t": 40, "b": 30})
-            st.plotly_chart(sfig, key=f"scale_{name}", width="stretch")
+            st.plotly_chart(charts.text_only(sfig), key=f"scale_{name}", width="stretch")
         rows = pd.DataFrame([row for r in results for row in r["rows"] if row["kind"] == "run"] +
                             [row for row in base["rows"] if row["kind"] == "task"])
         pivot = rows.pivot_table(index="block", columns="model", values="effective_rank", aggfunc="mean", sort=False)
