@@ -174,7 +174,7 @@ def test_learn_form_bad_start_value_is_one_line_and_keeps_one_over_k():
     at.text_input(key="t_learn_init").set_value("half")
     at.button[0].click().run()
     assert [e.value for e in at.error] == [
-        "Start value of every coefficient: give a number or 1/K (got 'half'); kept 1/K"]
+        "Start value of every coefficient: give a finite number or 1/K (got 'half'); nothing starts until it is one"]
     assert at.session_state["out"].init is None
 
 
