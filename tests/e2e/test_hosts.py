@@ -62,6 +62,7 @@ def test_the_servers_own_host_works(server, host):
 def ask(host: str, server=("127.0.0.1", 8501), kind: str = "http") -> list[dict]:
     """What HostCheck sends for one request with ``Host: host`` arriving on ``server`` (the app answers 200)."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from pages.hosts import HostCheck
 
@@ -77,7 +78,8 @@ def ask(host: str, server=("127.0.0.1", 8501), kind: str = "http") -> list[dict]
         sent.append(message)
 
     scope = {"type": kind, "path": "/", "headers": [(b"host", host.encode())], "server": server}
-    asyncio.run(HostCheck(app)(scope, receive, send))
+    with ThreadPoolExecutor(1) as pool:  # its own event loop (Playwright's may be running in this thread)
+        pool.submit(asyncio.run, HostCheck(app)(scope, receive, send)).result()
     return sent
 
 
