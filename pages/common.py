@@ -16,6 +16,7 @@ import streamlit as st
 from mergecore.adapters import load_adapters
 from mergecore.data.sources import TaskSource, load_tasks, record, save_mapping
 from mergecore.errors import MergecoreError
+from mergecore.files import read_json
 from mergecore.forward.workbench import open_workbench
 from mergecore.placement import LoadParams
 from mergecore.runs.store import default_workspace
@@ -79,7 +80,7 @@ def tasks_source(task_source: tuple, workspace: str) -> TaskSource:
     if kind == "demo":
         return TaskSource()
     try:
-        specs = json.loads(task_source[1])
+        specs = read_json(task_source[1], "the column mapping")  # typed text: deep nesting is one line
     except json.JSONDecodeError as exc:
         raise MergecoreError(f"the column mapping is not valid JSON ({exc.msg}); give a JSON list") from None
     if isinstance(specs, list):

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from mergecore.errors import MergecoreError
+from mergecore.files import read_json
 from mergecore.placement import LoadParams
 from mergecore.runs.store import default_workspace
 from pages.common import bench as load_bench
@@ -118,7 +119,7 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
         dirs = [line.strip() for line in text.splitlines() if line.strip()]
         try:
             if spec[0] == "files":
-                json.loads(spec[1])
+                read_json(spec[1], "the column mapping")
             placed = tuple(dataclasses.asdict(load.validate()).items())
             load_bench(tuple(dirs) or _demo_dirs(), st.session_state.get("device", "cpu"), spec, base,
                        st.session_state.get("workspace") or str(default_workspace()), placed)

@@ -210,3 +210,12 @@ def test_malformed_column_mapping_shows_one_error(case, app, tiny_setup, tmp_pat
     a = _copy(tiny_setup, tmp_path, "alpha")
     load(at, [a], "CSV / JSONL files", file_spec=MALFORMED_SPECS[case])
     still_usable(at)
+
+
+def test_a_column_mapping_nested_100000_levels_shows_one_error(app, tiny_setup, tmp_path):
+    """Typed JSON is bounded like a file's: json.loads would raise RecursionError in the page."""
+    at, ws = app
+    a = _copy(tiny_setup, tmp_path, "alpha")
+    msg = load(at, [a], "CSV / JSONL files", file_spec="[" * 100_000 + "]" * 100_000)
+    assert "the column mapping nests arrays or objects deeper than" in msg, msg
+    still_usable(at)
