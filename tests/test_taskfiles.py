@@ -353,3 +353,22 @@ def test_bare_positional_prompts_pass():
     check_prompt("auto", "A: {} B: {}", ("a", "b"))
     with pytest.raises(MergecoreError, match="cannot be filled"):
         check_prompt("mixed", "{} {0}", ("a",))
+
+
+def test_mapping_files_resolve_relative_paths_as_load_tasks_reads_them(tmp_path, monkeypatch):
+    """One rule for the files a mapping names (protected from --out, checked by --run): relative to the
+    mapping's folder, as load_tasks reads them, even when the current folder holds a file of the same name."""
+    from mergecore.data.sources import mapping_files
+
+    (tmp_path / "maps" / "data").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    for folder in (tmp_path / "maps" / "data", tmp_path / "data"):
+        (folder / "t.csv").write_text("text,label\ngood,1\nbad,0\n")
+    mapping = tmp_path / "maps" / "m.json"
+    mapping.write_text(json.dumps([{"train": "data/t.csv", "eval": str(tmp_path / "data" / "t.csv"), "text": "text",
+                                    "label": "label", "labels": ["neg", "pos"]}]))
+    monkeypatch.chdir(tmp_path)
+    assert mapping_files(mapping) == [tmp_path / "maps" / "data" / "t.csv", tmp_path / "data" / "t.csv"]
+    mapping.write_text("{not json")
+    assert mapping_files(mapping) == []
+    assert mapping_files(tmp_path / "maps") == []  # a folder: load_tasks says so, here it names nothing

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from mergecore.adapters import load_adapters
 from mergecore.bases import base_family, family_of_adapters, looks_local
-from mergecore.data.sources import TaskSource, load_tasks, read_mapping, record
+from mergecore.data.sources import TaskSource, load_tasks, mapping_files, record
 from mergecore.demo.kit import demo_adapter_dirs
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportInputs
@@ -216,22 +216,6 @@ def _gone(what: str, path, flag: str) -> MergecoreError:
     return MergecoreError(f"the run's {what} {path} no longer exists; pass {flag}")
 
 
-def _task_file_paths(mapping: Path) -> list[Path]:
-    """The data files a task mapping names (relative paths from the mapping's folder, else the current one)."""
-    try:
-        specs = read_mapping(mapping)  # bounded: a FIFO or /dev/zero named as the mapping is refused, not read
-    except MergecoreError:
-        return []  # open_bench reports an unreadable mapping
-    paths = []
-    for s in specs if isinstance(specs, list) else []:
-        for key in ("train", "eval"):
-            value = s.get(key) if isinstance(s, dict) else None
-            if isinstance(value, str) and value.strip():
-                p = Path(value).expanduser()
-                paths.append(p if p.is_absolute() or not (mapping.parent / p).exists() else mapping.parent / p)
-    return paths
-
-
 def run_sources(ref: str, store, args) -> dict:
     """Fill ``args`` with the run's own inputs where the user gave none: its adapter folders (--adapters)
     and its task source (--task-files / --glue with --glue-dir and sizes; demo tasks need nothing).
@@ -254,7 +238,7 @@ def run_sources(ref: str, store, args) -> dict:
             mapping = Path(src.get("path") or "")
             if not mapping.is_file():
                 raise _gone("task mapping", mapping, "--task-files JSON")
-            for f in _task_file_paths(mapping):
+            for f in mapping_files(mapping):
                 if not f.is_file():
                     raise _gone(f"task file (from {mapping})", f, "--task-files JSON with the new paths")
             args.task_files = mapping

@@ -150,6 +150,18 @@ def read_mapping(path: str | Path) -> list:
         raise MergecoreError(f"{path} is not valid JSON ({exc.msg}); give a list with one object per adapter") from None
 
 
+def mapping_files(mapping: str | Path) -> list[Path]:
+    """The train / eval files a task mapping names, resolved as ``load_tasks`` reads them (relative paths from
+    the mapping's folder); an unreadable or malformed mapping names none (``load_tasks`` reports it)."""
+    try:
+        specs = read_mapping(mapping)
+    except MergecoreError:
+        return []
+    return [_spec_path(s[key], Path(mapping).expanduser().parent) for s in (specs if isinstance(specs, list) else [])
+            if isinstance(s, dict)
+            for key in ("train", "eval") if isinstance(s.get(key), str) and s[key].strip()]
+
+
 def load_tasks(adapter_names: list[str], source: TaskSource = TaskSource()) -> TaskSet:
     """One task per adapter, in adapter order."""
     if source.kind == "glue":

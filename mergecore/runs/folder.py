@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load
 
 from mergecore.adapters import AdapterSet
+from mergecore.data.sources import mapping_files
 from mergecore.errors import MergecoreError
 from mergecore.files import atomic_folder
 from mergecore.merged import Merge, coefs_to_merge, run_merge, tensors_to_merge
@@ -41,9 +42,6 @@ def write_run_folder(out: Path, store, run_id: str, force: bool = False, protect
             (tmp / f"{artifact}.safetensors").write_bytes(store.get_blob(run_id, artifact))
 
 
-MAPPING_BYTES = 2**24  # a task mapping larger than this is not read for its file names (load_tasks reports it)
-
-
 def run_inputs(workspace, adapter_sources, task_source: dict | None) -> list[tuple[str, Path]]:
     """What a written folder must never replace, as (label, path) pairs for ``files.check_target``: the
     workspace, the local adapter folders, a local GLUE folder, the task mapping and the data files it names
@@ -56,7 +54,7 @@ def run_inputs(workspace, adapter_sources, task_source: dict | None) -> list[tup
     if src.get("kind") == "files" and src.get("path"):
         mapping = Path(str(src["path"])).expanduser()
         keep.append(("the run's task mapping", mapping))
-        keep += [("the run's task file", p) for p in _mapping_files(mapping)]
+        keep += [("the run's task file", p) for p in mapping_files(mapping)]
     return keep
 
 
@@ -66,25 +64,6 @@ def is_local(path) -> bool:
         return bool(path) and Path(str(path)).expanduser().exists()
     except (OSError, ValueError):  # a name with a NUL byte
         return False
-
-
-def _mapping_files(mapping: Path) -> list[Path]:
-    """The train / eval files a task mapping names (relative to its folder, as ``load_tasks`` reads them);
-    only a regular file of bounded size is read (never a device or a FIFO)."""
-    try:
-        if not mapping.is_file() or mapping.stat().st_size > MAPPING_BYTES:
-            return []
-        specs = json.loads(mapping.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return []
-    paths = []
-    for spec in specs if isinstance(specs, list) else []:
-        for key in ("train", "eval"):
-            value = spec.get(key) if isinstance(spec, dict) else None
-            if isinstance(value, str) and value.strip():
-                p = Path(value).expanduser()
-                paths.append(p if p.is_absolute() else mapping.parent / p)
-    return paths
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
