@@ -411,3 +411,166 @@ def test_a_refused_upload_shows_one_error_and_leaves_nothing(tmp_path, monkeypat
     assert not at.exception, at.exception
     assert [e.value for e in at.error if "compression method 93" in e.value]
     assert unpacked_folders(ws) == []
+
+
+# ----------------------------------------------------------------------------- files.read_regular_file and read_json
+# (pinned by mutation testing, stop 24: exact lines, inclusive limits, the checks on the open descriptor)
+
+
+class _StatSwapped:
+    """``os`` as mergecore.files sees it, whose ``stat`` answers for ``stand_in``: the path is swapped for something
+    else between the check and the open, so only the checks on the open descriptor can refuse it."""
+
+    def __init__(self, stand_in: Path):
+        self._stand_in = stand_in
+
+    def stat(self, path):
+        return os.stat(self._stand_in)
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+
+def test_read_regular_file_limit_is_inclusive_and_the_line_gives_both_sizes(tmp_path):
+    from mergecore.files import read_regular_file
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"x" * 1000)
+    assert read_regular_file(path, 1000, "task file") == b"x" * 1000
+    with pytest.raises(MergecoreError) as info:
+        read_regular_file(path, 999, "task file")
+    assert str(info.value) == f"task file {path} is 1000 bytes, over the 999 bytes limit; give a smaller file"
+    with open(path, "r+b") as f:
+        f.truncate(2**20 + 1)
+    with pytest.raises(MergecoreError) as info:
+        read_regular_file(path, 2**20, "task file")
+    assert str(info.value) == f"task file {path} is 1 MiB, over the 1 MiB limit; give a smaller file"
+
+
+def test_read_regular_file_missing_or_unreachable_is_one_exact_line(tmp_path):
+    from mergecore.files import read_regular_file
+
+    with pytest.raises(MergecoreError) as info:
+        read_regular_file(tmp_path / "none.csv", 100, "task file")
+    assert str(info.value) == f"task file {tmp_path / 'none.csv'} does not exist; check the folder and file name"
+    (tmp_path / "t.csv").write_text("x")
+    with pytest.raises(MergecoreError) as info:
+        read_regular_file(tmp_path / "t.csv" / "x", 100, "task file")
+    assert str(info.value) == (f"cannot read task file {tmp_path / 't.csv' / 'x'} (Not a directory); check the path "
+                               "and its permissions")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_read_regular_file_counts_the_bytes_it_reads():
+    """/proc files are regular with st_size 0: the size found by reading is what refuses them, and a read error
+    (EIO from /proc/self/mem at offset 0) is one line."""
+    from mergecore.files import read_regular_file
+
+    with pytest.raises(MergecoreError) as info:
+        read_regular_file("/proc/self/status", 100, "probe")
+    assert str(info.value) == "probe /proc/self/status is larger than 100 bytes; give a smaller file"
+    with pytest.raises(MergecoreError) as info:
+        read_regular_file("/proc/self/mem", 100, "probe")
+    assert str(info.value) == "cannot read probe /proc/self/mem (Input/output error); check the file"
+
+
+@deadline(10)
+def test_a_fifo_swapped_in_after_the_check_is_refused_without_blocking(tmp_path, monkeypatch):
+    """Opened non-blocking (a FIFO with no writer would block the open) and checked again on the descriptor."""
+    from mergecore import files
+
+    (tmp_path / "plain.csv").write_text("x")
+    os.mkfifo(tmp_path / "rows.csv")
+    monkeypatch.setattr(files, "os", _StatSwapped(tmp_path / "plain.csv"))
+    with pytest.raises(MergecoreError) as info:
+        files.read_regular_file(tmp_path / "rows.csv", 100, "task file")
+    assert str(info.value) == (f"task file {tmp_path / 'rows.csv'} is not a regular file (a device, FIFO or socket); "
+                               "give a plain file")
+
+
+def test_a_file_grown_or_removed_after_the_check_is_refused(tmp_path, monkeypatch):
+    from mergecore import files
+
+    (tmp_path / "small.csv").write_text("x")
+    (tmp_path / "big.csv").write_bytes(b"x" * 2000)
+    monkeypatch.setattr(files, "os", _StatSwapped(tmp_path / "small.csv"))
+    with pytest.raises(MergecoreError) as info:
+        files.read_regular_file(tmp_path / "big.csv", 1000, "task file")
+    assert str(info.value) == (f"task file {tmp_path / 'big.csv'} is 2000 bytes, over the 1000 bytes limit; give a "
+                               "smaller file")
+    with pytest.raises(MergecoreError) as info:
+        files.read_regular_file(tmp_path / "gone.csv", 1000, "task file")
+    assert str(info.value) == (f"cannot read task file {tmp_path / 'gone.csv'} (No such file or directory); check "
+                               "the path and its permissions")
+
+
+def test_a_file_that_grows_after_the_checks_is_read_only_to_the_bound(tmp_path, monkeypatch):
+    """Both checks saw a small file (``stat`` and ``fstat`` answer for it); the file read is 64 MiB (it grew in
+    between): at most ``max_bytes`` + 1 bytes are read before it is refused."""
+    from mergecore import files
+
+    (tmp_path / "small.csv").write_text("x")
+    with open(tmp_path / "grown.csv", "wb") as f:
+        f.truncate(64 * 2**20)
+    swapped = _StatSwapped(tmp_path / "small.csv")
+    swapped.fstat = lambda fd: os.stat(tmp_path / "small.csv")
+    monkeypatch.setattr(files, "os", swapped)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MergecoreError) as info:
+            files.read_regular_file(tmp_path / "grown.csv", 1000, "task file")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == f"task file {tmp_path / 'grown.csv'} is larger than 1000 bytes; give a smaller file"
+    assert peak < 2**20, f"read {peak / 2**20:.0f} MiB of a file limited to 1000 bytes"
+
+
+def _nested(depth: int, siblings: int) -> str:
+    """A list nesting ``depth`` levels after ``siblings`` pairs of empty lists and objects (over 64 brackets in
+    all, so the depth is counted, not bounded by the bracket count)."""
+    return "[" + "[], {}, " * siblings + "[" * (depth - 1) + "]" * (depth - 1) + "]"
+
+
+def test_read_json_depth_limit_is_exact_and_inclusive():
+    from mergecore.files import MAX_JSON_DEPTH, read_json
+
+    assert MAX_JSON_DEPTH == 64
+    assert read_json("[" * 64 + "]" * 64, "x") is not None
+    for siblings in (0, 40):
+        text = _nested(64, siblings)
+        assert read_json(text, "x") == json.loads(text)
+        with pytest.raises(MergecoreError) as info:
+            read_json(_nested(65, siblings), "the mapping")
+        assert str(info.value) == "the mapping nests arrays or objects deeper than 64 levels; flatten it"
+
+
+def test_read_json_long_flat_documents_and_brackets_in_strings_load():
+    """Depth, not the number of brackets: 100 sibling lists or objects, and brackets inside strings (an escaped
+    quote does not end one), load; 65 levels of keyed objects do not."""
+    from mergecore.files import read_json
+
+    for item in ("[]", "{}", '{"a": [1]}'):
+        text = "[" + ", ".join([item] * 100) + "]"
+        assert read_json(text, "x") == json.loads(text)
+    text = json.dumps({"k": "[" * 100 + '"' + "{" * 100, "l": ["]]]"]})
+    assert read_json(text, "x") == json.loads(text)
+    with pytest.raises(MergecoreError, match="deeper than 64 levels"):
+        read_json('{"a": ' * 65 + "1" + "}" * 65, "x")
+
+
+def test_json_depth_never_undercounts_a_shallow_text():
+    """Below the bound it may answer the bracket count (an upper bound), never less than the real depth."""
+    from mergecore.files import MAX_JSON_DEPTH, json_depth
+
+    for text, depth in (("[[[]]]", 3), ('{"a": {"b": {}}}', 3), ('{"a": [1, {"b": []}]}', 4), ("1", 0)):
+        assert depth <= json_depth(text) <= MAX_JSON_DEPTH, text
+
+
+def test_read_json_that_python_cannot_recurse_into_is_one_line():
+    """With a depth limit over what ``json.loads`` can recurse (a caller's choice), its RecursionError is one line."""
+    from mergecore.files import read_json
+
+    with pytest.raises(MergecoreError) as info:
+        read_json("[" * 100_000 + "]" * 100_000, "the mapping", max_depth=10**6)
+    assert str(info.value) == "the mapping nests arrays or objects too deeply to read; flatten it"

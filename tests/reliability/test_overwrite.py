@@ -214,3 +214,74 @@ def test_the_target_is_checked_again_at_the_swap(tmp_path):
             out.mkdir()
             (out / "theirs.txt").write_text("theirs")
     assert [p.name for p in out.iterdir()] == ["theirs.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ----------------------------------------------------------------------------- files.check_target's lines (pinned by
+# mutation testing, stop 24): every refusal word for word, the default label, the swap's roll-back
+
+
+def test_check_target_refusals_word_for_word(tmp_path):
+    from mergecore.errors import MergecoreError
+    from mergecore.files import check_target
+
+    root = tmp_path.resolve()
+
+    def line(out, overwrite, protect=(), *what) -> str:
+        with pytest.raises(MergecoreError) as info:
+            check_target(out, overwrite, protect, *what)
+        return str(info.value)
+
+    (root / "f.txt").write_text("x")
+    assert line(root / "f.txt", True) == f"export target {root / 'f.txt'} is a file; choose a folder path"
+    ws = root / "ws"
+    ws.mkdir()
+    never = "which mergecore never replaces (not even with --force)"
+    assert line(ws, True, [("the workspace", ws)], "run folder target") == (
+        f"run folder target {ws} is the workspace, {never}; choose another folder")
+    assert line(root, True, [("the workspace", ws)], "run folder target") == (
+        f"run folder target {root} holds the workspace {ws}, {never}; choose another folder")
+    (ws / "runs.sqlite").write_text("")
+    assert line(ws, True) == f"export target {ws} is a workspace (it holds runs.sqlite), {never}; choose another folder"
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("a")
+    assert line(mine, False) == (f"export target {mine} already exists; choose a new folder or pass --force "
+                                 "(overwrite=True)")
+    assert line(mine, True) == (f"export target {mine} holds files mergecore did not write (it has no {MARKER}), "
+                                "and --force replaces only a folder mergecore wrote; choose another folder or "
+                                "remove it yourself")
+    (mine / MARKER).write_text("")
+    (mine / "ws").mkdir()
+    (mine / "ws" / "runs.sqlite").write_text("")
+    assert line(mine, True) == (f"export target {mine} holds a run store {mine / 'ws' / 'runs.sqlite'}, which "
+                                "mergecore never replaces (not even with --force); move it out or choose another "
+                                "folder")
+
+
+def test_check_target_allows_new_empty_and_mergecore_folders(tmp_path):
+    from mergecore.files import check_target
+
+    root = tmp_path.resolve()
+    assert check_target(root / "new" / "out", False) == root / "new" / "out"
+    (root / "empty").mkdir()
+    assert check_target(root / "empty", False, [("the workspace", root / "ws")]) == root / "empty"
+    (root / "ours").mkdir()
+    (root / "ours" / MARKER).write_text("")
+    (root / "ours" / "run.json").write_text("{}")
+    assert check_target(root / "ours", True, [("the workspace", root / "ws")]) == root / "ours"
+    assert check_target(Path("~") / "no-such-mergecore-out", False) == (Path.home() / "no-such-mergecore-out").resolve()
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path):
+    """The rename of the new folder fails (here: it vanished): the folder it was replacing is restored whole."""
+    from mergecore.files import atomic_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text("")
+    (out / "run.json").write_text("old")
+    with pytest.raises(OSError):
+        with atomic_folder(out, True) as tmp:
+            shutil.rmtree(tmp)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "run.json"] and (out / "run.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
