@@ -186,10 +186,11 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
-def json_depth(text: str) -> int:
-    """How deep ``text``'s arrays and objects nest (brackets inside strings not counted); cheap when shallow."""
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return text.count("[") + text.count("{")  # an upper bound, enough to pass
+def json_depth(text: str, enough: int = MAX_JSON_DEPTH) -> int:
+    """How deep ``text``'s arrays and objects nest (brackets inside strings not counted); cheap when the text
+    holds at most ``enough`` brackets in all (then their count, an upper bound, is returned)."""
+    if text.count("[") + text.count("{") <= enough:
+        return text.count("[") + text.count("{")  # an upper bound, at most ``enough``: enough to pass
     depth = deepest = 0
     for c in re.sub(r"[^\[\]{}]+", "", _JSON_STRING.sub("", text)):
         depth += 1 if c in "[{" else -1
@@ -200,7 +201,7 @@ def json_depth(text: str) -> int:
 def read_json(text: str, what: str, max_depth: int = MAX_JSON_DEPTH):
     """``json.loads(text)`` refusing nesting deeper than ``max_depth`` in one line (``what`` names the source);
     a malformed text raises ``json.JSONDecodeError`` as ``json.loads`` does, for the caller to word."""
-    if json_depth(text) > max_depth:
+    if json_depth(text, max_depth) > max_depth:
         raise MergecoreError(f"{what} nests arrays or objects deeper than {max_depth} levels; flatten it")
     try:
         return json.loads(text)

@@ -574,3 +574,12 @@ def test_read_json_that_python_cannot_recurse_into_is_one_line():
     with pytest.raises(MergecoreError) as info:
         read_json("[" * 100_000 + "]" * 100_000, "the mapping", max_depth=10**6)
     assert str(info.value) == "the mapping nests arrays or objects too deeply to read; flatten it"
+
+
+def test_read_json_with_a_small_limit_counts_depth_not_brackets():
+    """The shortcut (bracket count as the depth) only applies below the limit asked for (mutation run, stop 24)."""
+    from mergecore.files import read_json
+
+    assert read_json("[[], [], []]", "x", max_depth=2) == [[], [], []]
+    with pytest.raises(MergecoreError, match="deeper than 2 levels"):
+        read_json("[[[]]]", "x", max_depth=2)
