@@ -7,7 +7,7 @@
     python scripts/mutation.py --work /tmp/mut-obj --rerun --only 'mergecore.files.*' ...
                                                   # retry only the not-killed mutants matching these patterns
 
-Copies mergecore/, tests/ and pytest.ini to a temporary folder (the repository's top level stays as it
+Copies mergecore/, tests/, the app and pytest.ini to a temporary folder (the repository's top level stays as it
 is), writes mutmut's setup.cfg there, runs ``mutmut run`` (forkserver isolation and one BLAS thread:
 torch is not fork-safe with a live thread pool), and prints the killed / survived counts per module and
 every mutant that was not killed, as JSON on stdout (``--out FILE`` also writes it). docs/testing.md
@@ -40,22 +40,27 @@ TESTS = ["tests/test_objectives.py", "tests/test_learn_oracle.py", "tests/test_l
          "tests/reliability/test_bad_input.py"]
 
 
+TREES = ("mergecore", "tests", "pages", ".streamlit")  # the app too: AppTest tests open app.py and its pages
+FILES = ("pytest.ini", "app.py")
+
+
 def setup_cfg(modules: list[str], tests: list[str]) -> str:
     lines = ["[mutmut]", "source_paths=", *[f"    {m}" for m in modules],
              "pytest_add_cli_args_test_selection=", *[f"    {t}" for t in tests],
-             "process_isolation=forkserver", "also_copy=", "    mergecore", "    tests", "    pytest.ini"]
+             "process_isolation=forkserver", "also_copy=", *[f"    {name}" for name in (*TREES, *FILES)]]
     return "\n".join(lines) + "\n"
 
 
 def prepare(work: Path | None, modules: list[str], tests: list[str]) -> Path:
-    """A scratch folder holding the current mergecore/, tests/ and pytest.ini; mutmut's state under
+    """A scratch folder holding the current mergecore/, tests/, the app (app.py, pages/, .streamlit/) and pytest.ini; mutmut's state under
     ``mutants/`` is kept when ``work`` is reused, so only functions whose source changed are re-mutated."""
     work = work or Path(tempfile.mkdtemp(prefix="mergecore-mutation-"))
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("mergecore", "tests"):
+    for name in TREES:
         shutil.rmtree(work / name, ignore_errors=True)
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pytest.ini", work / "pytest.ini")
+    for name in FILES:
+        shutil.copy(ROOT / name, work / name)
     (work / "setup.cfg").write_text(setup_cfg(modules, tests))
     return work
 
