@@ -62,8 +62,8 @@ def _use_preset(dirs: list[str], kind: str) -> None:
         st.session_state["preset_refusal"] = str(exc)
 
 with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapter_dirs")):
-    upload = st.file_uploader("Or upload a .zip of adapter folders (unpacked into the workspace)", type=["zip"],
-                              key="adapter_zip")
+    upload = st.file_uploader("Or upload a .zip of adapter folders (unpacked into the workspace while this "
+                              "browser session lasts)", type=["zip"], key="adapter_zip")
     # the unpacked folder (safezip.Unpacked) lives as long as this browser session holds it: it is removed when
     # the upload is replaced or cleared, when Streamlit drops the session, or when the server exits
     file_id, held = st.session_state.get("upload") or (None, None)
