@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -125,3 +126,21 @@ def label_task_files(folder: Path, label_counts=(2, 3), rows: int = 6) -> Path:
                       "labels": [f"l{i}" for i in range(n)]})
     (folder / "tasks.json").write_text(json.dumps(specs))
     return folder / "tasks.json"
+
+
+@contextlib.contextmanager
+def app_workspace(ws):
+    """The app's workspace for an AppTest fixture: $MERGECORE_WORKSPACE set to ``ws`` and Streamlit's resource
+    cache cleared (so the run store is opened there), the variable restored afterwards."""
+    import streamlit as st
+
+    old = os.environ.get("MERGECORE_WORKSPACE")
+    os.environ["MERGECORE_WORKSPACE"] = str(ws)
+    st.cache_resource.clear()
+    try:
+        yield ws
+    finally:
+        if old is None:
+            os.environ.pop("MERGECORE_WORKSPACE", None)
+        else:
+            os.environ["MERGECORE_WORKSPACE"] = old

@@ -7,7 +7,6 @@ One AppTest session (module scope) goes through every case in turn, as a user wo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -26,23 +25,16 @@ DEMO = ["sentiment", "topic", "acceptability", "paraphrase", "entailment"]
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("app_ws")
-    old = os.environ.get("MERGECORE_WORKSPACE")
-    os.environ["MERGECORE_WORKSPACE"] = str(ws)
-    import streamlit as st
+    from conftest import app_workspace
 
-    st.cache_resource.clear()
-    store = RunStore(ws)
-    rid = store.create("seed", "learned", {})
-    store.finish(rid, "done", {"average": 1.0})
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.run()
-    assert not at.exception, at.exception
-    yield at, ws
-    if old is None:
-        os.environ.pop("MERGECORE_WORKSPACE", None)
-    else:
-        os.environ["MERGECORE_WORKSPACE"] = old
+    with app_workspace(tmp_path_factory.mktemp("app_ws")) as ws:
+        store = RunStore(ws)
+        rid = store.create("seed", "learned", {})
+        store.finish(rid, "done", {"average": 1.0})
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at.run()
+        assert not at.exception, at.exception
+        yield at, ws
 
 
 def runs(ws: Path) -> list:

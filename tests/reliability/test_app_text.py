@@ -9,7 +9,6 @@ One AppTest session (module scope) goes through the cases in turn.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -55,28 +54,19 @@ def test_plain_shows_each_payload_as_its_own_text(text):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("text_ws")
-    old = os.environ.get("MERGECORE_WORKSPACE")
-    os.environ["MERGECORE_WORKSPACE"] = str(ws)
-    import streamlit as st
+    from conftest import app_workspace, stop_workers
 
-    st.cache_resource.clear()
-    store = RunStore(ws)
-    run_id = store.create(PAYLOADS[0], "learned", {"params": {"steps": 1}})
-    store.finish(run_id, "failed", {}, message=f"could not read {PAYLOADS[1]} {PAYLOADS[2]}")
-    other = store.create(LINK, "learned", {"params": {"steps": 1}})
-    store.finish(other, "failed", {})
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.run()
-    assert not at.exception, at.exception
-    yield at, run_id, other
-    from conftest import stop_workers
-
-    stop_workers(ws)
-    if old is None:
-        os.environ.pop("MERGECORE_WORKSPACE", None)
-    else:
-        os.environ["MERGECORE_WORKSPACE"] = old
+    with app_workspace(tmp_path_factory.mktemp("text_ws")) as ws:
+        store = RunStore(ws)
+        run_id = store.create(PAYLOADS[0], "learned", {"params": {"steps": 1}})
+        store.finish(run_id, "failed", {}, message=f"could not read {PAYLOADS[1]} {PAYLOADS[2]}")
+        other = store.create(LINK, "learned", {"params": {"steps": 1}})
+        store.finish(other, "failed", {})
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at.run()
+        assert not at.exception, at.exception
+        yield at, run_id, other
+        stop_workers(ws)
 
 
 def shows_escaped(bodies: list[str], *texts: str) -> None:
