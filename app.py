@@ -1,22 +1,22 @@
 """mergecore app: navigation + shared sidebar (workspace, device). Run: streamlit run app.py
 
 `streamlit run app.py` finds ``app`` below and serves this script through it, with the JSON route the live
-view of running jobs polls (pages/live_view.py); run as the Streamlit script, the file draws the app.
+view of running jobs polls (pages/ui/live_view.py); run as the Streamlit script, the file draws the app.
 """
 
 import streamlit as st
 
-from pages import live_view
+from pages.ui import live_view
 
 if __name__ != "__main__":  # imported by `streamlit run` (uvicorn): the server, with mergecore's routes
     from starlette.middleware import Middleware
 
-    from pages.hosts import HostCheck
+    from pages.ui.hosts import HostCheck
 
-    live_view.SERVED = True  # and answering only its own host (pages/hosts.py: DNS rebinding)
+    live_view.SERVED = True  # and answering only its own host (pages/ui/hosts.py: DNS rebinding)
     app = st.App(__file__, routes=live_view.ROUTES, middleware=[Middleware(HostCheck)])
 else:  # run by Streamlit for each session
-    from pages.common import sidebar
+    from pages.ui.state import sidebar
 
     st.set_page_config(page_title="mergecore", layout="wide")
     PAGES = [

@@ -12,8 +12,9 @@ from plotly.subplots import make_subplots
 
 from mergecore.errors import MergecoreError
 from mergecore.runs import compare as cmp
-from pages import charts
-from pages.common import current_bench, current_registry, say
+from pages.ui import charts
+from pages.ui.state import current_bench, current_registry
+from pages.ui.text import say
 
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 METRICS = (("score", "score (avg %)"), ("confidence", "confidence (avg %)"),

@@ -10,8 +10,9 @@ import streamlit as st
 from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
-from pages import charts
-from pages.common import analysis_inputs, plain, say
+from pages.ui import charts
+from pages.ui.state import analysis_inputs
+from pages.ui.text import plain, say
 
 bench, store, runs = analysis_inputs("Diagnose a merge")
 ids = list(runs)

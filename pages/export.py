@@ -15,7 +15,8 @@ from mergecore.files import safe_name, zip_folder
 from mergecore.merged import is_dense
 from mergecore.runs.folder import load_run
 from mergecore.runs.store import merge_runs
-from pages.common import current_bench, current_registry, say
+from pages.ui.state import current_bench, current_registry
+from pages.ui.text import say
 
 LABELS = {"exact": "Exact adapter (rank = sum of source ranks)", "compressed": "Compressed adapter (rank r, SVD)",
           "full": "Full merged model weights"}

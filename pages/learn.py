@@ -12,8 +12,10 @@ from mergecore.learn.objectives import OBJECTIVES
 from mergecore.learn.params import GRANULARITIES, PRESET_TITLES, PRESETS, LearnParams, apply_preset
 from mergecore.runs.compare import score_table
 from mergecore.runs.follow import RunSeries
-from pages import charts, live_view
-from pages.common import bench_spec, dataclass_form, job_page, plain, say
+from pages.ui import charts, live_view
+from pages.ui.state import bench_spec, job_page
+from pages.ui.forms import dataclass_form
+from pages.ui.text import plain, say
 
 # the live view reads new events and redraws at most once a second (MERGECORE_LIVE_REFRESH_S to change it: what
 # watching costs on a 2-core machine at 1 s and 3 s is in docs/perf.md)
@@ -110,7 +112,7 @@ def figures(series: list[RunSeries]):
 @st.fragment(run_every=REFRESH_S if any(not s.done for s in series) else None)
 def live() -> None:
     """Progress, charts and Stop from Python: the final view, and the live view where the JSON route of
-    pages/live_view.py is not served (AppTest): then this fragment reruns every REFRESH_S."""
+    pages/ui/live_view.py is not served (AppTest): then this fragment reruns every REFRESH_S."""
     workers.reap()
     for s in series:
         s.update(store)

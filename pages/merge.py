@@ -11,8 +11,10 @@ from mergecore.errors import MergecoreError
 from mergecore.learn.params import LearnParams, apply_preset
 from mergecore.merges import METHODS, get_method
 from mergecore.runs.follow import RunSeries
-from pages import charts
-from pages.common import bench_spec, dataclass_form, job_page, plain, say
+from pages.ui import charts
+from pages.ui.state import bench_spec, job_page
+from pages.ui.forms import dataclass_form
+from pages.ui.text import plain, say
 
 SPACES = {"lora-factors": "LoRA factors", "core": "shared core space", "dense": "dense delta"}
 

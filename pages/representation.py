@@ -8,8 +8,9 @@ import streamlit as st
 
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
-from pages import charts
-from pages.common import analysis_inputs, say
+from pages.ui import charts
+from pages.ui.state import analysis_inputs
+from pages.ui.text import say
 
 bench, store, runs = analysis_inputs("Representation bias")
 chosen = st.multiselect("Runs", list(runs), default=list(runs)[:2], format_func=runs.get, key="rep_runs")

@@ -11,8 +11,9 @@ from mergecore.analysis import lenses
 from mergecore.analysis.catalog import compute_lens
 from mergecore.errors import MergecoreError
 from mergecore.numbers import fmt
-from pages import charts
-from pages.common import analysis_inputs, say
+from pages.ui import charts
+from pages.ui.state import analysis_inputs
+from pages.ui.text import say
 
 bench, store, runs = analysis_inputs("Spectra and subspaces", need_runs=False)
 chosen = st.multiselect("Runs", list(runs), default=list(runs)[:2], format_func=runs.get, key="spectra_runs",

@@ -14,8 +14,10 @@ from mergecore.errors import MergecoreError
 from mergecore.files import read_json
 from mergecore.placement import LoadParams
 from mergecore.runs.store import default_workspace
-from pages.common import bench as load_bench
-from pages.common import current_bench, dataclass_form, plain, say
+from pages.ui.state import bench as load_bench
+from pages.ui.state import current_bench
+from pages.ui.forms import dataclass_form
+from pages.ui.text import plain, say
 
 st.title("Workspace")
 st.caption("Pick LoRA adapters of one base model; adapter k is the expert of task k.")

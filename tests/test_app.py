@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pages.common import plain
+from pages.ui.text import plain
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,8 +35,8 @@ def workspace(tiny_setup, tmp_path_factory):
 
 def _app(ws, monkeypatch) -> AppTest:
     monkeypatch.setenv("MERGECORE_WORKSPACE", str(ws))
-    common = sys.modules.get("pages.common")  # imported by an earlier AppTest in this process
-    if common is not None and hasattr(common, "DEFAULT_WORKSPACE"):  # older pages/common read the env at import
+    common = sys.modules.get("pages.ui.state")  # imported by an earlier AppTest in this process
+    if common is not None and hasattr(common, "DEFAULT_WORKSPACE"):  # older pages.ui.state read the env at import
         monkeypatch.setattr(common, "DEFAULT_WORKSPACE", str(ws))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.run()

@@ -109,7 +109,7 @@ def _form_script(kind: str):
 
     from mergecore.learn.params import LearnParams
     from mergecore.merges.registry import METHODS
-    from pages.common import dataclass_form
+    from pages.ui.forms import dataclass_form
 
     from mergecore.placement import LoadParams
 

@@ -1,4 +1,4 @@
-"""The live view's JSON route (pages/live_view.py): what the browser polls, checked against the run store;
+"""The live view's JSON route (pages/ui/live_view.py): what the browser polls, checked against the run store;
 app.py is the ASGI app `streamlit run` serves, with these routes."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from mergecore.runs.jobs import Workers
 from mergecore.runs.store import RunStore
-from pages import live_view
+from pages.ui import live_view
 
 ROOT = Path(__file__).resolve().parents[1]
 

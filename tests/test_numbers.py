@@ -61,7 +61,7 @@ def test_compare_table_average_and_anp_rows_are_nan_and_print_as_dash():
 
 
 def test_app_score_frame_shows_a_dash_not_nan():
-    from pages.charts import score_frame, score_style
+    from pages.ui.charts import score_frame, score_style
 
     result = {"scores": {"a": NAN, "b": None}, "baselines": {"experts": {"a": 80.0, "b": 60.0}}}
     df = score_frame(result)

@@ -309,7 +309,7 @@ def test_app_runs_record_their_task_source(tmp_path):
     import json as _json
 
     from mergecore.data.sources import record, save_mapping
-    from pages.common import tasks_source
+    from pages.ui.state import tasks_source
 
     specs = [{"train": "/data/a.csv", "eval": "/data/b.csv", "text": ["t"], "label": "y", "labels": ["n", "p"]}]
     src = record(tasks_source(("files", _json.dumps(specs)), str(tmp_path)), ["sst2"])

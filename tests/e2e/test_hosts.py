@@ -1,4 +1,4 @@
-"""The server answers only its own host (pages/hosts.py): a page on another site that made its name resolve to
+"""The server answers only its own host (pages/ui/hosts.py): a page on another site that made its name resolve to
 127.0.0.1 (DNS rebinding) sends ``Host: evil.example`` and a matching Origin; the real server refuses the page
 and the websocket that streams the app. The loopback names, with any port, still work."""
 
@@ -64,7 +64,7 @@ def ask(host: str, server=("127.0.0.1", 8501), kind: str = "http") -> list[dict]
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from pages.hosts import HostCheck
+    from pages.ui.hosts import HostCheck
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -84,7 +84,7 @@ def ask(host: str, server=("127.0.0.1", 8501), kind: str = "http") -> list[dict]
 
 
 def test_the_host_rule_without_a_server(monkeypatch):
-    from pages.hosts import host_name
+    from pages.ui.hosts import host_name
 
     assert [host_name(h) for h in ("Example.ORG:8501", "[::1]:8501", "127.0.0.1", "::1")] == [
         "example.org", "::1", "127.0.0.1", "::1"]

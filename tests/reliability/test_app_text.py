@@ -1,6 +1,6 @@
 """Untrusted text is text (issue 25, item 3): what comes from outside the app -- a deep link's query
 parameter, an adapter config's ``base_model_name_or_path``, a task (adapter) name, a run's name and message --
-reaches the page escaped (``pages.common.plain``): the body of the ``st.error`` is the escaped form, never the
+reaches the page escaped (``pages.ui.text.plain``): the body of the ``st.error`` is the escaped form, never the
 markdown that made the browser fetch an image or render a link. The real browser's view of the same payloads is
 ``tests/e2e/test_injection.py``.
 
@@ -46,7 +46,7 @@ def unescaped(markdown: str) -> list[str]:
 
 @pytest.mark.parametrize("text", TRICKY)
 def test_plain_shows_each_payload_as_its_own_text(text):
-    from pages.common import plain
+    from pages.ui.text import plain
 
     body = plain(text)
     assert literal(body) == text and not unescaped(body), body
@@ -134,7 +134,7 @@ def test_text_only_escapes_what_plotly_would_render(text):
     import numpy as np
     import plotly.graph_objects as go
 
-    from pages.charts import text_only
+    from pages.ui.charts import text_only
 
     fig = go.Figure(go.Bar(x=np.asarray([text, "b"]), y=[1, 2], name=text), layout={"title": {"text": text}})
     out = text_only(fig).to_plotly_json()

@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from mergecore.errors import MergecoreError
 from mergecore.runs.follow import MAX_POINTS, RunSeries
-from pages import charts
+from pages.ui import charts
 
 PREFIX = "/api/mergecore"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"

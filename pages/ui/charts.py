@@ -31,7 +31,7 @@ def html_text(value):
 
 def text_only(fig: go.Figure) -> go.Figure:
     """A copy of ``fig`` whose texts that may hold outside text (trace names and categories: task, run, module
-    names; titles and subplot titles) render literally: the Plotly share of ``pages.common.plain``."""
+    names; titles and subplot titles) render literally: the Plotly share of ``pages.ui.text.plain``."""
     fig = go.Figure(fig)
     for trace in fig.data:
         for key in ("name", "x", "y", "text", "hovertext"):

@@ -1,14 +1,8 @@
-"""Shared app plumbing: process-wide resources, sidebar, forms built from mergecore dataclasses.
-
-Everything here is thin: numbers come from mergecore, widgets come from its dataclasses.
-"""
+"""The app's state: process-wide resources (workers and store, workbenches), the sidebar, the page preambles."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import re
 from pathlib import Path
 
 import streamlit as st
@@ -20,34 +14,7 @@ from mergecore.files import read_json
 from mergecore.forward.workbench import open_workbench
 from mergecore.placement import LoadParams
 from mergecore.runs.store import default_workspace
-
-# Markdown (and HTML) that text from outside must not form: backslash-escaped wherever it appears; an underscore
-# inside a word cannot emphasise, so it stays (adapter_config.json reads as typed)
-_ESCAPE = re.compile(r"[\\`*\[\]<>&$~|]|(?<![^\W_])_|_(?![^\W_])")
-_LINE_START = re.compile(r"^(\s*)([-+=#>]|\d+(?=[.)]))", re.M)  # lists, headings, quotes, setext underlines
-# what remark turns into links or icons even when escaped: http://, www., e-mail addresses, :emoji: / :material/
-_AUTOLINK = re.compile(r"(?<=[:@])(?=\S)|(?i:(?<=www)(?=\.))")
-JOINER = "\u2060"  # WORD JOINER: invisible, breaks the autolink and shortcode patterns
-
-
-def plain(text) -> str:
-    """Text from outside (URL parameters, adapter and base configs, file contents, task, label and run names,
-    paths, and so every MergecoreError message) as markdown that renders exactly that text: no link, image,
-    HTML, emphasis, heading, list, emoji or icon. For alerts, captions, subheaders, progress texts and labels."""
-    out = _ESCAPE.sub(lambda m: "\\" + m.group(0), str(text))
-    out = _LINE_START.sub(lambda m: m.group(1) + (m.group(2) + "\\" if m.group(2)[0].isdigit() else "\\" + m.group(2)), out)
-    return _AUTOLINK.sub(JOINER, out)
-
-
-def say(kind: str, text, where=None) -> None:
-    """One ``st.error`` / ``warning`` / ``info`` / ``success`` / ``caption`` of text that may hold outside text
-    (every MergecoreError does: paths, names), shown literally through ``plain``; ``where``: a column or container."""
-    where = st if where is None else where
-    if kind == "caption":
-        where.caption(plain(text))
-    else:
-        getattr(where, kind)(plain(text), icon="")  # icon="": no leading emoji of the text taken as the icon
-
+from pages.ui.text import say
 
 @st.cache_resource(show_spinner=False)
 def registry(workspace: str):
@@ -164,81 +131,6 @@ def analysis_inputs(title: str, need_runs: bool = True):
         st.info("No finished run yet: learn or merge on the Learn page (or `python -m mergecore learn`), then come back.")
         st.stop()
     return bench, store, runs
-
-
-def parse_optional_number(text: str, none_label: str, kind=float):
-    """A form's text for an ``X | None`` field: the none label (e.g. '1/K') or empty -> None, else a finite
-    number ('0.5', '1/3'; a whole one for an int field); raises ValueError on anything else (1e999, nan, 1/0)."""
-    raw = text.strip()
-    if not raw or raw.lower() in {none_label.lower(), "none"}:
-        return None
-    parts = [float(x) for x in raw.split("/", 1)]  # floats: '1e999999999' is inf at once (never 10**N digits)
-    value = parts[0] / parts[1] if len(parts) == 2 else parts[0]
-    if not all(map(math.isfinite, [*parts, value])) or (kind is int and value != int(value)):
-        raise ValueError(raw)
-    return kind(value)
-
-
-def _optional_number(f, current, key: str, label: str, helptext: str | None, unread: list):
-    none_label = f.metadata.get("none_label", "none")
-    shown = none_label if current is None else f"{current:.12g}"
-    text = st.text_input(label, value=shown, key=key, help=f"{helptext or ''} -- type {none_label} or a number".strip())
-    kind = int if isinstance(f.default, int) and not isinstance(f.default, bool) else float
-    try:
-        return parse_optional_number(text, none_label, kind)
-    except (ValueError, ZeroDivisionError, OverflowError):
-        say("error", f"{label}: give a finite number or {none_label} (got {text!r}); nothing starts until it is one")
-        unread.append(label)
-        return current
-
-
-def _field_widget(f, current, key: str, unread: list):
-    """One widget for one dataclass field, labelled from its metadata (choices -> selectbox, X | None -> text
-    with the field's none label, bool -> checkbox, numbers -> number input)."""
-    label, helptext = f.metadata.get("label") or f.name, f.metadata.get("help")
-    none_label = f.metadata.get("none_label")
-    if f.metadata.get("choices"):
-        choices, names = list(f.metadata["choices"]), dict(f.metadata.get("choice_labels") or {})
-        if none_label:  # an optional choice: None is offered first, under its label
-            choices, names[None] = [None, *choices], none_label
-        return st.selectbox(label, choices, index=choices.index(current), help=helptext, key=key,
-                            format_func=lambda c: names.get(c, c))
-    if none_label and "str" in str(f.type):  # optional text: empty or the none label -> None
-        text = st.text_input(label, value=current or "", help=f"{helptext or ''} (empty: {none_label})", key=key)
-        return None if text.strip().lower() in {"", none_label.lower()} else text.strip()
-    if none_label:
-        return _optional_number(f, current, key, label, helptext, unread)
-    if isinstance(current, bool):
-        return st.checkbox(label, value=current, help=helptext, key=key)
-    if isinstance(current, int):
-        return int(st.number_input(label, value=current, step=1, help=helptext, key=key))
-    if isinstance(current, float):
-        return float(st.number_input(label, value=current, format="%g", help=helptext, key=key))
-    return st.text_input(label, value=str(current), help=helptext, key=key)
-
-
-def _field_grid(fields, values, prefix: str, out: dict, unread: list) -> None:
-    if not fields:
-        return
-    cols = st.columns(3)
-    for i, f in enumerate(fields):
-        with cols[i % 3]:
-            out[f.name] = _field_widget(f, getattr(values, f.name), f"{prefix}_{f.name}", unread)
-
-
-def dataclass_form(cls, prefix: str, values=None, skip=(), unread: list | None = None):
-    """Widgets for a frozen params dataclass, labelled and explained from its field metadata: the main fields
-    first, the ``advanced`` ones folded under "More settings"; returns an instance of ``cls``. A field whose text
-    is no number shows its error and keeps its value; its label is appended to ``unread`` (start nothing then)."""
-    values, unread = values or cls(), [] if unread is None else unread
-    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
-    out: dict = {}
-    _field_grid([f for f in fields if not f.metadata.get("advanced")], values, prefix, out, unread)
-    folded = [f for f in fields if f.metadata.get("advanced")]
-    if folded:
-        with st.expander("More settings", expanded=False):
-            _field_grid(folded, values, prefix, out, unread)
-    return dataclasses.replace(values, **out)
 
 
 def _leave_pages_directory_mode() -> None:

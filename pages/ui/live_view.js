@@ -1,5 +1,5 @@
-// The live view of running jobs (pages/live_view.py): polls the ticket's JSON route and extends the Plotly
-// traces with the new points only. Styling (colours, dashes, layouts) comes from pages/charts.py via `data`:
+// The live view of running jobs (pages/ui/live_view.py): polls the ticket's JSON route and extends the Plotly
+// traces with the new points only. Styling (colours, dashes, layouts) comes from pages/ui/charts.py via `data`:
 // loss per run (one run: also each task's loss, dotted), coefficients (colour = task, dash = run), and the
 // collapse panel (score, mean confidence, confidently-wrong share; colour = quantity, dash = run).
 
