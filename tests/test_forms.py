@@ -74,7 +74,7 @@ def test_init_unset_means_one_over_k():
 @pytest.mark.parametrize("argv, want", [([], 0.5), (["--init", "1/K"], None), (["--init", "1/k"], None),
                                         (["--init", "0.25"], 0.25), (["--init", "none"], None)])
 def test_cli_init_takes_one_over_k_over_a_preset(argv, want):
-    from mergecore.cli.common import dataclass_from_args
+    from mergecore.cli.flags import dataclass_from_args
 
     args = build_parser().parse_args(["learn", "--preset", "divmerge", *argv])
     assert dataclass_from_args(LearnParams, args, apply_preset(LearnParams(), args.preset)).init == want

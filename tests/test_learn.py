@@ -151,7 +151,7 @@ def test_presets_are_the_papers_values(name):
 
 def test_l2_target_is_a_checked_choice_of_the_cli_and_defaults_to_uniform():
     from mergecore.cli import build_parser
-    from mergecore.cli.common import dataclass_from_args
+    from mergecore.cli.flags import dataclass_from_args
 
     assert LearnParams().l2_target == "uniform"
     with pytest.raises(MergecoreError, match="l2_target"):

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from mergecore.analysis.catalog import LENSES, compute_lens, get_lens, headline, lens_tables, skipped_lines
 from mergecore.analysis.lenses import LensParams
+from mergecore.cli.flags import add_dataclass_args, dataclass_from_args
 from mergecore.cli.common import (
-    add_dataclass_args,
     add_source_args,
-    dataclass_from_args,
     emit_json,
     open_bench,
     open_store,

@@ -6,11 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+from mergecore.cli.flags import add_dataclass_args, dataclass_from_args
 from mergecore.cli.common import (
-    add_dataclass_args,
     add_source_args,
     compact,
-    dataclass_from_args,
     emit_json,
     open_bench,
     open_store,
