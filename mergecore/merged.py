@@ -6,7 +6,6 @@ runs, spectral runs, analysis and export.
     MergedSource(merge)               a coefficient source that runs any merge in a MergeModel
                                       (factored: two thin GEMMs; dense: one GEMM, marked dense)
     merge_to_tensors / tensors_to_merge   safetensors round trip for the run store
-    run_merge(store, run_id, adapters)    the merged update of any stored run
 """
 
 from __future__ import annotations
@@ -71,21 +70,6 @@ def tensors_to_merge(tensors: dict[str, torch.Tensor], space: str = "lora-factor
         elif kind == "B":
             merge[name] = ModuleMerge(space, B=t, A=tensors[f"A::{name}"])
     return merge
-
-
-def run_merge(store, run_id: str, adapters: AdapterSet) -> Merge:
-    """The merged update of a stored run: its 'merged' artifact, or its coefficients folded in."""
-    names = store.artifacts(run_id)
-    if "merged" in names:
-        return tensors_to_merge(store.get_tensors(run_id, "merged"))
-    if "coefs" in names:
-        coefs = store.get_tensors(run_id, "coefs")["coefs"]
-        if coefs.shape != (len(adapters.modules), len(adapters)):
-            raise MergecoreError(
-                f"run {run_id} was learned on other adapters ({tuple(coefs.shape)} coefficients); load its adapters"
-            )
-        return coefs_to_merge(adapters, coefs)
-    raise MergecoreError(f"run {run_id} has no merged update (status {store.get(run_id).status}); pick a finished run")
 
 
 def is_dense(merge: Merge) -> bool:

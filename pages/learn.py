@@ -13,7 +13,7 @@ from mergecore.learn.params import GRANULARITIES, PRESET_TITLES, PRESETS, LearnP
 from mergecore.runs.compare import score_table
 from mergecore.runs.follow import RunSeries
 from pages.ui import charts, live_view
-from pages.ui.state import bench_spec, job_page
+from pages.ui.state import job_page
 from pages.ui.forms import dataclass_form
 from pages.ui.text import plain, say
 
@@ -70,7 +70,7 @@ if (start or start_race or pair) and not unread:
         if not runs:
             raise MergecoreError("pick at least one objective and one granularity for the race")
         runs = [p.validate() for p in runs]  # the form's numbers, range-checked before any worker starts
-        follow(workers.start_learning(bench, bench_spec(bench), runs, names))
+        follow(workers.start_learning(bench, bench.spec, runs, names))
     except MergecoreError as exc:
         say("error", exc)
 

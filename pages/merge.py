@@ -12,7 +12,7 @@ from mergecore.learn.params import LearnParams, apply_preset
 from mergecore.merges import METHODS, get_method
 from mergecore.runs.follow import RunSeries
 from pages.ui import charts
-from pages.ui.state import bench_spec, job_page
+from pages.ui.state import job_page
 from pages.ui.forms import dataclass_form
 from pages.ui.text import plain, say
 
@@ -50,7 +50,7 @@ with st.form("merge_form", enter_to_submit=False):
 
 if go and params is not None and not unread:
     try:
-        run_id = workers.start_merge(bench, bench_spec(bench), method, params, parse_weights(weights_text), name or None)
+        run_id = workers.start_merge(bench, bench.spec, method, params, parse_weights(weights_text), name or None)
         st.session_state["merge_run"] = run_id
         st.query_params["run"] = run_id
     except MergecoreError as exc:
@@ -70,7 +70,7 @@ if run_id:
 def loradv_from(run: RunSeries) -> None:
     """A LoRA-DV run (entropy, spectral gains; LoRA-DV Sec. 4.4) starting from this merge, followed on Learn."""
     params = replace(apply_preset(LearnParams(), "loradv"), start=run.run_id)
-    ids = workers.start_learning(bench, bench_spec(bench), [params], [f"loradv-from-{run.name}"])
+    ids = workers.start_learning(bench, bench.spec, [params], [f"loradv-from-{run.name}"])
     st.session_state["learn_runs"] = ids
     st.switch_page("pages/learn.py", query_params={"runs": ",".join(ids)})
 

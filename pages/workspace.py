@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from mergecore.data.sources import TaskSource, typed_mapping
 from mergecore.errors import MergecoreError
-from mergecore.files import read_json
+from mergecore.forward.spec import RunSpec
 from mergecore.placement import LoadParams
 from mergecore.runs.store import default_workspace
 from pages.ui.state import bench as load_bench
@@ -99,37 +99,34 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
     base = st.text_input("Base model override (path or hub id; empty: from the adapters' configs)", key="base_text")
     source = st.radio("Tasks", ["demo tasks (by adapter name)", "GLUE", "CSV / JSONL files"], horizontal=True,
                       key="task_kind")
-    spec: tuple = ("demo",)
+    tasks, mapping_text = TaskSource(), None
     if source == "GLUE":
         c1, c2, c3 = st.columns([3, 1, 1])
         folder = c1.text_input("GLUE folder (<TASK>/train.tsv, dev.tsv; empty: datasets, online)",
                                value=GLUE_DEFAULT if Path(GLUE_DEFAULT).is_dir() else "", key="glue_dir")
         n_cal = c2.number_input("calibration / task", value=128, min_value=1, key="glue_cal")
         n_eval = c3.number_input("evaluation / task (0: all)", value=500, min_value=0, key="glue_eval")
-        spec = ("glue", folder, int(n_cal), int(n_eval))
+        tasks = TaskSource("glue", glue_dir=folder or None, calibration=int(n_cal), eval_size=int(n_eval))
     elif source == "CSV / JSONL files":
         st.caption('One JSON object per adapter, in order: {"train": path, "eval": path, "text": [column(s)], '
                    '"label": column, "labels": [label names]} for a label task, or {"train": path, "eval": path, '
                    '"text": [column(s)], "reference": column or null} for a generative task (ROUGE-1 against '
                    'the reference); optional "prompt" ("{0}" fills the first text column), "verbalizers".')
-        files = st.text_area("Column mapping", value="[]", key="file_spec")
-        spec = ("files", files)
+        mapping_text = st.text_area("Column mapping", value="[]", key="file_spec")
     with st.expander("Base model weights: dtype, quantization, device map", expanded=False):
         current = LoadParams(**dict(st.session_state.get("load_params", ())))
         load = dataclass_form(LoadParams, "load", current)
     if st.button("Load", key="load_adapters", type="primary"):
         dirs = [line.strip() for line in text.splitlines() if line.strip()]
         try:
-            if spec[0] == "files":
-                read_json(spec[1], "the column mapping")
-            placed = tuple(dataclasses.asdict(load.validate()).items())
-            load_bench(tuple(dirs) or _demo_dirs(), st.session_state.get("device", "cpu"), spec, base,
-                       st.session_state.get("workspace") or str(default_workspace()), placed)
-            st.session_state.update(adapter_dirs=dirs, task_source=spec, base_model=base, preset_refusal=None,
-                                    load_params=placed)
+            if mapping_text is not None:  # saved once by content in the workspace, so runs record the file
+                tasks = typed_mapping(mapping_text, Path(st.session_state.get("workspace") or default_workspace())
+                                      / "task-mappings")
+            load_bench(RunSpec.of(dirs or _demo_dirs(), tasks=tasks, base_model=base, load=load.validate(),
+                                  device=st.session_state.get("device", "cpu")))
+            st.session_state.update(adapter_dirs=dirs, task_source=tasks, base_model=base, preset_refusal=None,
+                                    load_params=tuple(dataclasses.asdict(load).items()))
             st.rerun()
-        except json.JSONDecodeError as exc:
-            say("error", f"the column mapping is not valid JSON ({exc}); give a list of objects, one per adapter")
         except MergecoreError as exc:
             say("error", exc)
 

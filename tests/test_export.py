@@ -280,7 +280,7 @@ def test_run_folder_round_trip_and_corrupt_folder(env, tmp_path):
 def test_run_folder_store_answers_its_run_from_the_folder_and_the_rest_from_the_store(env, tmp_path):
     """`--run <folder>` (analyze): the folder's run is read from the folder, every other call goes to the
     workspace store; compared with the store that wrote the folder."""
-    from mergecore.runs.folder import RunFolderStore, run_config, run_store, write_run_folder
+    from mergecore.runs.folder import RunFolderStore, open_run, write_run_folder
 
     _, store, runs, _ = env
     rid, other = runs["layer"], runs["task"]
@@ -288,22 +288,23 @@ def test_run_folder_store_answers_its_run_from_the_folder_and_the_rest_from_the_
     write_run_folder(tmp_path / "run", store, rid, force=True)  # an existing run folder is replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert (tmp_path / "run" / "run.json").read_text().startswith('{\n  "id": ')  # indented for people
-    wrapped, got_id = run_store(str(tmp_path / "run"), store)
-    assert isinstance(wrapped, RunFolderStore) and got_id == rid and wrapped.store is store
-    assert run_store(other, store) == (store, other)
+    wrapped, got = open_run(str(tmp_path / "run"), store)
+    assert isinstance(wrapped, RunFolderStore) and got.id == rid and wrapped.store is store and got is wrapped.record
+    assert open_run(other, store) == (store, store.get(other))
     want = store.get(rid)
     assert dataclasses.replace(wrapped.get(rid), message=want.message, created=want.created,
                                updated=want.updated) == want
     assert (wrapped.get(rid).message, wrapped.get(rid).created, wrapped.get(rid).updated) == ("", 0.0, 0.0)
     assert wrapped.get(other) == store.get(other)
-    assert run_config(str(tmp_path / "run"), None) == want.config and run_config(other, store) == store.get(other).config
+    assert open_run(str(tmp_path / "run"), None)[1].config == want.config
     with pytest.raises(MergecoreError, match=r"^no-such-run is neither a run folder nor a run id with a workspace; "
                                              r"pass --workspace$"):
-        run_config("no-such-run", None)
+        open_run("no-such-run", None)
     (tmp_path / "odd").mkdir()
     for text in ("{not json", json.dumps({"id": "x"}), json.dumps({"config": [1, 2]}), json.dumps([1])):
         (tmp_path / "odd" / "run.json").write_text(text)
-        assert run_config(str(tmp_path / "odd"), store) == {}  # load_run then names the corrupt folder
+        with pytest.raises(MergecoreError, match="run.json is missing or corrupt"):  # named once, when opened
+            open_run(str(tmp_path / "odd"), store)
     # the folder's run: artifacts, blobs, tensors and events as the store has them
     assert wrapped.artifacts(rid) == sorted(store.artifacts(rid)) == ["coefs"]
     assert wrapped.get_blob(rid, "coefs") == store.get_blob(rid, "coefs")
@@ -436,8 +437,8 @@ def test_cli_export_force_and_exit_codes(env, tmp_path, monkeypatch, capsys):
     from mergecore.cli import main
 
     bench, store, runs, _ = env
-    monkeypatch.setattr(cx, "open_bench", lambda args: bench)
-    monkeypatch.setattr(cx, "open_inputs", lambda args: bench)  # exact mode: a workbench serves as ExportInputs
+    monkeypatch.setattr("mergecore.forward.spec.RunSpec.open", lambda self: bench)
+    monkeypatch.setattr(cx, "open_inputs", lambda spec: bench)  # exact mode: a workbench serves as ExportInputs
 
     def run(*argv) -> int:
         with pytest.raises(SystemExit) as exc:
@@ -459,7 +460,7 @@ def test_cli_exact_export_never_loads_the_base(env, tmp_path, monkeypatch):
     """`export` in exact mode reads the adapters, the tasks and the run, never the base model, and writes the
     same adapter as an export from the open workbench."""
     import mergecore.bases
-    import mergecore.cli.common as cc
+    import mergecore.forward.spec as spec
     import mergecore.forward.workbench as wb
     from mergecore.cli import main
 
@@ -470,7 +471,7 @@ def test_cli_exact_export_never_loads_the_base(env, tmp_path, monkeypatch):
 
     monkeypatch.setattr(wb, "load_base", no_base)
     monkeypatch.setattr(mergecore.bases, "load_base", no_base)
-    monkeypatch.setattr(cc, "load_tasks", lambda names, source: bench.tasks)  # the tiny tasks are not demo tasks
+    monkeypatch.setattr(spec, "load_tasks", lambda names, source: bench.tasks)  # the tiny tasks are not demo tasks
     with pytest.raises(SystemExit) as exc:
         main(["export", "--run", runs["task"], "--workspace", str(store.workspace), "--out", str(tmp_path / "cli")])
     assert exc.value.code == 0

@@ -17,6 +17,7 @@ from safetensors.torch import load, save_file
 
 import mergecore
 from mergecore.adapters import Adapter, AdapterSet, LoraFactors
+from mergecore.analysis.spectra import energy_at_rank
 from mergecore.data.tasks import Split, Task, TaskSet
 from mergecore.errors import MergecoreError
 from mergecore.export.card import card_readme, loading_snippet, merge_card, run_coefficients
@@ -29,13 +30,12 @@ from mergecore.export.peft import (
     exact_factors,
     head_files,
     pick_head,
-    retained_energy,
     write_adapter,
 )
 from mergecore.export.writer import _write_heads, probability_change
 from mergecore.files import _swap, atomic_folder, check_target, inside, safe_name, zip_folder
 from mergecore.merges.base import ModuleMerge
-from mergecore.runs.folder import RunSource, load_run, read_run_folder
+from mergecore.runs.folder import RunSource, load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODULES = ["enc.0.q", "enc.1.q"]
@@ -226,17 +226,17 @@ def test_run_folder_fields_and_merged_tensors(tmp_path):
     B, A, D = torch.randn(4, 2), torch.randn(2, 3), torch.randn(4, 3)
     meta = {"id": "20250101-x", "name": "Zürich merge", "kind": "static", "config": run_config(adapters, method="ties"),
             "result": {"scores": {"t": 0.5}}}
-    run = read_run_folder(write_folder(tmp_path / "run", meta, {"B::enc.0.q": B, "A::enc.0.q": A,
-                                                                 "dense::enc.1.q": D}), adapters)
+    run = load_run(write_folder(tmp_path / "run", meta, {"B::enc.0.q": B, "A::enc.0.q": A,
+                                                          "dense::enc.1.q": D}), None, adapters)
     assert (run.id, run.name, run.kind, run.config, run.result) == (
         "20250101-x", "Zürich merge", "static", meta["config"], {"scores": {"t": 0.5}})
     assert torch.equal(run.merge["enc.0.q"].B, B) and torch.equal(run.merge["enc.0.q"].A, A)
     assert torch.equal(run.merge["enc.1.q"].dense, D) and set(run.merge) == {"enc.0.q", "enc.1.q"}
     # the minimal run.json: a numeric id, no name / kind / result
-    bare = read_run_folder(write_folder(tmp_path / "bare", {"id": 7, "config": {}}, {"dense::enc.1.q": D}), adapters)
+    bare = load_run(write_folder(tmp_path / "bare", {"id": 7, "config": {}}, {"dense::enc.1.q": D}), None, adapters)
     assert (bare.id, bare.name, bare.kind, bare.result) == ("7", "7", "", {})
-    null = read_run_folder(write_folder(tmp_path / "null", {"id": "n", "config": {}, "result": None},
-                                        {"dense::enc.1.q": D}), adapters)
+    null = load_run(write_folder(tmp_path / "null", {"id": "n", "config": {}, "result": None},
+                                        {"dense::enc.1.q": D}), None, adapters)
     assert null.result == {}
 
 
@@ -245,14 +245,14 @@ def test_run_folder_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
     folder = write_folder(tmp_path / "run", {"id": "r", "name": "Zürich ✓", "config": {}},
                           {"dense::enc.1.q": torch.zeros(4, 3)})
     monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "cp1252")  # a Windows locale
-    assert read_run_folder(folder, adapters).name == "Zürich ✓"
+    assert load_run(folder, None, adapters).name == "Zürich ✓"
 
 
 def test_run_folder_coefficients_fold_into_the_sources(tmp_path):
     adapters = adapter_set()
     coefs = torch.tensor([[0.5, -1.0], [2.0, 0.25], [0.0, 3.0]])
-    run = read_run_folder(write_folder(tmp_path / "run", {"id": "r", "config": run_config(adapters)},
-                                       coefs={"coefs": coefs}), adapters)
+    run = load_run(write_folder(tmp_path / "run", {"id": "r", "config": run_config(adapters)},
+                                coefs={"coefs": coefs}), None, adapters)
     for l, name in enumerate(adapters.modules):  # delta = sum_k c_lk * scale_k * B_k A_k
         want = sum(coefs[l, k].double() * f.delta() for k, f in enumerate(adapters.factors(name)) if f is not None)
         torch.testing.assert_close(run.merge[name].delta(), want, rtol=1e-6, atol=1e-6)
@@ -264,7 +264,7 @@ def test_malformed_run_folders_name_the_problem(tmp_path):
 
     def error(folder) -> str:
         with pytest.raises(MergecoreError) as exc:
-            read_run_folder(folder, adapters)
+            load_run(folder, None, adapters)
         return str(exc.value)
 
     def corrupt(folder, why):
@@ -281,12 +281,10 @@ def test_malformed_run_folders_name_the_problem(tmp_path):
     assert error(folder) == corrupt(folder, "UnicodeDecodeError")
 
     folder = write_folder(tmp_path / "empty", {"id": "r", "config": {}})
-    assert error(folder) == (f"{folder} holds no merged.safetensors or coefs.safetensors; "
-                             "export this run from the workspace by its id instead")
-    wrong = ("does not hold (modules x adapters) coefficients for the loaded adapters; load the run's adapters")
-    for name, coefs in [("shape", {"coefs": torch.zeros(2, 2)}), ("key", {"gains": torch.zeros(3, 2)})]:
+    assert error(folder) == "run r has no merged update (status done); pick a finished run"  # as for a stored run
+    for name, coefs, got in [("shape", {"coefs": torch.zeros(2, 2)}, "(2, 2)"), ("key", {"gains": torch.zeros(3, 2)}, "no")]:
         folder = write_folder(tmp_path / name, {"id": "r", "config": {}}, coefs=coefs)
-        assert error(folder) == f"{folder / 'coefs.safetensors'} {wrong}"
+        assert error(folder) == f"run r was learned on other adapters ({got} coefficients); load its adapters"
     folder = write_folder(tmp_path / "cut", {"id": "r", "config": {}}, D)
     (folder / "merged.safetensors").write_bytes((folder / "merged.safetensors").read_bytes()[:20])
     with pytest.raises(Exception) as raised:  # what safetensors itself says about the cut file
@@ -304,8 +302,9 @@ def test_malformed_run_folders_name_the_problem(tmp_path):
 
 
 def test_retained_energy_of_a_zero_delta_is_one():
-    assert retained_energy(torch.zeros(3), 1) == 1.0
-    assert retained_energy(torch.tensor([3.0, 4.0]), 1) == pytest.approx(9 / 25, abs=1e-12)
+    assert energy_at_rank(torch.zeros(3), 1) == 1.0
+    # the top r singular values whatever the order (export's S comes from an SVD, already descending)
+    assert energy_at_rank(torch.tensor([3.0, 4.0]), 1) == pytest.approx(16 / 25, abs=1e-12)
 
 
 @pytest.mark.parametrize("scale", [1e-2, 10.0])  # total energy below and above 1

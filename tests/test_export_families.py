@@ -16,7 +16,7 @@ from mergecore.data.tasks import Split, Task, TaskSet
 from mergecore.export.params import ExportParams
 from mergecore.export.writer import export_run
 from mergecore.forward.model import Segments
-from mergecore.forward.workbench import bench_config
+from mergecore.forward.spec import bench_config
 from mergecore.merged import MergedSource
 from mergecore.merges.registry import merge_adapters
 from mergecore.runs.folder import RunSource
@@ -226,41 +226,46 @@ def test_run_folder_reuses_adapters_and_task_files(tmp_path, capsys):
     assert code == 2 and "--task-files" in err and not (tmp_path / "exp2").exists()
 
 
-def test_run_sources_fill_only_what_is_missing(tmp_path):
-    from argparse import Namespace
+def test_run_spec_fills_only_what_is_missing(tmp_path):
+    """`--run`: the stored run's adapters and task source where the flags give none; the flags win."""
+    import argparse
 
-    from mergecore.cli.common import run_sources, task_source
-    from mergecore.data.sources import record
+    from mergecore.cli.common import add_source_args, run_spec
+    from mergecore.data.sources import TaskSource, record
     from mergecore.errors import MergecoreError
+    from mergecore.forward.spec import RunSpec
+    from mergecore.runs.folder import open_run
 
+    parser = argparse.ArgumentParser()
+    add_source_args(parser)
     glue = tmp_path / "glue"
     glue.mkdir()
-    args = Namespace(adapters=None, demo=False, glue=[], glue_dir=str(glue), task_files=None,
-                     calibration=16, eval_size=8)
-    bench = Namespace(tasks=TaskSet(tasks()))
-    src = record(task_source(args), bench.tasks.names)
+    args = parser.parse_args(["--glue", "--glue-dir", str(glue), "--calibration", "16", "--eval-size", "8"])
+    src = record(run_spec(args).tasks, TaskSet(tasks()).names)
     assert src == {"kind": "glue", "names": ["sentiment", "topic"], "dir": str(glue.resolve()), "source": None,
                    "calibration": 16, "eval_size": 8}
     run = tmp_path / "run"
     run.mkdir()
     adapters = [{"name": "a", "source": str(tmp_path), "sha256": "0"}]
     (run / "run.json").write_text(json.dumps({"id": "r1", "config": {"adapters": adapters, "task_source": src}}))
-    fresh = Namespace(adapters=None, demo=False, glue=None, glue_dir=None, task_files=None,
-                      calibration=128, eval_size=0)
-    run_sources(str(run), None, fresh)
-    assert (fresh.adapters, fresh.glue, fresh.glue_dir, fresh.calibration, fresh.eval_size) == (
-        [str(tmp_path)], ["sentiment", "topic"], str(glue.resolve()), 16, 8)
-    given = Namespace(adapters=["x"], demo=False, glue=None, glue_dir=None, task_files=tmp_path / "t.json",
-                      calibration=128, eval_size=0)
-    run_sources(str(run), None, given)  # the user's flags win
-    assert given.adapters == ["x"] and given.glue is None and given.task_files == tmp_path / "t.json"
+
+    def recorded():
+        return RunSpec.from_record(open_run(str(run), None)[1].config)
+
+    fresh = run_spec(parser.parse_args([]), recorded())
+    assert ([a.source for a in fresh.adapters], fresh.tasks) == (
+        [str(tmp_path)], TaskSource("glue", str(glue.resolve()), ("sentiment", "topic"), 16, 8))
+    (tmp_path / "t.json").write_text("[]")
+    given = run_spec(parser.parse_args(["--adapters", "x", "--task-files", str(tmp_path / "t.json")]), recorded())
+    assert [a.source for a in given.adapters] == ["x"]  # the user's flags win
+    assert given.tasks == TaskSource("files", mapping=str(tmp_path / "t.json"))
     glue.rmdir()
     with pytest.raises(MergecoreError, match="GLUE folder .* no longer exists; pass --glue-dir"):
-        run_sources(str(run), None, Namespace(**{**vars(fresh), "adapters": None, "glue": None}))
+        run_spec(parser.parse_args([]), recorded())
     adapters[0]["source"] = str(tmp_path / "gone")
     (run / "run.json").write_text(json.dumps({"id": "r1", "config": {"adapters": adapters}}))
     with pytest.raises(MergecoreError, match="adapter folder .*gone no longer exists; pass --adapters"):
-        run_sources(str(run), None, Namespace(**{**vars(fresh), "adapters": None}))
+        run_spec(parser.parse_args([]), recorded())
 
 
 def test_gpt2_full_weights_transpose_into_conv1d(tmp_path):

@@ -15,12 +15,11 @@ import pytest
 import torch
 from conftest import label_task_files, make_adapter, tiny_bert_base
 
-from mergecore.adapters import load_adapters
-from mergecore.data.sources import TaskSource, load_tasks, record
+from mergecore.data.sources import TaskSource
 from mergecore.errors import MergecoreError
-from mergecore.forward.workbench import open_workbench
+from mergecore.forward.spec import AdapterRef, RunSpec
 from mergecore.learn.params import LearnParams
-from mergecore.runs.jobs import BenchSpec, JobSpec, Workers, devices_for, thread_share
+from mergecore.runs.jobs import JobSpec, Workers, devices_for, thread_share
 from mergecore.runs.store import FINAL, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,17 +28,14 @@ QUICK = dict(batch_size=2, samples=6, eval_every=0, eval_limit=6)
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    """Two tiny BERT adapters, their task files, the BenchSpec a page would hand to a worker, and the bench."""
+    """Two tiny BERT adapters, their task files, the bench and the RunSpec it carries (what a page hands a worker)."""
     root = tmp_path_factory.mktemp("jobs")
     base = tiny_bert_base(root / "base")
     dirs = [make_adapter(base, root / "a0", 2, 2, ["query", "value"], seed=1),
             make_adapter(base, root / "a1", 3, 2, ["query", "value"], seed=2)]
     mapping = label_task_files(root, rows=8)
-    source = TaskSource("files", mapping=str(mapping))
-    adapters = load_adapters([str(d) for d in dirs])
-    bench = open_workbench(adapters, load_tasks(adapters.names, source), device="cpu")
-    bench.task_source = record(source, bench.tasks.names)
-    return bench, BenchSpec(tuple(str(d) for d in dirs), bench.task_source)
+    bench = RunSpec.of(dirs, tasks=TaskSource("files", mapping=str(mapping)), device="cpu").open()
+    return bench, bench.spec
 
 
 def wait(store: RunStore, workers: Workers | None, run_id: str, until, timeout: float = 240) -> None:
@@ -136,17 +132,14 @@ SERVER = textwrap.dedent('''
 
 
 def kit_from(dirs: list[str], mapping: str):
-    source = TaskSource("files", mapping=mapping)
-    adapters = load_adapters(dirs)
-    bench = open_workbench(adapters, load_tasks(adapters.names, source), device="cpu")
-    bench.task_source = record(source, bench.tasks.names)
-    return bench, BenchSpec(tuple(dirs), bench.task_source)
+    bench = RunSpec.of(dirs, tasks=TaskSource("files", mapping=mapping), device="cpu").open()
+    return bench, bench.spec
 
 
 def test_a_run_outlives_the_server_that_started_it(kit, tmp_path):
     _, spec = kit
-    code = SERVER.format(tests=str(ROOT / "tests"), root=str(ROOT), dirs=list(spec.adapters),
-                         mapping=spec.task_source["path"], ws=str(tmp_path))
+    code = SERVER.format(tests=str(ROOT / "tests"), root=str(ROOT), dirs=[a.source for a in spec.adapters],
+                         mapping=spec.tasks.mapping, ws=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     run_id = out.stdout.split()[-1]
@@ -179,10 +172,16 @@ def test_static_merge_job_and_refusals_before_any_write(kit, tmp_path):
 
 
 def test_job_spec_round_trip_and_placement(tmp_path):
-    spec = JobSpec("r1", str(tmp_path), "merge", BenchSpec(("a", "b"), {"kind": "demo"}, "base", "cpu"),
-                   method="ties", method_params=("density=0.2",), weights=(0.5, 0.5), threads=1)
+    from mergecore.merges import parse_params
+    from mergecore.placement import LoadParams
+
+    refs = (AdapterRef("a", "a", "0" * 64), AdapterRef("b", "b", "1" * 64))
+    spec = JobSpec("r1", str(tmp_path), "merge", RunSpec(refs, base_model="base", device="cpu", method="ties",
+                                                         params=parse_params("ties", ["density=0.2"]),
+                                                         weights=(0.5, 0.5)), threads=1)
     assert JobSpec.read(spec.write(tmp_path)) == spec
-    placed = JobSpec("r2", str(tmp_path), "learn", BenchSpec(("a",), load={"dtype": "bfloat16", "quantize": "nf4"}))
+    placed = JobSpec("r2", str(tmp_path), "learn", RunSpec.of(["a"], load=LoadParams("bfloat16", "nf4"),
+                                                              method="learned", params=LearnParams(steps=7)))
     assert JobSpec.read(placed.write(tmp_path)) == placed  # the worker loads the base as the page did
     assert thread_share(1) == (os.cpu_count() or 1) and thread_share(10 ** 6) == 1
     assert devices_for("cpu", 3) == ["cpu"] * 3

@@ -19,7 +19,7 @@ from mergecore.cli.analyze import write_csv
 from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import FixedCoefs
 from mergecore.learn.params import LearnParams
-from mergecore.merged import run_merge
+from mergecore.runs.folder import run_merge
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
 

@@ -60,7 +60,7 @@ def _store_with_run(tmp_path, artifacts: dict, status: str = "done"):
 
 
 def test_run_merge_folds_stored_coefficients_like_the_dense_weighted_sum(tmp_path):
-    from mergecore.merged import run_merge
+    from mergecore.runs.folder import run_merge
 
     adapters = _synthetic_adapters()
     coefs = torch.tensor([[0.7, -0.4], [1.3, 0.9]])  # (L, K)
@@ -73,7 +73,7 @@ def test_run_merge_folds_stored_coefficients_like_the_dense_weighted_sum(tmp_pat
 
 
 def test_run_merge_prefers_the_stored_merged_update(tmp_path):
-    from mergecore.merged import run_merge
+    from mergecore.runs.folder import run_merge
 
     adapters = _synthetic_adapters()
     stored = coefs_to_merge(adapters, torch.full((len(adapters.modules), len(adapters)), 0.3))
@@ -89,7 +89,7 @@ def test_run_merge_refuses_coefficients_of_other_adapters_and_runs_without_an_up
     import pytest
 
     from mergecore.errors import MergecoreError
-    from mergecore.merged import run_merge
+    from mergecore.runs.folder import run_merge
 
     adapters = _synthetic_adapters()
     store, run_id = _store_with_run(tmp_path, {"coefs": {"coefs": torch.zeros(2, 5)}})

@@ -308,15 +308,14 @@ def test_app_runs_record_their_task_source(tmp_path):
     (by content) in the workspace so `export/analyze --run` can reuse it."""
     import json as _json
 
-    from mergecore.data.sources import record, save_mapping
-    from pages.ui.state import tasks_source
+    from mergecore.data.sources import TaskSource, record, save_mapping, typed_mapping
 
     specs = [{"train": "/data/a.csv", "eval": "/data/b.csv", "text": ["t"], "label": "y", "labels": ["n", "p"]}]
-    src = record(tasks_source(("files", _json.dumps(specs)), str(tmp_path)), ["sst2"])
+    src = record(typed_mapping(_json.dumps(specs), tmp_path / "task-mappings"), ["sst2"])
     assert src["kind"] == "files" and _json.loads(Path(src["path"]).read_text()) == specs
     assert save_mapping(specs, tmp_path / "task-mappings") == Path(src["path"])  # same content, same file
-    assert record(tasks_source(("demo",), str(tmp_path)), ["sst2"]) == {"kind": "demo"}
-    glue = record(tasks_source(("glue", str(tmp_path), 32, 50), str(tmp_path)), ["sst2"])
+    assert record(TaskSource(), ["sst2"]) == {"kind": "demo"}
+    glue = record(TaskSource("glue", glue_dir=str(tmp_path), calibration=32, eval_size=50), ["sst2"])
     assert glue == {"kind": "glue", "names": ["sst2"], "dir": str(tmp_path.resolve()), "source": None,
                     "calibration": 32, "eval_size": 50}
 

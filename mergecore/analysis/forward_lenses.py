@@ -28,7 +28,8 @@ from mergecore.forward.evaluate import predictions
 from mergecore.forward.generative import generate_texts, rouge1
 from mergecore.forward.verbalizer import accepts
 from mergecore.forward.workbench import Workbench
-from mergecore.merged import MergedSource, run_merge
+from mergecore.merged import MergedSource
+from mergecore.runs.folder import run_merge
 
 
 def run_source(bench: Workbench, store, run_id: str):

@@ -35,8 +35,9 @@ from mergecore.analysis.subspaces import (
 from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import block_index
 from mergecore.forward.features import collect_features
-from mergecore.forward.workbench import Workbench, bench_key
-from mergecore.merged import run_merge
+from mergecore.forward.spec import bench_key
+from mergecore.forward.workbench import Workbench
+from mergecore.runs.folder import run_merge
 from mergecore.merges.base import ModuleMerge, check_number, numerical_rank, singular_values
 
 LENS_VERSION = 2  # bump when a lens's output changes: cached results of older code are not served

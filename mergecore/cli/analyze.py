@@ -8,19 +8,14 @@ from pathlib import Path
 
 from mergecore.analysis.catalog import LENSES, compute_lens, get_lens, headline, lens_tables, skipped_lines
 from mergecore.analysis.lenses import LensParams
+from mergecore.cli.common import add_source_args, emit_json, open_store, run_spec
 from mergecore.cli.flags import add_dataclass_args, dataclass_from_args
-from mergecore.cli.common import (
-    add_source_args,
-    emit_json,
-    open_bench,
-    open_store,
-    run_sources,
-)
 from mergecore.cli.targets import check_out, protected
 from mergecore.errors import MergecoreError
 from mergecore.files import atomic_folder
 from mergecore.numbers import dumps
-from mergecore.runs.folder import run_store
+from mergecore.forward.spec import RunSpec
+from mergecore.runs.folder import open_run
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -36,17 +31,18 @@ def run(args) -> int:
     params = dataclass_from_args(LensParams, args).validate()
     if get_lens(args.what).needs_run and not args.run:
         raise MergecoreError(f"--what {args.what} compares a run with its experts; pass --run ID (see `runs`)")
-    check_out(args, "analysis target")  # before anything is loaded
-    store, run_id = open_store(args), None
-    if args.run:  # an id or a run folder; unknown id: one-line error before loading the model
-        store, run_id = run_store(args.run, store)
-        run_sources(args.run, store, args)  # the run's adapters and tasks unless given
-        check_out(args, "analysis target")  # and the run's own inputs
-    bench = open_bench(args)
+    check_out(args, run_spec(args), "analysis target")  # before anything is opened
+    store, run_id, recorded = open_store(args), None, None
+    if args.run:  # an id or a run folder, read once; unknown id: one-line error before loading the model
+        store, rec = open_run(args.run, store)
+        run_id, recorded = rec.id, RunSpec.from_record(rec.config)
+    spec = run_spec(args, recorded)  # the run's adapters and tasks unless given
+    check_out(args, spec, "analysis target")  # before anything is loaded; the run's own inputs protected
+    bench = spec.open()
     lens = compute_lens(args.what, bench, store, run_id, params)
     tables = lens_tables(args.what, lens)
     if args.out:
-        with atomic_folder(args.out, args.force, protected(args), "analysis target") as tmp:
+        with atomic_folder(args.out, args.force, protected(args, spec), "analysis target") as tmp:
             (tmp / f"{args.what}.json").write_text(dumps(lens, indent=1))  # NaN (undefined) -> null
             for stem, rows in tables.items():
                 write_csv(tmp / f"{stem}.csv", rows)

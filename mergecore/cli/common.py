@@ -1,4 +1,5 @@
-"""What every command shares: the source flags, opening a workbench and a store, tables and JSON output.
+"""What every command shares: the source flags and the RunSpec they name (``--run`` reusing a stored one), the
+store, tables and JSON output.
 
 Typed parameter dataclasses become flags (one definition: the dataclass); bad input exits with code 2 and
 one line on stderr; ``--json`` prints one JSON object last on stdout.
@@ -12,18 +13,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mergecore.adapters import load_adapters
-from mergecore.cli.flags import add_dataclass_args, dataclass_from_args, flag_type
 from mergecore.bases import base_family, family_of_adapters, looks_local
-from mergecore.data.sources import TaskSource, load_tasks, mapping_files, record
+from mergecore.cli.flags import add_dataclass_args, dataclass_from_args, flag_type
+from mergecore.data.sources import TaskSource, mapping_files
 from mergecore.demo.kit import demo_adapter_dirs
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportInputs
-from mergecore.forward.workbench import DEVICES, Workbench, open_workbench, resolve_device
+from mergecore.forward.spec import RunSpec
+from mergecore.forward.workbench import DEVICES, resolve_device
 from mergecore.numbers import dumps
 from mergecore.placement import LoadParams
 from mergecore.runs import compare
-from mergecore.runs.folder import run_config
 from mergecore.runs.store import RunStore
 
 
@@ -97,38 +97,73 @@ def check_sources(args: argparse.Namespace) -> None:
                                  "one object per adapter)")
 
 
-def task_source(args: argparse.Namespace) -> TaskSource:
-    """The task source the flags name: --glue (with --glue-dir and sizes), --task-files, else the demo tasks."""
+def flag_tasks(args: argparse.Namespace) -> TaskSource | None:
+    """The task source the flags name: --glue (with --glue-dir and sizes), --task-files; None when neither."""
     if args.glue is not None:
         return TaskSource("glue", glue_dir=args.glue_dir, names=tuple(args.glue), calibration=args.calibration,
                           eval_size=args.eval_size)
     if args.task_files is not None:
         return TaskSource("files", mapping=str(args.task_files))
-    return TaskSource()
+    return None
 
 
-def open_bench(args: argparse.Namespace) -> Workbench:
+def run_spec(args: argparse.Namespace, recorded: RunSpec | None = None) -> RunSpec:
+    """The RunSpec the flags name (checked before anything is loaded); with ``recorded`` (``--run``: the spec a
+    stored run recorded), the run's own adapters (with their base), task source and base weights wherever the
+    flags give none. A recorded input that no longer exists is one line naming it and the flag to pass."""
     check_sources(args)
-    source = task_source(args)
-    adapters = load_adapters(args.adapters or demo_adapter_dirs(), allow_bin=args.allow_bin, base_model=args.base_model)
-    bench = open_workbench(adapters, load_tasks(adapters.names, source), device=args.device,
-                           trust_remote_code=args.trust_remote_code, family=args.family, base_path=args.base_path,
-                           load=dataclass_from_args(LoadParams, args))
-    bench.task_source = record(source, bench.tasks.names)  # recorded in run configs: `--run` reuses it
-    return bench
+    reuse = recorded is not None and not args.adapters and not args.demo and bool(recorded.adapters)
+    if reuse:
+        check_recorded_adapters(recorded)
+    adapters = (RunSpec.of(args.adapters).adapters if args.adapters else recorded.adapters if reuse
+                else RunSpec.of(demo_adapter_dirs()).adapters)
+    tasks = flag_tasks(args)
+    if tasks is None:
+        tasks = check_recorded_tasks(recorded.tasks) if recorded is not None and recorded.tasks else TaskSource()
+    mine = recorded if reuse else RunSpec()
+    return RunSpec(adapters=adapters, tasks=tasks, base_model=args.base_model or mine.base_model,
+                   base_path=args.base_path or mine.base_path, family=args.family or mine.family,
+                   load=dataclass_from_args(LoadParams, args, recorded.load if recorded else None), device=args.device,
+                   allow_bin=args.allow_bin, trust_remote_code=args.trust_remote_code)
 
 
-def open_inputs(args: argparse.Namespace) -> ExportInputs:
-    """Adapters, tasks, family and base name from the flags, without loading the base model (the family from
+def _gone(what: str, path, flag: str) -> MergecoreError:
+    return MergecoreError(f"the run's {what} {path} no longer exists; pass {flag}")
+
+
+def check_recorded_adapters(spec: RunSpec) -> None:
+    for a in spec.adapters:
+        s = a.source
+        local = s and (Path(s).expanduser().is_absolute() or Path(s).expanduser().is_dir())
+        if not s or (local and not Path(s).expanduser().is_dir()):
+            raise _gone("adapter folder", s, "--adapters DIR ... (the run's adapters, in order)")
+
+
+def check_recorded_tasks(source: TaskSource) -> TaskSource:
+    """A recorded task source, its files and folders checked to still exist."""
+    if source.kind == "files":
+        mapping = Path(source.mapping or "")
+        if not mapping.is_file():
+            raise _gone("task mapping", mapping, "--task-files JSON")
+        for f in mapping_files(mapping):
+            if not f.is_file():
+                raise _gone(f"task file (from {mapping})", f, "--task-files JSON with the new paths")
+    if source.kind == "glue" and source.glue_dir and Path(source.glue_dir).is_absolute() \
+            and not Path(source.glue_dir).is_dir():
+        raise _gone("GLUE folder", source.glue_dir, "--glue-dir DIR")
+    return source
+
+
+def open_inputs(spec: RunSpec) -> ExportInputs:
+    """Adapters, tasks, family and base name of ``spec`` without loading the base model (the family from
     --family, the adapters' PEFT task_type, else the base's config.json)."""
-    check_sources(args)
-    adapters = load_adapters(args.adapters or demo_adapter_dirs(), allow_bin=args.allow_bin, base_model=args.base_model)
-    name = args.base_model or adapters.base_model
-    if not name and not args.base_path:
+    adapters, tasks = spec.load_inputs()
+    name = spec.base_model or adapters.base_model
+    if not name and not spec.base_path:
         raise MergecoreError("the adapters name no base model; pass --base-model PATH_OR_HUB_ID")
-    family = args.family or family_of_adapters(adapters) or base_family(name or args.base_path, args.base_path,
-                                                                      args.trust_remote_code)
-    return ExportInputs(adapters, load_tasks(adapters.names, task_source(args)), family, name or args.base_path)
+    family = spec.family or family_of_adapters(adapters) or base_family(name or spec.base_path, spec.base_path or None,
+                                                                       spec.trust_remote_code)
+    return ExportInputs(adapters, tasks, family, name or spec.base_path)
 
 
 def open_store(args):
@@ -154,42 +189,3 @@ def progress(total: int, quiet: bool):
     if quiet and not sys.stderr.isatty():
         return None
     return tqdm(total=total, desc="learning", unit="step", file=sys.stderr)
-
-
-def _gone(what: str, path, flag: str) -> MergecoreError:
-    return MergecoreError(f"the run's {what} {path} no longer exists; pass {flag}")
-
-
-def run_sources(ref: str, store, args) -> dict:
-    """Fill ``args`` with the run's own inputs where the user gave none: its adapter folders (--adapters)
-    and its task source (--task-files / --glue with --glue-dir and sizes; demo tasks need nothing).
-    A recorded source that no longer exists is one line naming it and the flag to pass. Returns the config."""
-    config = run_config(ref, store)
-    if not args.adapters and not args.demo:
-        sources = [a.get("source") for a in config.get("adapters") or []]
-        if sources:
-            for s in sources:
-                local = s and (Path(s).expanduser().is_absolute() or Path(s).expanduser().is_dir())
-                if not s or (local and not Path(s).expanduser().is_dir()):
-                    raise _gone("adapter folder", s, "--adapters DIR ... (the run's adapters, in order)")
-            args.adapters = sources
-    for key, value in (config.get("load") or {}).items():  # the run's dtype / quantization / device map
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if args.glue is None and args.task_files is None:
-        src = config.get("task_source") or {}
-        if src.get("kind") == "files":
-            mapping = Path(src.get("path") or "")
-            if not mapping.is_file():
-                raise _gone("task mapping", mapping, "--task-files JSON")
-            for f in mapping_files(mapping):
-                if not f.is_file():
-                    raise _gone(f"task file (from {mapping})", f, "--task-files JSON with the new paths")
-            args.task_files = mapping
-        elif src.get("kind") == "glue":
-            if src.get("dir") and not Path(src["dir"]).is_dir():
-                raise _gone("GLUE folder", src["dir"], "--glue-dir DIR")
-            args.glue, args.glue_dir = list(src.get("names") or []), src.get("dir") or src.get("source")
-            args.calibration = src.get("calibration", args.calibration)
-            args.eval_size = src.get("eval_size", args.eval_size)
-    return config

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from mergecore.cli.common import add_source_args, emit_json, open_bench, open_store, score_table
+from mergecore.cli.common import add_source_args, emit_json, open_store, run_spec, score_table
 from mergecore.runs.runner import cached_baselines
 
 
 def run(args) -> int:
     t0 = time.perf_counter()
-    bench = open_bench(args)
+    bench = run_spec(args).open()
     base = cached_baselines(bench, open_store(args))
     print(score_table(base, base["experts"]))
     if args.json:

@@ -4,20 +4,21 @@
                                [--head TASK] [--force] [--workspace W] [--adapters DIR ...]
 
 ``--run`` (here and in ``analyze``) takes a run id or a run folder; without --adapters/--demo the run's
-own adapter folders are loaded, and without --task-files/--glue its own task source (``run_sources``).
+own adapter folders are loaded, and without --task-files/--glue its own task source (``common.run_spec``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mergecore.cli.common import add_source_args, emit_json, open_bench, open_inputs, open_store, run_sources
+from mergecore.cli.common import add_source_args, emit_json, open_inputs, open_store, run_spec
 from mergecore.cli.targets import check_out, protected
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportParams
 from mergecore.export.writer import export_run
 from mergecore.files import check_target
-from mergecore.runs.folder import load_run
+from mergecore.forward.spec import RunSpec
+from mergecore.runs.folder import open_run, run_source
 
 
 def export_mode(args) -> tuple[str, int]:
@@ -32,13 +33,13 @@ def run(args) -> int:
     mode, rank = export_mode(args)
     params = ExportParams(mode=mode, rank=rank, head=args.head or "", samples=args.samples,
                           overwrite=args.force).validate()
-    check_out(args, "export target")  # before anything is loaded
-    store = open_store(args)
-    run_sources(args.run, store, args)  # the run's adapters and tasks unless given
-    keep = protected(args)
+    check_out(args, run_spec(args), "export target")  # before anything is opened
+    store, rec = open_run(args.run, open_store(args))  # read once: an id or a run folder
+    spec = run_spec(args, RunSpec.from_record(rec.config))  # the run's adapters and tasks unless given
+    keep = protected(args, spec)
     check_target(args.out, params.overwrite, keep, "export target")  # and the run's own inputs
-    bench = open_inputs(args) if mode == "exact" else open_bench(args)  # exact: no base model needed
-    run = load_run(args.run, store, bench.adapters)
+    bench = open_inputs(spec) if mode == "exact" else spec.open()  # exact: no base model needed
+    run = run_source(store, rec, bench.adapters)
     res = export_run(bench, run, args.out, params, keep)
     ex = res.card["export"]
     ranks = sorted(set(ex["ranks"].values()))

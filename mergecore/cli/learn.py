@@ -6,16 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from mergecore.cli.common import add_source_args, compact, emit_json, open_store, progress, run_spec, score_table
 from mergecore.cli.flags import add_dataclass_args, dataclass_from_args
-from mergecore.cli.common import (
-    add_source_args,
-    compact,
-    emit_json,
-    open_bench,
-    open_store,
-    progress,
-    score_table,
-)
 from mergecore.cli.targets import check_out, protected
 from mergecore.learn.params import PRESETS, LearnParams, apply_preset
 from mergecore.runs.folder import write_run_folder
@@ -24,9 +16,10 @@ from mergecore.runs.runner import run_learning
 
 def run(args) -> int:
     params = dataclass_from_args(LearnParams, args, apply_preset(LearnParams(), args.preset)).validate()
-    check_out(args, "run folder target")  # before the model is loaded or a step learned
+    spec = run_spec(args)
+    check_out(args, spec, "run folder target")  # before the model is loaded or a step learned
     t0 = time.perf_counter()
-    bench = open_bench(args)
+    bench = spec.open()
     store = open_store(args)
     bar = progress(params.steps, args.json)
 
@@ -40,7 +33,7 @@ def run(args) -> int:
         bar.close()
     seconds = time.perf_counter() - t0
     if args.out:
-        write_run_folder(args.out, store, run_id, args.force, protected(args))
+        write_run_folder(args.out, store, run_id, args.force, protected(args, spec))
     base = result["baselines"]
     print(score_table({"pre-trained": base["pre-trained"], "experts": base["experts"], "uniform": base["uniform"],
                        f"{params.objective}-{params.granularity}": result["scores"]}, base["experts"]))

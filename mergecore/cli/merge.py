@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from mergecore.cli.common import add_source_args, emit_json, open_bench, open_store, score_table
+from mergecore.cli.common import add_source_args, emit_json, open_store, run_spec, score_table
 from mergecore.cli.targets import check_out, protected
 from mergecore.errors import MergecoreError
 from mergecore.merges import METHODS, get_method, parse_params
@@ -16,14 +16,15 @@ from mergecore.runs.runner import run_static
 def run(args) -> int:
     method = get_method(args.method)
     params = parse_params(method.name, args.param or [])
-    check_out(args, "run folder target")  # before the model is loaded
+    spec = run_spec(args)
+    check_out(args, spec, "run folder target")  # before the model is loaded
     if args.weights is not None and not all(math.isfinite(w) for w in args.weights):
         raise MergecoreError(f"--weights must be finite numbers (got {args.weights}); give one finite weight per adapter")
-    bench = open_bench(args)
+    bench = spec.open()
     store = open_store(args)
     run_id, result = run_static(bench, method.name, params, store, weights=args.weights, name=args.name)
     if args.out:
-        write_run_folder(args.out, store, run_id, args.force, protected(args))
+        write_run_folder(args.out, store, run_id, args.force, protected(args, spec))
     base = result["baselines"]
     print(score_table({"experts": base["experts"], "uniform": base["uniform"], method.name: result["scores"]},
                       base["experts"]))

@@ -200,6 +200,19 @@ def from_record(rec: dict) -> TaskSource:
     return TaskSource()
 
 
+def typed_mapping(text: str, folder: str | Path) -> TaskSource:
+    """A task mapping typed as JSON text (the app's form) as a task source: relative data paths made absolute from
+    the current folder, saved once by content in ``folder`` (``save_mapping``) so a run made from it records the file."""
+    try:
+        specs = read_json(text, "the column mapping")  # typed text: deep nesting is one line
+    except json.JSONDecodeError as exc:
+        raise MergecoreError(f"the column mapping is not valid JSON ({exc.msg}); give a JSON list") from None
+    if isinstance(specs, list):
+        specs = [{**s, **{k: str(Path(s[k]).expanduser().absolute()) for k in ("train", "eval")
+                          if isinstance(s.get(k), str) and s[k].strip()}} if isinstance(s, dict) else s for s in specs]
+    return TaskSource("files", mapping=str(save_mapping(specs, folder)))
+
+
 def save_mapping(specs, folder: str | Path) -> Path:
     """Write a task mapping (the parsed JSON list of specs) to ``folder/<content hash>.json`` once, so a run
     made from it can record the file and ``--run`` can reuse it; returns the path."""

@@ -6,10 +6,8 @@ works on a Workbench, so the model is built and the data encoded once per proces
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,7 +32,8 @@ class Workbench:
     base_name: str = ""
     gen_params: GenParams = field(default_factory=GenParams)  # generative tasks: decoding and caching
     load: LoadParams = field(default_factory=LoadParams)  # the base's dtype, quantization and device map
-    task_source: dict | None = None  # where the tasks came from (demo / glue / task files), recorded in run configs
+    spec: Any = None  # the forward.spec.RunSpec it was opened from (resolved), recorded in run configs; None: opened
+    # directly from an AdapterSet and a TaskSet
     baselines: dict[str, dict[str, float]] | None = field(default=None, repr=False)  # pre-trained / experts /
     # uniform scores, filled once by ``runs.runner.cached_baselines``
     _encoded: dict = field(default_factory=dict, repr=False)  # (task, split, limit) -> Encoded
@@ -142,9 +141,10 @@ def _chunk(parts, max_rows: int):
 def open_workbench(adapters: AdapterSet, tasks: TaskSet, device: str | None = None,
                    trust_remote_code: bool = False, base_model: str | None = None,
                    family: str | None = None, base_path: str | None = None,
-                   load: LoadParams | None = None) -> Workbench:
+                   load: LoadParams | None = None, spec: Any = None) -> Workbench:
     """Load the base (in ``load``'s dtype, quantization and device map), wrap it with the adapters, pick the
-    reader of the model family (classifier heads, seq2seq or causal verbalizers), and pair adapters with tasks."""
+    reader of the model family (classifier heads, seq2seq or causal verbalizers), and pair adapters with tasks.
+    ``spec``: the RunSpec this bench is opened from (``RunSpec.open`` passes it), kept as ``bench.spec``."""
     name = base_model or adapters.base_model
     if not name and not base_path:
         raise MergecoreError("the adapters name no base model; pass --base-model PATH_OR_HUB_ID")
@@ -157,9 +157,9 @@ def open_workbench(adapters: AdapterSet, tasks: TaskSet, device: str | None = No
     if not load.placed:  # a quantized or device-mapped base was placed by transformers at load time
         mm = mm.to(where)
     if family == "classifier":
-        return Workbench(adapters, tasks, mm, ClassifierReader(tokenizer), base_name=name, load=load)
+        return Workbench(adapters, tasks, mm, ClassifierReader(tokenizer), base_name=name, load=load, spec=spec)
     reader = make_reader(family, tasks, tokenizer, model.config, max_length=256)
-    return Workbench(adapters, tasks, mm, reader, base_name=name or base_path, load=load)
+    return Workbench(adapters, tasks, mm, reader, base_name=name or base_path, load=load, spec=spec)
 
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
@@ -184,29 +184,3 @@ def resolve_device(device: str | None) -> torch.device:
     if where.type == "mps" and not torch.backends.mps.is_available():
         raise MergecoreError(f"device {device!r} asked for but MPS is not available here; use --device cpu")
     return where
-
-
-def bench_config(bench: Workbench) -> dict:
-    """What identifies the inputs of a run: adapters (with content hashes; local folders as absolute paths),
-    tasks (with data hashes), modules, and where the tasks came from when the bench knows it
-    (``bench.task_source``: demo / glue with its folder, names and sizes / task-files mapping, absolute),
-    so commands taking ``--run`` can reopen the run's inputs."""
-    def source(a) -> str:
-        p = Path(a.source).expanduser()
-        return str(p.resolve()) if p.is_dir() else a.source  # a hub id stays as given
-
-    config = {
-        "base_model": bench.base_name,
-        "adapters": [{"name": a.name, "source": source(a), "sha256": a.sha256} for a in bench.adapters.adapters],
-        "tasks": [{"name": t.name, "fingerprint": t.fingerprint(), "metric": t.metric} for t in bench.tasks],
-        "modules": bench.adapters.modules,
-    }
-    if bench.task_source:
-        config["task_source"] = dict(bench.task_source)
-    if bench.load != LoadParams():  # recorded only when not the default, so default runs keep their cache keys
-        config["load"] = asdict(bench.load)
-    return config
-
-
-def bench_key(bench: Workbench) -> str:
-    return "baselines:" + hashlib.sha256(json.dumps(bench_config(bench), sort_keys=True).encode()).hexdigest()[:24]

@@ -3,8 +3,11 @@ safetensors file per artifact), so a run can travel without its workspace.
 
     write_run_folder(out, store, run_id)   written atomically (a ``.partial`` sibling renamed at the end);
                                            never over a user's folder, the workspace or the run's inputs
-    run_store(ref, store)                  ``--run`` as a run id in the store or a run folder
-    run_config(ref, store)                 the config a run recorded
+    open_run(ref, store)                   ``--run`` read once: a run id in the store or a run folder ->
+                                           (the ``Store`` answering for it, its ``RunRecord``)
+    load_run(ref, store, adapters)         the run and its merged update (``merged.run_merge``, for both)
+
+What the run was made from is ``forward.spec.RunSpec.from_record(record.config)``.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from mergecore.adapters import AdapterSet
 from mergecore.data.sources import mapping_files
 from mergecore.errors import MergecoreError
 from mergecore.files import atomic_folder
-from mergecore.merged import Merge, coefs_to_merge, run_merge, tensors_to_merge
+from mergecore.merged import Merge, coefs_to_merge, tensors_to_merge
 from mergecore.numbers import dumps
-from mergecore.runs.store import RunRecord
+from mergecore.runs.store import RunRecord, Store
 
 
-def write_run_folder(out: Path, store, run_id: str, force: bool = False, protect=()) -> None:
+def write_run_folder(out: Path, store: Store, run_id: str, force: bool = False, protect=()) -> None:
     """run.json (config + result), events.jsonl and coefs.safetensors, written atomically. An existing
     non-empty ``out`` is replaced only with ``force`` and only when mergecore wrote it (``files.check_target``);
     never the workspace nor the run's inputs (``run_inputs``), nor ``protect``."""
@@ -73,26 +76,11 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise MergecoreError(f"{path} is corrupt or truncated ({type(exc).__name__}); write the run folder again") from None
 
 
-def run_config(ref: str, store) -> dict:
-    """The config a run recorded (a run folder's run.json, or the store's record); {} when unreadable
-    (``load_run`` then reports the corrupt folder)."""
-    folder = Path(str(ref)).expanduser()
-    if folder.is_dir():
-        try:
-            config = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("config", {})
-        except (OSError, ValueError, AttributeError):
-            return {}
-        return config if isinstance(config, dict) else {}
-    if store is None:
-        raise MergecoreError(f"{ref} is neither a run folder nor a run id with a workspace; pass --workspace")
-    return store.get(str(ref)).config
-
-
 class RunFolderStore:
     """The workspace store, also answering for the run of one run folder (read-only; that run's analyses
     are not cached, its id might name another run in the workspace)."""
 
-    def __init__(self, folder: Path, store):
+    def __init__(self, folder: Path, store: Store | None):
         try:
             meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
             rid, config = str(meta["id"]), dict(meta["config"])
@@ -146,18 +134,27 @@ class RunFolderStore:
         if f":{self.record.id}:" not in key:
             self.store.cache_put(key, data)
 
-    def __getattr__(self, name):  # everything else: the workspace store
-        return getattr(self.store, name)
+    def events_since(self, run_id: str, after: int = -1) -> list:
+        if self._own(run_id):
+            return [(i, e.get("kind"), e.get("step"), {k: v for k, v in e.items() if k not in ("kind", "step")})
+                    for i, e in enumerate(self.events(run_id)) if i > after]
+        return self.store.events_since(run_id, after)
+
+    @property
+    def workspace(self) -> Path | None:
+        return getattr(self.store, "workspace", None)
 
 
-def run_store(ref: str, store) -> tuple:
-    """(store, run id) for ``--run``: a run folder (its run answered from the folder) or an id in ``store``
-    (an unknown id is one line)."""
+def open_run(ref: str | Path, store: Store | None) -> tuple[Store, RunRecord]:
+    """``--run`` resolved once: a run folder (its run answered from the folder, every other from ``store``) or
+    a run id in ``store`` (an unknown id is one line). Returns the store that answers for it and its record."""
     folder = Path(str(ref)).expanduser()
     if folder.is_dir():
-        wrapped = RunFolderStore(folder, store)
-        return wrapped, wrapped.record.id
-    return store, store.get(str(ref)).id
+        view = RunFolderStore(folder, store)
+        return view, view.record
+    if store is None:
+        raise MergecoreError(f"{ref} is neither a run folder nor a run id with a workspace; pass --workspace")
+    return store, store.get(str(ref))
 
 
 @dataclass(frozen=True)
@@ -172,40 +169,30 @@ class RunSource:
     merge: Merge
 
 
-def load_run(ref: str | Path, store, adapters: AdapterSet) -> RunSource:
-    """A run by store id, or a run folder written by ``write_run_folder`` (run.json + tensors)."""
-    folder = Path(str(ref)).expanduser()
-    if folder.is_dir():
-        return read_run_folder(folder, adapters)
-    if store is None:
-        raise MergecoreError(f"{ref} is neither a run folder nor a run id with a workspace; pass --workspace")
-    rec = store.get(str(ref))
+def load_run(ref: str | Path, store: Store | None, adapters: AdapterSet) -> RunSource:
+    """A run by store id, or a run folder written by ``write_run_folder`` (run.json + tensors), with its merged
+    update: the 'merged' artifact, or its coefficients folded into ``adapters`` (refused for other adapters)."""
+    return run_source(*open_run(ref, store), adapters)
+
+
+def run_source(store: Store, rec: RunRecord, adapters: AdapterSet) -> RunSource:
+    """An opened run (``open_run``) and its merged update, through the one reader ``merged.run_merge``."""
     check_run_adapters(rec.config, adapters, rec.id)
     return RunSource(rec.id, rec.name, rec.kind, rec.config, rec.result, run_merge(store, rec.id, adapters))
 
 
-def read_run_folder(folder: Path, adapters: AdapterSet) -> RunSource:
-    """run.json + merged.safetensors (any run) or coefs.safetensors (learned coefficients)."""
-    try:
-        meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-        rid, config = str(meta["id"]), dict(meta["config"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise MergecoreError(f"{folder / 'run.json'} is missing or corrupt ({type(exc).__name__}); "
-                             "write the run folder again with `learn --out` / `merge --out`") from None
-    check_run_adapters(config, adapters, rid)
-    if (folder / "merged.safetensors").is_file():
-        merge = tensors_to_merge(read_tensors(folder / "merged.safetensors"))
-    elif (folder / "coefs.safetensors").is_file():
-        coefs = read_tensors(folder / "coefs.safetensors").get("coefs")
-        if coefs is None or tuple(coefs.shape) != (len(adapters.modules), len(adapters)):
-            raise MergecoreError(f"{folder / 'coefs.safetensors'} does not hold (modules x adapters) coefficients "
-                                 "for the loaded adapters; load the run's adapters")
-        merge = coefs_to_merge(adapters, coefs)
-    else:
-        raise MergecoreError(f"{folder} holds no merged.safetensors or coefs.safetensors; "
-                             "export this run from the workspace by its id instead")
-    return RunSource(rid, str(meta.get("name", rid)), str(meta.get("kind", "")), config,
-                     dict(meta.get("result") or {}), merge)
+def run_merge(store: Store, run_id: str, adapters: AdapterSet) -> Merge:
+    """The merged update of a stored run: its 'merged' artifact, or its coefficients folded in."""
+    names = store.artifacts(run_id)
+    if "merged" in names:
+        return tensors_to_merge(store.get_tensors(run_id, "merged"))
+    if "coefs" in names:
+        coefs = store.get_tensors(run_id, "coefs").get("coefs")
+        if coefs is None or coefs.shape != (len(adapters.modules), len(adapters)):
+            got = "no" if coefs is None else tuple(coefs.shape)
+            raise MergecoreError(f"run {run_id} was learned on other adapters ({got} coefficients); load its adapters")
+        return coefs_to_merge(adapters, coefs)
+    raise MergecoreError(f"run {run_id} has no merged update (status {store.get(run_id).status}); pick a finished run")
 
 
 def check_run_adapters(config: dict, adapters: AdapterSet, run_id: str) -> None:

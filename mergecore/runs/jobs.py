@@ -16,72 +16,45 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from mergecore.adapters import load_adapters
 from mergecore.errors import MergecoreError
-from mergecore.data.sources import from_record, load_tasks
-from mergecore.forward.workbench import Workbench, open_workbench
+from mergecore.forward.spec import LEARNED, RunSpec
+from mergecore.forward.workbench import Workbench
 from mergecore.learn.params import LearnParams
 from mergecore.merges import get_method
 from mergecore.merges.base import check_weights
-from mergecore.placement import LoadParams
 from mergecore.runs.runner import create_learning_run, create_static_run, resolve_start
 from mergecore.runs.store import RunStore, StoreError
 
 
 @dataclass(frozen=True)
-class BenchSpec:
-    """How a worker reopens the workbench a page shows: adapter folders or hub ids, a base-model override,
-    the task source as ``data.sources.record`` writes it, and the device."""
-
-    adapters: tuple[str, ...]
-    task_source: dict = field(default_factory=lambda: {"kind": "demo"})
-    base_model: str = ""
-    device: str = "cpu"
-    load: dict = field(default_factory=dict)  # placement.LoadParams fields (dtype, quantize, device_map)
-
-    def open(self) -> Workbench:
-        adapters = load_adapters(list(self.adapters), base_model=self.base_model or None)
-        bench = open_workbench(adapters, load_tasks(adapters.names, from_record(self.task_source)), device=self.device,
-                               load=LoadParams(**self.load))
-        bench.task_source = dict(self.task_source)
-        return bench
-
-
-@dataclass(frozen=True)
 class JobSpec:
-    """One worker's job: learn (``params`` = LearnParams fields) or a static merge (``method`` and its
-    parameters as ``key=value`` strings, parsed by the registry as the CLI parses them)."""
+    """One worker's job: the run's id and store, and the ``RunSpec`` it is made from (its method and params:
+    ``LearnParams`` for ``kind`` learn, a static merge method's params for merge), on ``spec.device``."""
 
     run_id: str
     workspace: str
     kind: str  # learn | merge
-    bench: BenchSpec
-    params: dict = field(default_factory=dict)
-    method: str = ""
-    method_params: tuple[str, ...] = ()
-    weights: tuple[float, ...] | None = None
+    spec: RunSpec
     threads: int = 0  # torch threads in the worker; 0: torch's default
 
     def write(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.run_id}.json"
-        path.write_text(json.dumps(asdict(self), indent=1))
+        path.write_text(json.dumps({"run_id": self.run_id, "workspace": self.workspace, "kind": self.kind,
+                                    "threads": self.threads, "device": self.spec.device,
+                                    "spec": self.spec.to_record()}, indent=1))
         return path
 
     @staticmethod
     def read(path: str | Path) -> "JobSpec":
         d = json.loads(Path(path).read_text())
-        raw = d.pop("bench")
-        bench = BenchSpec(tuple(raw["adapters"]), raw["task_source"], raw["base_model"], raw["device"],
-                          raw.get("load") or {})
-        weights = d.pop("weights")
-        return JobSpec(bench=bench, weights=None if weights is None else tuple(weights),
-                       method_params=tuple(d.pop("method_params")), **d)
+        spec = RunSpec.from_record(d["spec"], LearnParams if d["kind"] == "learn" else None, device=d["device"])
+        return JobSpec(d["run_id"], d["workspace"], d["kind"], spec, d["threads"])
 
 
 def thread_share(parallel: int) -> int:
@@ -203,7 +176,7 @@ class Workers:
             return False
         return True
 
-    def start_learning(self, bench: Workbench, spec: BenchSpec, runs: list[LearnParams],
+    def start_learning(self, bench: Workbench, spec: RunSpec, runs: list[LearnParams],
                        names: list[str | None] | None = None) -> list[str]:
         """One worker per run, all at once (a race); bad input is refused before anything is written."""
         names = names or [None] * len(runs)
@@ -213,20 +186,19 @@ class Workers:
         threads = thread_share(len(runs))
         for i, (run_id, params, device) in enumerate(zip(ids, runs, devices_for(spec.device, len(runs)))):
             try:
-                self.spawn(JobSpec(run_id, str(self.store.workspace), "learn", replace(spec, device=device),
-                                   params=asdict(params), threads=threads))
+                self.spawn(JobSpec(run_id, str(self.store.workspace), "learn",
+                                   replace(spec, device=device, method=LEARNED, params=params), threads))
             except MergecoreError as exc:
                 self.abandon(ids[i + 1:], f"not started: {exc}")
                 raise
         return ids
 
-    def start_merge(self, bench: Workbench, spec: BenchSpec, method: str, params=None,
+    def start_merge(self, bench: Workbench, spec: RunSpec, method: str, params=None,
                     weights: list[float] | None = None, name: str | None = None) -> str:
         m = get_method(method)
         params = params or m.params_cls()
         weights = None if weights is None else check_weights(weights, bench.num_tasks)
         run_id = create_static_run(bench, m.name, params, self.store, weights, name)
-        items = tuple(f"{k}={v}" for k, v in asdict(params).items())
-        self.spawn(JobSpec(run_id, str(self.store.workspace), "merge", spec, method=m.name, method_params=items,
-                           weights=None if weights is None else tuple(weights), threads=thread_share(1)))
+        spec = replace(spec, method=m.name, params=params, weights=None if weights is None else tuple(weights))
+        self.spawn(JobSpec(run_id, str(self.store.workspace), "merge", spec, thread_share(1)))
         return run_id

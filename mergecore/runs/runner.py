@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -17,12 +16,14 @@ from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import FixedCoefs
 from mergecore.forward.evaluate import anp, average, baselines, evaluate
 from mergecore.forward.features import collect_features
-from mergecore.forward.workbench import Workbench, bench_config, bench_key
+from mergecore.forward.spec import BASELINES, LEARNED, bench_config, bench_key
+from mergecore.forward.workbench import Workbench
 from mergecore.learn.learner import Learner
 from mergecore.learn.params import LearnParams
-from mergecore.merged import MergedSource, coefs_to_merge, merge_to_tensors, run_merge
+from mergecore.merged import MergedSource, coefs_to_merge, merge_to_tensors
 from mergecore.merges import METHODS, get_method, merge_adapters
 from mergecore.numbers import as_float, dumps
+from mergecore.runs.folder import run_merge
 from mergecore.runs.store import RunStore, StoreError
 
 
@@ -60,7 +61,7 @@ def store_stopped(store: RunStore, run_id: str, exc: StoreError, when: str) -> S
 
 def create_learning_run(bench: Workbench, params: LearnParams, store: RunStore, name: str | None = None) -> str:
     name = name or f"{params.objective}-{params.granularity}"
-    return store.create(name, "learned", {"method": "learned", "params": asdict(params), **bench_config(bench)})
+    return store.create(name, "learned", bench_config(bench, LEARNED, params))
 
 
 def run_learning(bench: Workbench, params: LearnParams, store: RunStore | None = None, name: str | None = None,
@@ -142,18 +143,14 @@ def record_baselines(bench: Workbench, store: RunStore) -> str:
     """Store pre-trained / experts / uniform as one 'baseline' run (Compare shows it)."""
     t0 = time.perf_counter()
     base = cached_baselines(bench, store)
-    run_id = store.create("baselines", "baseline", {"method": "baselines", **bench_config(bench)})
+    run_id = store.create("baselines", "baseline", bench_config(bench, BASELINES))
     store.finish(run_id, "done", {"baselines": base, "seconds": time.perf_counter() - t0})
     return run_id
 
 
-def static_config(bench: Workbench, method: str, params, weights: list[float] | None) -> dict:
-    return {"method": method, "params": asdict(params), "weights": weights, **bench_config(bench)}
-
-
 def create_static_run(bench: Workbench, method: str, params, store: RunStore, weights: list[float] | None = None,
                       name: str | None = None) -> str:
-    return store.create(name or method, "static", static_config(bench, method, params, weights))
+    return store.create(name or method, "static", bench_config(bench, method, params, weights))
 
 
 def run_static(bench: Workbench, method: str, params=None, store: RunStore | None = None, weights: list[float] | None = None,

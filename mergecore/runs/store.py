@@ -1,10 +1,10 @@
 """RunStore: runs, their configs, events and artifacts in SQLite (stdlib, WAL) in a workspace.
 
-Every write is its own short transaction, so a crash loses nothing already written. A run
-still marked ``running`` whose process is gone is reported as ``interrupted`` on the next open.
-Tensors (coefficients) are stored as safetensors bytes, everything else as JSON. A file that cannot be used
-(corrupt, a folder, read-only, locked, a full disk) raises ``StoreError``, one line naming the file and what to
-do; a read-only store opens for reading (``readonly``: runs are listed and read, writes raise ``StoreError``).
+Every write is its own short transaction, so a crash loses nothing already written. A run still marked ``running``
+whose process is gone is reported as ``interrupted`` on the next open. Tensors are stored as safetensors bytes,
+everything else as JSON. A file that cannot be used (corrupt, a folder, read-only, locked, a full disk) raises
+``StoreError``, one line naming the file and what to do; a read-only store opens for reading (``readonly``).
+``Store`` is what reading runs needs (typed parameters take it); a run folder answers it too.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors.torch import load, save
@@ -67,10 +68,20 @@ class RunRecord:
         return f"{self.name}:{self.id[-6:]}"
 
 
-def merge_runs(store) -> list[RunRecord]:
-    """The runs that carry a merged update (learned coefficients or a static merge, stored as an artifact),
-    finished or stopped by the user: what the analysis and export views offer. A run stopped before its first
-    step has no update."""
+class Store(Protocol):  # what reading runs needs: ``RunStore``, and a run folder (``runs.folder.RunFolderStore``)
+    def get(self, run_id: str) -> RunRecord: ...
+    def list(self, kind: str | None = None) -> list[RunRecord]: ...
+    def artifacts(self, run_id: str) -> list[str]: ...
+    def get_blob(self, run_id: str, name: str) -> bytes: ...
+    def get_tensors(self, run_id: str, name: str) -> dict[str, torch.Tensor]: ...
+    def events(self, run_id: str, kind: str | None = None) -> list[dict]: ...
+    def cache_get(self, key: str) -> bytes | None: ...
+    def cache_put(self, key: str, data: bytes) -> None: ...
+
+
+def merge_runs(store: Store) -> list[RunRecord]:
+    """The runs that carry a merged update (learned coefficients or a static merge, stored as an artifact), finished
+    or stopped by the user (after its first step): what the analysis and export views offer."""
     return [r for r in store.list() if r.kind in ("learned", "static") and r.status in ("done", "cancelled")
             and store.artifacts(r.id)]
 
@@ -78,14 +89,6 @@ def merge_runs(store) -> list[RunRecord]:
 def default_workspace() -> Path:
     """$MERGECORE_WORKSPACE, or ./workspace when it is unset or empty."""
     return Path(os.environ.get("MERGECORE_WORKSPACE", "").strip() or Path.cwd() / "workspace")
-
-
-def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-
-
-def bytes_tensor(data: bytes) -> dict[str, torch.Tensor]:
-    return load(data)
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -202,15 +205,13 @@ class RunStore:
             c.execute("UPDATE runs SET status=?, message=?, result=?, updated=? WHERE id=?",
                       (status, message, dumps(result or {}), time.time(), run_id))
 
-    def set_pid(self, run_id: str, pid: int) -> None:
-        """The process that runs ``run_id`` (a worker claims the run it was started for)."""
+    def set_pid(self, run_id: str, pid: int) -> None:  # a worker claims the run it was started for
         with self._conn() as c:
             c.execute("UPDATE runs SET pid=? WHERE id=?", (pid, run_id))
 
     def pid(self, run_id: str) -> int | None:
         with self._conn() as c:
-            row = c.execute("SELECT pid FROM runs WHERE id=?", (run_id,)).fetchone()
-        return None if row is None else row[0]
+            return next(iter(c.execute("SELECT pid FROM runs WHERE id=?", (run_id,)).fetchone() or [None]))
 
     def mark_interrupted(self) -> int:
         """Runs left 'running' by a dead process become 'interrupted'; how many (a read-only store: none, ``get``)."""
@@ -253,8 +254,7 @@ class RunStore:
             c.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
 
     def events_since(self, run_id: str, after: int = -1) -> list[tuple[int, str, int, dict]]:
-        """(seq, kind, step, payload) of the events after sequence number ``after``: what a live view has not
-        seen yet (its cost grows with what changed, not with the run)."""
+        """(seq, kind, step, payload) of the events after ``after``: what a live view has not seen yet."""
         with self._conn() as c:
             rows = c.execute("SELECT seq, kind, step, payload FROM events WHERE run_id=? AND seq>? ORDER BY seq",
                              (run_id, after)).fetchall()
@@ -267,10 +267,10 @@ class RunStore:
 
     # ------------------------------------------------------------------ artifacts
     def put_tensors(self, run_id: str, name: str, tensors: dict[str, torch.Tensor]) -> None:
-        self.put_blob(run_id, name, tensor_bytes(tensors))
+        self.put_blob(run_id, name, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
     def get_tensors(self, run_id: str, name: str) -> dict[str, torch.Tensor]:
-        return bytes_tensor(self.get_blob(run_id, name))
+        return load(self.get_blob(run_id, name))
 
     def put_blob(self, run_id: str, name: str, data: bytes) -> None:
         with self._conn() as c:

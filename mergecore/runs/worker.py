@@ -18,8 +18,6 @@ import traceback
 import torch
 
 from mergecore.errors import MergecoreError
-from mergecore.learn.params import LearnParams
-from mergecore.merges import parse_params
 from mergecore.runs.jobs import JobSpec
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore, StoreError
@@ -42,17 +40,16 @@ def run_job(spec: JobSpec, store: RunStore) -> None:
     stop, in_steps = threading.Event(), {"yes": False}
     signal.signal(signal.SIGTERM, _stop_handler(stop, in_steps))
     store.add_event(spec.run_id, "stage", 0, {"stage": "loading", "text": "loading the base model and the adapters"})
-    bench = spec.bench.open()
+    bench = spec.spec.open()
     if spec.kind == "learn":
         def on_event(kind: str, step: int, payload: dict) -> None:
             if kind == "stage" and payload.get("stage") == "learning":
                 in_steps["yes"] = True  # from here a stop ends the run between steps, keeping its coefficients
 
-        run_learning(bench, LearnParams(**spec.params), store, on_event=on_event, stop=stop, run_id=spec.run_id)
+        run_learning(bench, spec.spec.params, store, on_event=on_event, stop=stop, run_id=spec.run_id)
     else:
-        params = parse_params(spec.method, list(spec.method_params))
-        weights = None if spec.weights is None else list(spec.weights)
-        run_static(bench, spec.method, params, store, weights, run_id=spec.run_id)
+        weights = None if spec.spec.weights is None else list(spec.spec.weights)
+        run_static(bench, spec.spec.method, spec.spec.params, store, weights, run_id=spec.run_id)
 
 
 def wait_for_spec() -> str | None:

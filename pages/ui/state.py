@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import streamlit as st
 
-from mergecore.adapters import load_adapters
-from mergecore.data.sources import TaskSource, load_tasks, record, save_mapping
+from mergecore.data.sources import TaskSource
 from mergecore.errors import MergecoreError
-from mergecore.files import read_json
-from mergecore.forward.workbench import open_workbench
+from mergecore.forward.spec import RunSpec
 from mergecore.placement import LoadParams
 from mergecore.runs.store import default_workspace
 from pages.ui.text import say
@@ -26,34 +21,20 @@ def registry(workspace: str):
 
 
 @st.cache_resource(show_spinner="Loading the base model and adapters...", max_entries=4)
-def bench(adapter_dirs: tuple[str, ...], device: str, task_source: tuple = ("demo",), base_model: str = "",
-          workspace: str = "", load: tuple = ()):
-    """One Workbench per adapter selection, task source and device, shared by all sessions (never mutated)."""
-    adapters = load_adapters(list(adapter_dirs), base_model=base_model or None)
-    source = tasks_source(task_source, workspace or str(default_workspace()))
-    wb = open_workbench(adapters, load_tasks(adapters.names, source), device=device, load=LoadParams(**dict(load)))
-    wb.task_source = record(source, wb.tasks.names)  # as the CLI records it: `--run` reuses it
-    return wb
+def bench(spec: RunSpec):
+    """One Workbench per RunSpec (adapters, tasks, base and its loading, device), shared by all sessions (never
+    mutated); it carries its resolved spec (``bench.spec``), which a worker reopens and a run records."""
+    return spec.open()
 
 
-def tasks_source(task_source: tuple, workspace: str) -> TaskSource:
-    """The page's choice -- ('demo',), ('glue', folder, n_cal, n_eval) or ('files', JSON of one file spec per
-    adapter) -- as a TaskSource; a typed mapping is saved once (by content) in the workspace, with relative
-    data paths made absolute from the current folder, so the run can record the file."""
-    kind = task_source[0]
-    if kind == "glue":
-        _, folder, n_cal, n_eval = task_source
-        return TaskSource("glue", glue_dir=folder or None, calibration=n_cal, eval_size=n_eval)
-    if kind == "demo":
-        return TaskSource()
-    try:
-        specs = read_json(task_source[1], "the column mapping")  # typed text: deep nesting is one line
-    except json.JSONDecodeError as exc:
-        raise MergecoreError(f"the column mapping is not valid JSON ({exc.msg}); give a JSON list") from None
-    if isinstance(specs, list):
-        specs = [{**s, **{k: str(Path(s[k]).expanduser().absolute()) for k in ("train", "eval")
-                          if isinstance(s.get(k), str) and s[k].strip()}} if isinstance(s, dict) else s for s in specs]
-    return TaskSource("files", mapping=str(save_mapping(specs, Path(workspace) / "task-mappings")))
+def current_spec() -> RunSpec:
+    """The RunSpec the Workspace page chose (the demo kit until then) on the sidebar's device."""
+    from mergecore.demo.kit import demo_adapter_dirs
+
+    ss = st.session_state
+    return RunSpec.of(ss.get("adapter_dirs") or demo_adapter_dirs(), tasks=ss.get("task_source") or TaskSource(),
+                      base_model=ss.get("base_model", ""), load=LoadParams(**dict(ss.get("load_params", ()))),
+                      device=ss.get("device", "cpu"))
 
 
 def sidebar() -> None:
@@ -78,26 +59,10 @@ def current_registry():
         st.stop()
 
 
-def adapter_dirs() -> tuple[str, ...]:
-    from mergecore.demo.kit import demo_adapter_dirs
-
-    return tuple(st.session_state.get("adapter_dirs") or [str(p) for p in demo_adapter_dirs()])
-
-
-def bench_spec(bench):
-    """How a worker process reopens the workbench this page shows (same adapters, base, tasks, device)."""
-    from mergecore.runs.jobs import BenchSpec
-
-    return BenchSpec(adapter_dirs(), dict(bench.task_source or {"kind": "demo"}), st.session_state.get("base_model", ""),
-                     st.session_state.get("device", "cpu"), dict(st.session_state.get("load_params", ())))
-
-
 def current_bench():
     """The workbench for the selected adapters and tasks, or None after showing the error."""
     try:
-        return bench(adapter_dirs(), st.session_state.get("device", "cpu"),
-                     st.session_state.get("task_source", ("demo",)), st.session_state.get("base_model", ""),
-                     st.session_state.get("workspace") or str(default_workspace()), st.session_state.get("load_params", ()))
+        return bench(current_spec())
     except MergecoreError as exc:
         say("error", exc)
         return None

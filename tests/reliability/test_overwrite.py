@@ -83,8 +83,11 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError("work began before the target was checked")
 
-    for module, names in ((cl, ("open_bench", "run_learning")), (cm, ("open_bench", "run_static")),
-                          (ca, ("open_bench",)), (cx, ("open_bench", "open_inputs"))):
+    from mergecore.forward.spec import RunSpec
+
+    monkeypatch.setattr(RunSpec, "open", work)  # every command opens its workbench from its RunSpec
+    for module, names in ((cl, ("run_learning",)), (cm, ("run_static",)), (ca, ("compute_lens",)),
+                          (cx, ("open_inputs",))):
         for name in names:
             monkeypatch.setattr(module, name, work)
 

@@ -427,7 +427,7 @@ def test_full_disk_in_a_static_merge_job(tiny_setup, tmp_path, monkeypatch):
 def test_cli_learn_on_a_full_disk_exits_2_with_one_line(tiny_setup, tmp_path, monkeypatch, capsys):
     ws = tmp_path / "ws"
     bench = tiny_bench(tiny_setup)
-    monkeypatch.setattr("mergecore.cli.learn.open_bench", lambda args: bench)
+    monkeypatch.setattr("mergecore.forward.spec.RunSpec.open", lambda self: bench)
     RunStore(ws)
     FullDisk(monkeypatch, FULL_ERRORS["sqlite"](), steps=2, updates=False)
     code, out, err = cli(["learn", "--workspace", str(ws), "--steps", "5", "--batch-size", "4", "--eval-every", "0",
@@ -491,7 +491,8 @@ def test_empty_workspace_variable_means_unset(value, tmp_path, monkeypatch, caps
 def test_app_jobs_on_a_full_disk_leave_no_run_running(tiny_setup, tmp_path, monkeypatch):
     """The server cannot write a job's spec (ENOSPC injected): one line, and the runs it created are 'failed',
     not left 'running' under the server's live pid."""
-    from mergecore.runs.jobs import BenchSpec, JobSpec, Workers
+    from mergecore.forward.spec import RunSpec
+    from mergecore.runs.jobs import JobSpec, Workers
 
     store = RunStore(tmp_path / "ws")
     workers = Workers(store)
@@ -501,7 +502,7 @@ def test_app_jobs_on_a_full_disk_leave_no_run_running(tiny_setup, tmp_path, monk
 
     monkeypatch.setattr(JobSpec, "write", full)
     with pytest.raises(MergecoreError) as exc:
-        workers.start_learning(tiny_bench(tiny_setup), BenchSpec(("a",)), [LearnParams(steps=2), LearnParams(steps=3)])
+        workers.start_learning(tiny_bench(tiny_setup), RunSpec.of(["a"]), [LearnParams(steps=2), LearnParams(steps=3)])
     msg = str(exc.value)
     assert "\n" not in msg and "cannot start the worker" in msg and os.strerror(errno.ENOSPC) in msg
     assert msg.endswith("free some space, " + ELSEWHERE), msg
