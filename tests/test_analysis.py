@@ -87,14 +87,14 @@ def test_energy_and_effective_rank():
     s = torch.tensor([3.0, 4.0, 0.0])
     assert energy_at_rank(s, 1) == pytest.approx(16 / 25)
     assert energy_at_rank(s, 2) == pytest.approx(1.0)
-    assert energy_at_rank(torch.zeros(3), 2) == 0.0
+    assert energy_at_rank(torch.zeros(3), 2) == 1.0  # a zero update loses nothing (was 0.0: one convention, export's)
 
 
 def test_zero_adapter_spectra_are_finite():
     f = _zero()
     s = lora_singular_values(f.B, f.A, f.scale)
     assert torch.all(s == 0)
-    assert effective_rank(s) == 0.0 and energy_at_rank(s, 1) == 0.0
+    assert effective_rank(s) == 0.0 and energy_at_rank(s, 1) == 1.0  # truncating zero loses nothing
     spec = module_spectra([f, _factors(3)])
     assert torch.isfinite(spec["merged"]).all()
 

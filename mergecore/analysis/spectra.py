@@ -48,13 +48,15 @@ def module_spectra(
 
 
 def energy_at_rank(s: torch.Tensor, r: int) -> float:
-    """Share of spectral energy in the top ``r`` singular values: sum_{i<r} s_i^2 / sum s_i^2.
+    """Share of spectral energy in the top ``r`` singular values: sum_{i<r} s_i^2 / sum s_i^2, float64.
 
-    ``s`` (n,) need not be sorted (it is sorted here). 0.0 for an all-zero spectrum.
+    The retained energy of a rank-r truncation (the spectra lens's ``energy_at_r``, the compressed export's
+    report). ``s`` (n,) need not be sorted (it is sorted here); r <= 0 keeps nothing, r >= n everything.
+    1.0 for an all-zero spectrum: truncating a zero update loses nothing, as at any r >= the numerical rank.
     """
     s2 = torch.sort(s.double().abs(), descending=True).values ** 2
     total = float(s2.sum())
-    return float(s2[: max(int(r), 0)].sum()) / total if total > 0 else 0.0
+    return float(s2[: max(int(r), 0)].sum()) / total if total > 0 else 1.0
 
 
 def effective_rank(s: torch.Tensor) -> float:

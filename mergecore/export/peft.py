@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mergecore.adapters import AdapterSet
+from mergecore.analysis.spectra import energy_at_rank
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportInputs
 from mergecore.files import safe_name, save_tensors
@@ -42,19 +43,13 @@ def truncate(m: ModuleMerge, rank: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return (left[:, :r] * S[:r]).float().contiguous(), right[:r].float().contiguous(), S
 
 
-def retained_energy(S: torch.Tensor, rank: int) -> float:
-    """Share of the squared Frobenius norm kept by the top ``rank`` singular values (1 for a zero delta)."""
-    total = float((S.double() ** 2).sum())
-    return 1.0 if total <= 0.0 else float((S[:rank].double() ** 2).sum()) / total
-
-
 def compress(merge: Merge, rank: int) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
     """Rank-r factors of every module and the energy report (per module and overall)."""
     factors, per_module, kept, total = {}, {}, 0.0, 0.0
     for name, m in merge.items():
         B, A, S = truncate(m, rank)
         factors[name] = (B, A)
-        per_module[name] = retained_energy(S, rank)
+        per_module[name] = energy_at_rank(S, rank)
         sq = float((S.double() ** 2).sum())
         kept, total = kept + per_module[name] * sq, total + sq
     return factors, {"per_module": per_module, "overall": kept / total if total > 0 else 1.0,
