@@ -21,9 +21,9 @@ from mergecore.runs.compare import (
     short_module_names,
     stability_table,
     taskwise,
-    thin_index,
     trajectory,
 )
+from mergecore.runs.follow import thin_index
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
 

@@ -18,10 +18,10 @@ from mergecore.analysis.stability import stability
 from mergecore.forward.coefs import block_index
 from mergecore.forward.evaluate import anp, average
 from mergecore.numbers import as_float
+from mergecore.runs.follow import MAX_POINTS, thin_index
 from mergecore.runs.store import RunRecord, RunStore
 
 BASELINES = ("pre-trained", "experts", "uniform")
-MAX_POINTS = 500
 
 
 # ----------------------------------------------------------------------------- runs and labels
@@ -203,13 +203,6 @@ def short_module_names(modules: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- events
-
-
-def thin_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
-    """Indices of at most ``max_points`` evenly spaced points of ``n``, first and last included."""
-    if n <= max_points:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 A live view keeps one ``RunSeries`` per run and calls ``update(store)`` about once a second: it reads only
 the events after the last sequence number it saw, and keeps per step only what the charts draw (total and
 per-task loss, the coefficients averaged over modules, the periodic evaluations averaged over tasks), so
-the work of a refresh grows with what changed, not with the length of the run. ``thin`` caps what a chart
-draws at ``MAX_POINTS`` per trace. ``delta`` is what a browser chart that already drew some of the run lacks
-(the app's live view polls it as JSON and extends its traces).
+the work of a refresh grows with what changed, not with the length of the run. ``thin_index`` is the one
+downsampler of a run's series (the live charts through ``thin``; the Compare page's trajectories and collapse
+curves in ``runs.compare``): at most ``MAX_POINTS`` per trace. ``delta`` is what a browser chart that already
+drew some of the run lacks (the app's live view polls it as JSON and extends its traces).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from mergecore.runs.store import FINAL, RunStore
 
-MAX_POINTS = 400  # per trace: enough for a smooth curve, bounded for the browser
+MAX_POINTS = 400  # per trace, every chart of a run: enough for a smooth curve, bounded for the browser
 
 
 @dataclass
@@ -112,10 +113,16 @@ def _json(xs: list) -> list:
     return [float(x) if math.isfinite(x) else None for x in xs]
 
 
-def thin(xs, ys) -> tuple[np.ndarray, np.ndarray]:
-    """At most MAX_POINTS points, evenly spaced over the run, the last one kept."""
+def thin_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices (int64, increasing) of at most ``max_points`` of ``n`` points, evenly spaced, first and last kept;
+    all ``n`` when they fit."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
+def thin(xs, ys, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """A series (xs, ys float) at the points ``thin_index`` keeps."""
     x, y = np.asarray(xs), np.asarray(ys, dtype=float)
-    if len(x) > MAX_POINTS:
-        idx = np.unique(np.linspace(0, len(x) - 1, MAX_POINTS).round().astype(int))
-        x, y = x[idx], y[idx]
-    return x, y
+    idx = thin_index(len(x), max_points)
+    return x[idx], y[idx]
