@@ -53,8 +53,12 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
 
 
 def confidently_wrong_share(confidence: torch.Tensor, correct: torch.Tensor, threshold: float = 0.9) -> float:
-    """Share of *all* n examples that are wrong with confidence >= threshold; NaN if n = 0."""
-    conf, ok = confidence.reshape(-1), correct.reshape(-1).bool()
+    """Share of *all* n examples that are wrong with confidence >= threshold; NaN if n = 0.
+
+    The comparison is made at float32, the precision label probabilities are computed in, whatever dtype
+    ``confidence`` has: a float32 0.9 (0.89999998) is confident at threshold 0.9, as the learner's periodic
+    evaluation and ``reliability_bins`` (top bin) count it. The share itself is float64."""
+    conf, ok = confidence.reshape(-1).float(), correct.reshape(-1).bool()
     if conf.numel() == 0:
         return math.nan
     return float(((conf >= threshold) & ~ok).double().mean())
@@ -69,21 +73,25 @@ def agreement(pred_a: torch.Tensor, pred_b: torch.Tensor) -> float:
 
 def confidence_summary(
     probs: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     expert_probs: torch.Tensor | None = None,
     threshold: float = 0.9,
     n_bins: int = 10,
+    correct: torch.Tensor | None = None,
 ) -> dict[str, float | None]:
     """Diagnostics of one model on one task from probs (n, C) and integer labels (n,).
 
     Keys: mean_confidence, accuracy, confidently_wrong (share of all examples), ece,
-    agreement (with the argmax of ``expert_probs`` (n, C); None when not given).
+    agreement (with the argmax of ``expert_probs`` (n, C); None when not given). Confidence is the top
+    probability, averaged in float64. ``correct`` (n,) bool, when given, replaces ``argmax == labels`` (the
+    learner counts a regression row as never wrong); ``labels`` is then not read.
     """
-    conf, pred = probs.double().max(dim=-1)
-    correct = pred == labels.long().reshape(-1)
+    conf, pred = probs.max(dim=-1)
+    if correct is None:
+        correct = pred == labels.long().reshape(-1)
     n = conf.numel()
     return {
-        "mean_confidence": float(conf.mean()) if n else math.nan,
+        "mean_confidence": float(conf.double().mean()) if n else math.nan,
         "accuracy": float(correct.double().mean()) if n else math.nan,
         "confidently_wrong": confidently_wrong_share(conf, correct, threshold),
         "ece": expected_calibration_error(conf, correct, n_bins),

@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from mergecore.analysis.calibration import confidence_summary
 from mergecore.errors import MergecoreError
 from mergecore.forward.coefs import MatrixCoefs, block_coefs, coefficient_transform, layer_coefs, task_coefs
 from mergecore.forward.evaluate import task_scores
@@ -153,11 +154,11 @@ def periodic_eval(bench: Workbench, source, expert_probs: list[torch.Tensor], li
            "confidently_wrong": {}}
     for t, p, pe in zip(limited, [probs[k] for k in ks], [expert_probs[k] for k in ks]):
         gold = torch.tensor(t.evaluation.labels[:limit])
-        conf, pred = p.max(-1)
-        wrong = pred != gold.long() if t.metric != "pearson_spearman" else torch.zeros_like(pred, dtype=torch.bool)
-        out["confidence"][t.name] = float(conf.mean())
-        out["agreement"][t.name] = float((pred == pe.argmax(-1)).float().mean())
-        out["confidently_wrong"][t.name] = float(((conf >= 0.9) & wrong).float().mean())
+        never_wrong = torch.ones(len(p), dtype=torch.bool) if t.metric == "pearson_spearman" else None  # regression
+        s = confidence_summary(p, gold, pe, correct=never_wrong)  # confidently wrong: confidence >= 0.9
+        out["confidence"][t.name] = s["mean_confidence"]
+        out["agreement"][t.name] = s["agreement"]
+        out["confidently_wrong"][t.name] = s["confidently_wrong"]
     return out
 
 
