@@ -1,0 +1,120 @@
+"""RunSpec (mergecore/forward/spec.py): one value for what a run is made from. For every model family x every task
+source, the spec a bench was opened from round-trips through the run store and a run folder, and the spec read
+back reopens the same inputs (adapter hashes, task fingerprints, modules): compared with the bench that made the
+run, not with a number the code printed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import label_task_files, make_adapter, tiny_bert_base
+from test_verbalizer import TINY, make_adapters
+
+from mergecore.data.sources import TaskSource
+from mergecore.errors import MergecoreError
+from mergecore.forward.spec import AdapterRef, RunSpec, bench_config, bench_key
+from mergecore.learn.params import LearnParams
+from mergecore.merges import parse_params
+from mergecore.placement import LoadParams
+from mergecore.runs.folder import open_run, write_run_folder
+from mergecore.runs.runner import create_learning_run, create_static_run
+from mergecore.runs.store import RunStore
+
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+pytestmark = pytest.mark.skipif(not (TINY.is_dir() and GLUE.is_dir()), reason="../shared/data not found")
+DEMO_NAMES = ("sentiment", "acceptability")  # two-label demo tasks: the tiny classifier heads have two labels
+FAMILIES = ("bert", "t5", "llama")
+SOURCES = ("demo", "glue", "files")
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    """Two PEFT adapters per family, in folders named after two-label demo tasks."""
+    root = tmp_path_factory.mktemp("spec")
+    out = {}
+    for family in FAMILIES:
+        if family == "bert":
+            base = tiny_bert_base(root / "bert-base")
+            made = [make_adapter(base, root / f"bert{k}", 2, 2, ["query", "value"], seed=k) for k in range(2)]
+        else:
+            made = make_adapters(family, root / family)
+        out[family] = [shutil.copytree(d, root / family / "named" / name) for d, name in zip(made, DEMO_NAMES)]
+    return root, out
+
+
+def source(kind: str, root: Path) -> TaskSource:
+    if kind == "glue":
+        return TaskSource("glue", glue_dir=str(GLUE), names=("rte", "sst2"), calibration=4, eval_size=6)
+    if kind == "files":
+        return TaskSource("files", mapping=str(label_task_files(root / "files", label_counts=(2, 2))))
+    return TaskSource()
+
+
+@pytest.mark.parametrize("kind", SOURCES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_spec_round_trips_through_the_store_and_a_run_folder(adapters, family, kind, tmp_path):
+    root, dirs = adapters
+    spec = RunSpec.of(dirs[family], tasks=source(kind, root), device="cpu")
+    bench = spec.open()
+    assert bench.spec.adapters == tuple(AdapterRef(str(Path(d).resolve()), a.name, a.sha256)
+                                        for d, a in zip(dirs[family], bench.adapters.adapters))
+    assert bench.spec.tasks.kind == kind and bench.family == {"bert": "classifier", "t5": "seq2seq"}.get(family, "causal")
+    assert RunSpec.from_record(json.loads(json.dumps(bench.spec.to_record())), device="cpu") == bench.spec
+
+    store = RunStore(tmp_path / "ws")
+    params = parse_params("ties", ["density=0.5"])
+    static = create_static_run(bench, "ties", params, store, [0.7, 0.4])
+    learned = create_learning_run(bench, LearnParams(steps=3, init=1 / 3), store)
+    write_run_folder(tmp_path / "run", store, static)
+    for run_id, cls, want in ((static, None, replace(bench.spec, method="ties", params=params, weights=(0.7, 0.4))),
+                              (learned, LearnParams, replace(bench.spec, method="learned",
+                                                             params=LearnParams(steps=3, init=1 / 3)))):
+        assert RunSpec.from_record(store.get(run_id).config, cls, device="cpu") == want
+    folder_store, rec = open_run(tmp_path / "run", store)
+    assert rec.id == static and RunSpec.from_record(rec.config, device="cpu").params == params
+
+    again = replace(RunSpec.from_record(rec.config, device="cpu"), method="", params=None, weights=None).open()
+    assert again.spec == bench.spec  # the same folders, hashes, tasks and base
+    assert bench_config(again) == bench_config(bench) and bench_key(again) == bench_key(bench)
+
+
+def test_the_record_keeps_the_config_format_runs_already_have(adapters, tmp_path):
+    """Keys and values as runs recorded them before RunSpec: stored runs and cache keys stay valid."""
+    _, dirs = adapters
+    bench = RunSpec.of(dirs["bert"], tasks=TaskSource(), device="cpu").open()
+    config = bench_config(bench, "ties", parse_params("ties", []), [1.0, 1.0])
+    assert set(config) == {"base_model", "adapters", "task_source", "tasks", "modules", "method", "params", "weights"}
+    assert config["adapters"] == [{"name": a.name, "source": str(Path(d).resolve()), "sha256": a.sha256}
+                                  for d, a in zip(dirs["bert"], bench.adapters.adapters)]
+    assert config["task_source"] == {"kind": "demo"} and config["weights"] == [1.0, 1.0]
+    assert config["base_model"] == bench.base_name == bench.adapters.base_model
+    assert "load" not in config and "weights" not in bench_config(bench, "learned", LearnParams())
+    placed = replace(bench.spec, load=LoadParams(dtype="float32"))
+    assert placed.to_record()["load"] == {"dtype": "float32", "quantize": None, "device_map": None}
+    assert RunSpec.from_record(placed.to_record(), device="cpu") == placed
+    local = replace(bench.spec, base_path="/models/base", family="classifier")  # recorded only when given
+    assert {k: local.to_record()[k] for k in ("base_path", "family")} == {"base_path": "/models/base",
+                                                                          "family": "classifier"}
+    assert RunSpec.from_record(local.to_record(), device="cpu") == local
+    assert not {"base_path", "family", "device"} & set(bench.spec.to_record())
+
+
+def test_a_bench_opened_directly_records_no_task_source(adapters):
+    from mergecore.adapters import load_adapters
+    from mergecore.data.sources import load_tasks
+    from mergecore.forward.workbench import open_workbench
+
+    _, dirs = adapters
+    ad = load_adapters(dirs["bert"])
+    bench = open_workbench(ad, load_tasks(ad.names), device="cpu")
+    assert bench.spec is None and "task_source" not in bench_config(bench)
+    assert bench_key(bench) != bench_key(RunSpec.of(dirs["bert"], device="cpu").open())  # the source is part of it
+
+
+def test_a_spec_without_adapters_is_one_line():
+    with pytest.raises(MergecoreError, match=r"^a run needs adapters; pass --adapters DIR \.\.\. \(or --demo"):
+        RunSpec().open()
