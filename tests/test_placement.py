@@ -284,7 +284,8 @@ def test_cli_learns_on_a_bf16_demo_base_and_records_it(tmp_path, capsys):
     import argparse
 
     from mergecore.cli import main
-    from mergecore.cli.common import run_sources
+    from mergecore.cli.common import add_source_args, run_spec
+    from mergecore.forward.spec import RunSpec
     from mergecore.runs.store import RunStore
 
     argv = ["learn", "--demo", "--dtype", "bfloat16", "--steps", "2", "--samples", "4", "--batch-size", "2",
@@ -295,10 +296,12 @@ def test_cli_learns_on_a_bf16_demo_base_and_records_it(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     store = RunStore(tmp_path)
     assert store.get(out["run_id"]).config["load"] == {"dtype": "bfloat16", "quantize": None, "device_map": None}
-    args = argparse.Namespace(adapters=None, demo=True, glue=None, task_files=None, dtype=None, quantize=None,
-                              device_map=None)
-    run_sources(out["run_id"], store, args)  # commands taking --run reopen the base as the run loaded it
-    assert (args.dtype, args.quantize, args.device_map) == ("bfloat16", None, None)
+    parser = argparse.ArgumentParser()
+    add_source_args(parser)
+    recorded = RunSpec.from_record(store.get(out["run_id"]).config)
+    spec = run_spec(parser.parse_args(["--demo"]), recorded)  # commands taking --run reopen the base as the run loaded it
+    assert spec.load == LoadParams("bfloat16", None, None)
+    assert run_spec(parser.parse_args(["--demo", "--dtype", "float32"]), recorded).load.dtype == "float32"  # flags win
     with pytest.raises(SystemExit) as exc:  # the adapters are float32 whatever the base held: exported as always
         main(["export", "--run", out["run_id"], "--workspace", str(tmp_path), "--out", str(tmp_path / "merged")])
     assert exc.value.code == 0

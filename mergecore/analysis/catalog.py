@@ -19,6 +19,8 @@ from mergecore.analysis import forward_lenses as fl
 from mergecore.analysis import lenses
 from mergecore.analysis.lenses import LensParams, describe_mean, offdiag_summary
 from mergecore.errors import MergecoreError
+from mergecore.forward.workbench import Workbench
+from mergecore.runs.store import Store
 
 Rows = list[dict]
 
@@ -120,7 +122,7 @@ def get_lens(name: str) -> Lens:
     return CATALOG[name]
 
 
-def compute_lens(name: str, bench, store, run_id: str | None, params: LensParams = LensParams()) -> dict:
+def compute_lens(name: str, bench: Workbench, store: Store | None, run_id: str | None, params: LensParams = LensParams()) -> dict:
     """The lens ``name`` of the workbench (and of run ``run_id`` where the lens reads a run), cached in ``store``."""
     lens = get_lens(name)
     if lens.needs_run and not run_id:

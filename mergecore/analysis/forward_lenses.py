@@ -30,9 +30,10 @@ from mergecore.forward.verbalizer import accepts
 from mergecore.forward.workbench import Workbench
 from mergecore.merged import MergedSource
 from mergecore.runs.folder import run_merge
+from mergecore.runs.store import Store
 
 
-def run_source(bench: Workbench, store, run_id: str):
+def run_source(bench: Workbench, store: Store, run_id: str):
     """A coefficient source running run ``run_id``'s merged update."""
     return MergedSource(run_merge(store, run_id, bench.adapters), bench.device)
 
@@ -136,7 +137,7 @@ def divergence_of(bench: Workbench, split: str = "evaluation", limit: int | None
     return out
 
 
-def divergence_lens(bench: Workbench, store=None, params: LensParams = LensParams()) -> dict:
+def divergence_lens(bench: Workbench, store: Store | None = None, params: LensParams = LensParams()) -> dict:
     """Divergence lens of the workbench's experts (no run needed), on the evaluation split."""
     return cached(store, lens_key(bench, "divergence", None, params),
                   lambda: divergence_of(bench, "evaluation", params.limit, params.max_rows))
@@ -200,7 +201,7 @@ def representation_of(bench: Workbench, source, split: str = "evaluation", limit
     return out
 
 
-def representation_lens(bench: Workbench, store, run_id: str, params: LensParams = LensParams()) -> dict:
+def representation_lens(bench: Workbench, store: Store, run_id: str, params: LensParams = LensParams()) -> dict:
     return cached(store, lens_key(bench, "representation", run_id, params),
                   lambda: representation_of(bench, run_source(bench, store, run_id), "evaluation",
                                             params.limit, params.max_rows))
@@ -258,7 +259,7 @@ def _bins(conf: torch.Tensor, correct: torch.Tensor, n_bins: int) -> dict:
             "accuracy": b.accuracy.tolist(), "ece": expected_calibration_error(conf, correct, n_bins)}
 
 
-def calibration_lens(bench: Workbench, store, run_id: str, params: LensParams = LensParams()) -> dict:
+def calibration_lens(bench: Workbench, store: Store, run_id: str, params: LensParams = LensParams()) -> dict:
     return cached(store, lens_key(bench, "calibration", run_id, params),
                   lambda: calibration_of(bench, run_source(bench, store, run_id), params.limit,
                                          params.n_bins, params.threshold))

@@ -24,10 +24,10 @@ from mergecore.merged import MergedSource, coefs_to_merge, merge_to_tensors
 from mergecore.merges import METHODS, get_method, merge_adapters
 from mergecore.numbers import as_float, dumps
 from mergecore.runs.folder import run_merge
-from mergecore.runs.store import RunStore, StoreError
+from mergecore.runs.store import RunStore, Store, StoreError
 
 
-def cached_baselines(bench: Workbench, store: RunStore | None = None) -> dict[str, dict[str, float]]:
+def cached_baselines(bench: Workbench, store: Store | None = None) -> dict[str, dict[str, float]]:
     """Pre-trained / experts / uniform scores: once per workbench, and once per workspace when a store is given."""
     if bench.baselines is None:
         cached = store.cache_get(bench_key(bench)) if store else None
@@ -40,7 +40,7 @@ def cached_baselines(bench: Workbench, store: RunStore | None = None) -> dict[st
     return bench.baselines
 
 
-def summarize(bench: Workbench, scores: dict[str, float], store: RunStore | None = None) -> dict:
+def summarize(bench: Workbench, scores: dict[str, float], store: Store | None = None) -> dict:
     base = cached_baselines(bench, store)
     return {"scores": scores, "average": average(scores), "anp": anp(scores, base["experts"]),
             "uniform": base["uniform"], "baselines": base}
@@ -109,7 +109,7 @@ def run_learning(bench: Workbench, params: LearnParams, store: RunStore | None =
     return run_id, result
 
 
-def _learned_result(bench: Workbench, res, store) -> dict:
+def _learned_result(bench: Workbench, res, store: RunStore | None) -> dict:
     source = MergedSource(res.merge, bench.device) if res.merge is not None else FixedCoefs(res.coefs)
     result = {**summarize(bench, evaluate(bench, source), store), "status": res.status, "message": res.message,
               "steps": res.steps_done, "seconds": res.seconds}
@@ -120,7 +120,7 @@ def _learned_result(bench: Workbench, res, store) -> dict:
     return result
 
 
-def resolve_start(bench: Workbench, params: LearnParams, store: RunStore | None, start: torch.Tensor | None):
+def resolve_start(bench: Workbench, params: LearnParams, store: Store | None, start: torch.Tensor | None):
     """(start coefficients, start merge) from ``params.start``: 'uniform', a stored run id, or a method name."""
     spectral = params.granularity == "spectral"
     key = params.start.strip()
@@ -188,7 +188,7 @@ def run_static(bench: Workbench, method: str, params=None, store: RunStore | Non
     return run_id, result
 
 
-def _static_merge(bench: Workbench, m, params, weights, store, stage) -> tuple[dict, dict]:
+def _static_merge(bench: Workbench, m, params, weights, store: RunStore | None, stage) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     if m.needs_features:
         stage("features", "collecting the layer inputs the method needs")
