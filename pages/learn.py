@@ -10,7 +10,6 @@ import streamlit as st
 from mergecore.errors import MergecoreError
 from mergecore.learn.objectives import OBJECTIVES
 from mergecore.learn.params import GRANULARITIES, PRESET_TITLES, PRESETS, LearnParams, apply_preset
-from mergecore.runs.compare import score_table
 from mergecore.runs.follow import RunSeries
 from pages.ui import charts, live_view
 from pages.ui.state import job_page
@@ -142,15 +141,7 @@ def finals(series: list[RunSeries]) -> None:
     if not results:
         return
     st.subheader("Per-task scores")
-    if len(results) == 1:
-        st.dataframe(charts.score_style(charts.score_frame(results[0].result)), key="final_scores")
-    else:
-        base = results[0].result.get("baselines", {})
-        cols = {**{k: base[k] for k in ("pre-trained", "experts", "uniform") if k in base},
-                **{s.label: s.result["scores"] for s in results}}
-        t = score_table(cols, base.get("experts"))
-        frame = charts.pd.DataFrame(t.values, index=list(t.index), columns=list(t.columns)).round(3)
-        st.dataframe(charts.score_style(frame), key="final_scores")
+    st.dataframe(charts.score_style(charts.score_frame(results)), key="final_scores")
     if st.button("Open these runs in Compare", key="to_compare"):
         st.switch_page("pages/compare.py", query_params={"runs": ",".join(s.run_id for s in results)})
 

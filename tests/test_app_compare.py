@@ -110,3 +110,62 @@ def test_compare_page_choose_runs(workspace, monkeypatch):
     assert not at.get("plotly_chart")  # a static run alone: scores only
     at.multiselect(key="compare_runs").select(js).run()
     assert len(at.get("plotly_chart")) >= 4
+
+
+def _drawn(at, key: str) -> dict:
+    """The spec of the chart a page drew under ``key``, as JSON."""
+    (chart,) = [c for c in at.get("plotly_chart") if key in c.proto.id]
+    return json.loads(chart.proto.spec)
+
+
+def test_learn_and_compare_draw_the_same_figures_for_the_same_runs(workspace, monkeypatch):
+    """Compare's coefficient trajectories and collapse curves are the Learn page's figures (pages.ui.charts over
+    each run's RunSeries): the same traces, names, colours, dashes and titles, run for run."""
+    import plotly.io as pio
+    from conftest import stop_workers
+
+    from mergecore.runs.compare import run_tasks
+    from mergecore.runs.follow import RunSeries
+    from pages.ui import charts
+
+    ws, store, ent, js, ta = workspace
+    at = _app(ws, monkeypatch)
+    at.query_params["runs"] = f"{ent},{js}"
+    try:
+        at.switch_page("pages/learn.py").run()
+        assert not at.exception, at.exception
+        learn = _drawn(at, "collapse_chart")
+    finally:
+        stop_workers(ws)  # the Learn page starts a spare worker
+    at.query_params["runs"] = f"{ent},{js}"
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert _drawn(at, "compare_collapse") == learn
+    series = [RunSeries(ent), RunSeries(js)]
+    for s in series:
+        s.update(store)
+    assert all(s.evals for s in series)
+    tasks = {i: run_tasks(store.get(i)) for i in (ent, js)}
+    for key, fig in (("compare_collapse", charts.collapse_figure(series)),
+                     ("compare_trajectories", charts.coef_figure(series, tasks))):
+        want = json.loads(pio.to_json(charts.text_only(fig), validate=False))
+        got = _drawn(at, key)
+        assert got["data"] == want["data"], key
+        assert got["layout"]["title"] == want["layout"]["title"]
+    names = [d["name"] for d in _drawn(at, "compare_collapse")["data"]]
+    assert names == [m for _, m in charts.METRICS] * 2 + [s.label for s in series]  # metrics, then the runs' dashes
+
+
+def test_one_score_frame_for_one_run_and_for_several():
+    """Learn's final table: one run as 'this run', several as a column per run label; baselines of the first."""
+    from mergecore.runs.follow import RunSeries
+    from pages.ui import charts
+
+    base = {"experts": {"a": 80.0, "b": 60.0}, "uniform": {"a": 40.0, "b": 30.0}}
+    one = RunSeries("r1", label="one:r1", result={"scores": {"a": 40.0, "b": 60.0}, "baselines": base})
+    two = RunSeries("r2", label="two:r2", result={"scores": {"a": 80.0, "b": 30.0}})
+    alone = charts.score_frame([one])
+    assert list(alone.columns) == ["experts", "uniform", "this run"] and alone.equals(charts.score_frame(one.result))
+    both = charts.score_frame([one, two])
+    assert list(both.columns) == ["experts", "uniform", "one:r1", "two:r2"]
+    assert both.loc["ANP", "one:r1"] == pytest.approx(0.75) and both.loc["average", "two:r2"] == pytest.approx(55.0)
