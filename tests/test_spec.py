@@ -115,6 +115,20 @@ def test_a_bench_opened_directly_records_no_task_source(adapters):
     assert bench_key(bench) != bench_key(RunSpec.of(dirs["bert"], device="cpu").open())  # the source is part of it
 
 
+def test_a_recorded_adapter_that_changed_is_refused(adapters, tmp_path):
+    """Reopening a run (``--run``, a worker's job) loads what the run recorded or says which adapter changed."""
+    _, dirs = adapters
+    copies = [shutil.copytree(d, tmp_path / Path(d).name) for d in dirs["bert"]]
+    recorded = RunSpec.of(copies, device="cpu").open().spec
+    assert RunSpec.from_record(recorded.to_record(), device="cpu").open().spec == recorded
+    data = bytearray((copies[1] / "adapter_model.safetensors").read_bytes())
+    data[-4:] = b"\x00\x00\x80\x3f"  # one float32 of the last tensor is now 1.0
+    (copies[1] / "adapter_model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(MergecoreError, match=rf"^adapter 'acceptability' in {recorded.adapters[1].source} changed "
+                                             rf"since the run was made \(sha256 {recorded.adapters[1].sha256[:12]}"):
+        RunSpec.from_record(recorded.to_record(), device="cpu").open()
+
+
 def test_a_spec_without_adapters_is_one_line():
     with pytest.raises(MergecoreError, match=r"^a run needs adapters; pass --adapters DIR \.\.\. \(or --demo"):
         RunSpec().open()

@@ -71,6 +71,11 @@ class RunSpec:
         """Adapters, tasks and base loaded; the workbench carries the resolved spec (absolute folders, content
         hashes, task names, the base used) as ``bench.spec``."""
         adapters, tasks = self.load_inputs()
+        for want, got in zip(self.adapters, adapters.adapters):  # a recorded run's adapters must be what it used
+            if want.sha256 and want.sha256 != got.sha256:
+                raise MergecoreError(f"adapter {got.name!r} in {want.source} changed since the run was made (sha256 "
+                                     f"{want.sha256[:12]}..., now {got.sha256[:12]}...); restore it, or pass "
+                                     "--adapters DIR ... to use other adapters")
         resolved = replace(self, adapters=tuple(AdapterRef(_absolute(a.source), a.name, a.sha256)
                                                 for a in adapters.adapters),
                            tasks=_named(self.tasks or TaskSource(), tasks.names),
