@@ -28,6 +28,7 @@ from mergecore.demo.kit import demo_workbench
 from mergecore.errors import MergecoreError
 from mergecore.export.params import ExportParams
 from mergecore.export.writer import export_run
+from mergecore.files import __version__
 from mergecore.forward.evaluate import evaluate
 from mergecore.forward.workbench import Workbench, open_workbench
 from mergecore.learn.params import PRESETS, LearnParams, apply_preset
@@ -35,7 +36,6 @@ from mergecore.merges import METHODS, get_method, parse_params
 from mergecore.runs.folder import load_run
 from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
-from mergecore.version import __version__
 
 __all__ = ["__version__", "AdapterSet", "ExportParams", "LENSES", "LearnParams", "LensParams", "METHODS", "MergecoreError", "PRESETS",
            "RunStore", "TaskSource", "Workbench", "apply_preset", "compute_lens", "demo_workbench", "evaluate",

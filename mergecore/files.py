@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 from mergecore.errors import MergecoreError
-from mergecore.version import __version__
+
+__version__ = "0.1.0"  # the library version, written into the folder marker and merge cards
 
 
 def safe_name(name: str) -> str:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mergecore.errors import MergecoreError
+from mergecore.fields import param
 from mergecore.files import read_json, read_regular_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,25 +30,21 @@ QUANTIZE = ("nf4", "int8")
 DEVICE_MAPS = ("auto", "balanced")
 
 
-def _meta(label: str, text: str, **extra) -> dict:
-    return {"label": label, "help": text, "advanced": False, **extra}
-
-
 @dataclass(frozen=True)
 class LoadParams:
     """How the base model is loaded (the adapters and the coefficients are float32 whatever this says)."""
 
-    dtype: str = field(default="auto", metadata=_meta(
-        "Base weights dtype", "dtype the base model's weights are loaded in: auto = the checkpoint's dtype on a GPU, "
+    dtype: str = param(
+        "auto", "Base weights dtype", "dtype the base model's weights are loaded in: auto = the checkpoint's dtype on a GPU, "
         "float32 on the CPU; bfloat16 halves the memory of float32 (the papers' 8B / 14B bases are bf16)",
-        choices=("auto", *DTYPES)))
-    quantize: str | None = field(default=None, metadata=_meta(
-        "Quantize the base", "nf4 (4-bit, QLoRA) or int8 through bitsandbytes; the LoRA term is added to the "
-        "quantized layer's output", choices=QUANTIZE, none_label="none"))
-    device_map: str | None = field(default=None, metadata=_meta(
-        "Device map", "spread the base over devices with accelerate: auto, balanced, or a JSON file "
+        choices=("auto", *DTYPES))
+    quantize: str | None = param(
+        None, "Quantize the base", "nf4 (4-bit, QLoRA) or int8 through bitsandbytes; the LoRA term is added to the "
+        "quantized layer's output", choices=QUANTIZE, none_label="none")
+    device_map: str | None = param(
+        None, "Device map", "spread the base over devices with accelerate: auto, balanced, or a JSON file "
         "{module: device} (\"cpu\", \"cuda:0\", \"disk\" = offloaded to a folder); none = one device",
-        none_label="none"))
+        none_label="none")
 
     def validate(self) -> "LoadParams":
         if self.dtype != "auto" and self.dtype not in DTYPES:

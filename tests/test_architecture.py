@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "mergecore"
 
 # Bottom to top: a module imports modules of its own layer or of layers below it, never above.
 LAYERS = (
-    ("errors", "numbers", "version", "files", "placement"),
+    ("errors", "numbers", "fields", "files", "placement"),
     ("peft_config", "adapters", "bases", "safezip", "data"),
     ("core_space", "merged", "merges", "divergences"),
     ("forward",),

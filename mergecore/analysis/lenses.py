@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -33,31 +33,31 @@ from mergecore.analysis.subspaces import (
     task_vector_cosine,
 )
 from mergecore.errors import MergecoreError
+from mergecore.fields import check_number, param
 from mergecore.forward.coefs import block_index
 from mergecore.forward.features import collect_features
 from mergecore.forward.spec import bench_key
 from mergecore.forward.workbench import Workbench
 from mergecore.runs.folder import run_merge
-from mergecore.merges.base import ModuleMerge, check_number, numerical_rank, singular_values
+from mergecore.merges.base import ModuleMerge, numerical_rank, singular_values
 
 LENS_VERSION = 2  # bump when a lens's output changes: cached results of older code are not served
-
-
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
 
 
 @dataclass(frozen=True)
 class LensParams:
     """Parameters shared by the lenses (each lens reads the fields it needs)."""
 
-    limit: int = field(default=100, metadata=_help("evaluation examples per task for forward-pass lenses"))
-    energy_rank: int = field(default=0, metadata=_help("rank r for 'energy captured at rank r'; 0 = the module's largest adapter rank"))
-    samples: int = field(default=64, metadata=_help("calibration examples per task for OSRM features"))
-    shared_threshold: float = field(default=2.0, metadata=_help("a B direction is shared when >= this many tasks contain it (Pico)"))
-    n_bins: int = field(default=10, metadata=_help("confidence bins of the reliability diagram"))
-    threshold: float = field(default=0.9, metadata=_help("confidence at or above which a wrong prediction is 'confidently wrong'"))
-    max_rows: int = field(default=256, metadata=_help("rows per forward pass"))
+    limit: int = param(100, "Evaluation examples per task", "evaluation examples per task for forward-pass lenses")
+    energy_rank: int = param(0, "Rank of the energy captured", "rank r for 'energy captured at rank r'; 0 = the "
+                             "module's largest adapter rank")
+    samples: int = param(64, "Calibration examples per task", "calibration examples per task for OSRM features")
+    shared_threshold: float = param(2.0, "Tasks sharing a direction", "a B direction is shared when >= this many "
+                                    "tasks contain it (Pico)")
+    n_bins: int = param(10, "Reliability bins", "confidence bins of the reliability diagram")
+    threshold: float = param(0.9, "Confidently-wrong threshold", "confidence at or above which a wrong prediction is "
+                             "'confidently wrong'")
+    max_rows: int = param(256, "Rows per forward pass", "rows per forward pass")
 
     def validate(self) -> "LensParams":
         """One line for the first bad field (its flag and range); ``analyze`` runs it before loading anything

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 
 from mergecore.errors import MergecoreError
+from mergecore.fields import parse_value, value_type
 
 
 class _NoneGiven:
@@ -17,35 +17,44 @@ class _NoneGiven:
 NONE_GIVEN = _NoneGiven()
 
 
-def _optional_type(kind, none_label: str):
-    """argparse type for an ``X | None`` field: a number, or the field's none label (e.g. '1/K') or 'none'."""
+def _refusal(f, raw: str) -> Exception:
+    """argparse's one-line refusal of a flag's text that ``parse_value`` refused, in argparse's words."""
+    kind, optional = value_type(f)
+    none_label = f.metadata.get("none_label", "none")
+    if f.metadata.get("choices"):
+        valid = ", ".join([*map(str, f.metadata["choices"]), *([none_label] if optional else [])])
+        return argparse.ArgumentTypeError(f"invalid choice: {raw!r} (choose from {valid})")
+    if optional:
+        return argparse.ArgumentTypeError(f"give {'a whole number' if kind is int else 'a number'} or {none_label} "
+                                          f"(got {raw!r})")
+    want = "a whole number" if kind is int else "a finite number" if kind is float else "true or false"
+    return argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {raw!r}; give {want}")
+
+
+def field_type(f):
+    """argparse type of a dataclass field: ``parse_value`` (the spellings the app and ``--param`` accept too);
+    an explicit none spelling becomes NONE_GIVEN."""
     def convert(raw: str):
-        if raw.strip().lower() in {none_label.lower(), "none"}:
-            return NONE_GIVEN
         try:
-            return kind(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"give a number or {none_label} (got {raw!r})") from None
-    convert.__name__ = kind.__name__
+            value = parse_value(f, raw)
+        except MergecoreError:
+            raise _refusal(f, raw) from None
+        return NONE_GIVEN if value is None else value
+    convert.__name__ = value_type(f)[0].__name__
     return convert
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per dataclass field, default None so presets and explicit flags can be layered."""
-    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
-        none_label = f.metadata.get("none_label", "none")
-        shown = none_label if f.default is None else f.default
+        shown = f.metadata.get("none_label", "none") if f.default is None else f.default
         helptext = f.metadata.get("help", "") + f" (default: {shown})"
-        if hints[f.name] is bool:
+        if value_type(f)[0] is bool:
             parser.add_argument(flag, action="store_true", default=None, help=helptext)
-        elif args and type(None) in typing.get_args(hints[f.name]):
-            parser.add_argument(flag, type=_optional_type(args[0], none_label), default=None, help=helptext)
-        else:
-            parser.add_argument(flag, type=hints[f.name], default=None, choices=f.metadata.get("choices"),
-                                help=helptext)
+        else:  # choices: only for the usage line (field_type refuses any other name first, as the app and --param)
+            choices = None if value_type(f)[1] else f.metadata.get("choices")
+            parser.add_argument(flag, type=field_type(f), default=None, choices=choices, help=helptext)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, base=None):

@@ -8,10 +8,10 @@ import time
 from mergecore.export.full import base_name, bench_family
 from mergecore.export.params import ExportInputs, ExportParams
 from mergecore.export.peft import CARD_FILE, README_FILE, head_modules, num_labels
+from mergecore.files import __version__
 from mergecore.forward.workbench import Workbench
 from mergecore.numbers import fmt
 from mergecore.runs.folder import RunSource
-from mergecore.version import __version__
 
 
 def run_coefficients(run: RunSource):

@@ -3,13 +3,13 @@ returns."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mergecore.adapters import AdapterSet
 from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
-from mergecore.merges.base import check_number
+from mergecore.fields import check_number, param
 
 MODES = ("exact", "compressed", "full")
 
@@ -18,15 +18,13 @@ MODES = ("exact", "compressed", "full")
 class ExportParams:
     """What to write; defaults give the exact adapter with the first task's head."""
 
-    mode: str = field(default="exact", metadata={"help": "exact (rank = sum of source ranks), compressed (rank r "
-                                                         "by truncated SVD) or full (merged model weights)",
-                                                 "choices": MODES})
-    rank: int = field(default=8, metadata={"help": "rank r of the compressed adapter (compressed mode only)"})
-    head: str = field(default="", metadata={"help": "task whose head the adapter carries (modules_to_save); "
-                                                    "empty = the first task"})
-    samples: int = field(default=128, metadata={"help": "calibration examples per task for the probability-change "
-                                                        "report (compressed mode)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing target folder"})
+    mode: str = param("exact", "Export mode", "exact (rank = sum of source ranks), compressed (rank r by truncated "
+                      "SVD) or full (merged model weights)", choices=MODES)
+    rank: int = param(8, "Rank (compressed)", "rank r of the compressed adapter (compressed mode only)")
+    head: str = param("", "Head of task", "task whose head the adapter carries (modules_to_save); empty = the first task")
+    samples: int = param(128, "Calibration examples per task", "calibration examples per task for the "
+                         "probability-change report (compressed mode)")
+    overwrite: bool = param(False, "Replace an existing folder", "replace an existing target folder")
 
     def validate(self) -> "ExportParams":
         if self.mode not in MODES:

@@ -4,12 +4,12 @@ derive from it) and the papers' presets."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from mergecore.errors import MergecoreError
+from mergecore.fields import check_number, param
 from mergecore.forward.coefs import coefficient_transform
 from mergecore.learn.objectives import OBJECTIVES, get_objective
-from mergecore.merges.base import check_number
 
 GRANULARITIES = ("task", "layer", "block", "spectral")
 
@@ -24,12 +24,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _meta(label: str, text: str, advanced: bool = False, **extra) -> dict:
-    """Field metadata the CLI, the app's form and the merge card read: a human label, help in the papers' words,
-    ``advanced`` (folded in the form), and optional ``choices`` / ``choice_labels`` / ``none_label``."""
-    return {"label": label, "help": text, "advanced": advanced, **extra}
-
-
 OBJECTIVE_LABELS = {name: f"{name}: {o.summary}" for name, o in OBJECTIVES.items()}
 GRANULARITY_LABELS = {"task": "task-wise: one coefficient per task",
                       "layer": "layer-wise: one per task and LoRA module",
@@ -41,64 +35,73 @@ GRANULARITY_LABELS = {"task": "task-wise: one coefficient per task",
 class LearnParams:
     """Hyperparameters of coefficient learning; defaults from SourceJS (lr 0.02 cosine, lambda 2e-4, 128 samples)."""
 
-    objective: str = field(default="js", metadata=_meta(
-        "Objective",
+    objective: str = param("js", "Objective",
         "what the merge coefficients minimise on unlabeled inputs: js = Jensen-Shannon divergence between the merged "
         "model's and each task expert's predictions (SourceJS, DivMerge: anchored to the experts); kl / rkl = KL "
         "divergence to / from the expert (DivMerge); entropy = the merged model's prediction entropy (AdaMerging: "
         "no reference, can become confidently wrong); ce = cross-entropy on a few labels (supervised reference)",
-        choices=tuple(OBJECTIVES), choice_labels=OBJECTIVE_LABELS))
-    granularity: str = field(default="task", metadata=_meta(
-        "Coefficient granularity",
+        choices=tuple(OBJECTIVES), choice_labels=OBJECTIVE_LABELS)
+    granularity: str = param("task", "Coefficient granularity",
         "task-wise: one coefficient per task (K numbers); layer-wise: one per task and LoRA module (SourceJS Sec. 3.4, "
         "its 83.10 headline); block-wise: one per task and transformer block; spectral: a gain per singular value "
         "of the merged update (LoRA-DV's spectral rethinking)",
-        choices=GRANULARITIES, choice_labels=GRANULARITY_LABELS))
-    steps: int = field(default=150, metadata=_meta(
-        "Optimisation steps", "Adam steps over the calibration batches (SourceJS: ~300; DivMerge: 4 epochs)"))
-    lr: float = field(default=0.02, metadata=_meta(
+        choices=GRANULARITIES, choice_labels=GRANULARITY_LABELS)
+    steps: int = param(
+        150,
+        "Optimisation steps", "Adam steps over the calibration batches (SourceJS: ~300; DivMerge: 4 epochs)")
+    lr: float = param(
+        0.02,
         "Learning rate (Adam, cosine schedule)", "Adam's step size, decayed to 0 by a cosine schedule (SourceJS: 0.02; "
-        "DivMerge: 0.01; AdaMerging: 0.001; LoRA-DV: 0.005)"))
-    l2: float = field(default=2e-4, metadata=_meta(
+        "DivMerge: 0.01; AdaMerging: 0.001; LoRA-DV: 0.005)")
+    l2: float = param(
+        2e-4,
         "L2 pull toward uniform (lambda)", "weight lambda of the penalty lambda ||Gamma - Gamma_0||^2 that keeps "
-        "coefficients from extreme values (SourceJS Eq. 7: 2e-4; 0 = none, as DivMerge and AdaMerging)"))
-    l2_target: str = field(default="uniform", metadata=_meta(
-        "L2 pull target (Gamma_0)",
+        "coefficients from extreme values (SourceJS Eq. 7: 2e-4; 0 = none, as DivMerge and AdaMerging)")
+    l2_target: str = param("uniform", "L2 pull target (Gamma_0)",
         "'uniform' = 1/K for every coefficient (SourceJS Eq. 7), 'start' = the start point "
         "(a stored run's coefficients or the start value); spectral runs always pull the gains toward 1 (the start "
-        "merge)", advanced=True, choices=L2_TARGETS))
-    init: float | None = field(default=None, metadata=_meta(
+        "merge)", advanced=True, choices=L2_TARGETS)
+    init: float | None = param(
+        None,
         "Start value of every coefficient", "1/K = uniform average of the K experts (SourceJS, DivMerge Alg. 1), or "
-        "a number (DivMerge / AdaMerging Table 9: 0.5)", none_label="1/K"))
-    samples: int = field(default=128, metadata=_meta(
+        "a number (DivMerge / AdaMerging Table 9: 0.5)", none_label="1/K")
+    samples: int = param(
+        128,
         "Calibration examples per task", "unlabeled inputs per task the coefficients are learned on "
-        "(SourceJS: 128; DivMerge: 200; LoRA-DV: 32)"))
-    batch_size: int = field(default=4, metadata=_meta(
-        "Batch size per task", "examples of each task in every step (DivMerge: 4 x number of tasks)"))
-    labeled: int = field(default=64, metadata=_meta(
+        "(SourceJS: 128; DivMerge: 200; LoRA-DV: 32)")
+    batch_size: int = param(
+        4,
+        "Batch size per task", "examples of each task in every step (DivMerge: 4 x number of tasks)")
+    labeled: int = param(
+        64,
         "Labeled examples per task (ce only)", "labeled examples per task for the supervised cross-entropy objective",
-        advanced=True))
-    clamp: bool = field(default=False, metadata=_meta(
-        "Clamp coefficients to [0, 1]", "project the coefficients into [0, 1] in the forward", advanced=True))
-    softmax: bool = field(default=False, metadata=_meta(
-        "Softmax over tasks", "normalise the coefficients with a softmax over tasks (they sum to 1)", advanced=True))
-    eval_every: int = field(default=50, metadata=_meta(
+        advanced=True)
+    clamp: bool = param(
+        False,
+        "Clamp coefficients to [0, 1]", "project the coefficients into [0, 1] in the forward", advanced=True)
+    softmax: bool = param(
+        False,
+        "Softmax over tasks", "normalise the coefficients with a softmax over tasks (they sum to 1)", advanced=True)
+    eval_every: int = param(
+        50,
         "Evaluate every N steps", "score, confidence and confidently-wrong share on held-out examples every N steps "
-        "(the collapse curves; 0 = never)", advanced=True))
-    eval_limit: int = field(default=100, metadata=_meta(
-        "Evaluation examples per task", "held-out examples per task for the periodic evaluation", advanced=True))
-    seed: int = field(default=0, metadata=_meta("Seed", "seed of the batch sampler", advanced=True))
-    precision: str = field(default="auto", metadata=_meta(
-        "Precision",
+        "(the collapse curves; 0 = never)", advanced=True)
+    eval_limit: int = param(
+        100,
+        "Evaluation examples per task", "held-out examples per task for the periodic evaluation", advanced=True)
+    seed: int = param(0, "Seed", "seed of the batch sampler", advanced=True)
+    precision: str = param("auto", "Precision",
         "auto: TF32 matmuls on CUDA, float32 on CPU; bf16: bf16 autocast on CUDA "
         "(coefficients and losses stay float32)",
-        advanced=True, choices=("auto", "fp32", "bf16")))
-    iterations: int = field(default=3, metadata=_meta(
+        advanced=True, choices=("auto", "fp32", "bf16"))
+    iterations: int = param(
+        3,
         "Rethinking iterations T (spectral)", "spectral only: LoRA-DV's rethinking iterations (Sec. 4.2: T = 3)",
-        advanced=True))
-    start: str = field(default="uniform", metadata=_meta(
+        advanced=True)
+    start: str = param(
+        "uniform",
         "Start point", "'uniform', a stored run id, or a static method name (spectral starts from its merge)",
-        advanced=True))
+        advanced=True)
 
     def validate(self) -> "LearnParams":
         """One line for the first bad field (its flag and valid range); the CLI runs it before loading anything,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ import torch
 
 from mergecore.adapters import LoraFactors
 from mergecore.errors import MergecoreError
+from mergecore.fields import check_number
 
 SPACES = ("lora-factors", "core", "dense")
 
@@ -146,29 +146,6 @@ def dense_deltas(factors: list[LoraFactors | None], dtype=torch.float32) -> torc
         if f is not None:
             d[k] = (f.scale * f.B.to(dtype)) @ f.A.to(dtype)
     return d
-
-
-def check_number(name: str, value: Any, flag: str, low: float | None = None, high: float | None = None, *,
-                 whole: bool = False, above: bool = False) -> None:
-    """The one range check of every params dataclass (merges, learning, lenses, export; the CLI and the app's
-    forms share them): ``value`` must be a finite number (a whole one when ``whole``), >= ``low`` (> when
-    ``above``) and <= ``high``; else one line naming the field, its flag and the valid range."""
-    real = isinstance(value, numbers.Integral if whole else numbers.Real) and not isinstance(value, bool)
-    ok = real and (isinstance(value, numbers.Integral) or math.isfinite(value)) and (
-        low is None or (value > low if above else value >= low)) and (high is None or value <= high)
-    if ok:
-        return
-    kind = "a whole number" if whole else "a finite number"
-    if low is not None and high is not None:
-        top = f"2**{high.bit_length()} - 1" if whole and high > 2**20 and (high + 1).bit_count() == 1 else high
-        rule = f"{'a whole number' if whole else 'a number'} in {'(' if above else '['}{low}, {top}]"
-    elif low is not None:
-        rule = ("a positive number" if above and low == 0 and not whole else f"at least {low}" if whole
-                else f"a finite number {'>' if above else '>='} {low}")
-    else:
-        rule = kind
-    want = f"{kind} {'>' if above else '>='} {low}" if low is not None and high is None else rule
-    raise MergecoreError(f"{name} must be {rule} (got {value!r}); set {flag} to {want}")
 
 
 def check_finite(method: str, params: Any, *keys: str) -> None:

@@ -21,13 +21,14 @@ No method here forms an out x in matrix.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from mergecore.adapters import LoraFactors
 from mergecore.core_space import CoreSpace, core_space
 from mergecore.errors import MergecoreError
+from mergecore.fields import param
 from mergecore.merges.base import (
     MergeMethod,
     ModuleMerge,
@@ -116,18 +117,14 @@ def knots_align(cores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 @dataclass(frozen=True)
 class KnotsParams:
-    merge: str = field(default="ties", metadata={
-        "label": "Merge of the aligned representations", "advanced": False, "choices": ("ties", "ta"), "help": (
-        "how the aligned task representations are merged: 'ties' (KnOTS-TIES, the paper's best) or "
-        "'ta'")})
-    density: float = field(default=0.2, metadata={
-        "label": "Density (ties: share of entries kept)", "advanced": False,
-        "help": "ties only: fraction of each aligned representation's entries kept"})
-    majority_sign_method: str = field(default="total", metadata={
-        "label": "Sign election (ties)", "advanced": True, "choices": SIGN_METHODS, "help": (
-            "ties only: 'total' (sum of values) or 'frequency' (count of signs) sign election")})
-    lam: float = field(default=1.0, metadata={"label": "Task weight (lambda)", "advanced": False,
-                                              "help": "weight of every task when no explicit weights are given"})
+    merge: str = param("ties", "Merge of the aligned representations", "how the aligned task representations are "
+                       "merged: 'ties' (KnOTS-TIES, the paper's best) or 'ta'", choices=("ties", "ta"))
+    density: float = param(0.2, "Density (ties: share of entries kept)",
+                           "ties only: fraction of each aligned representation's entries kept")
+    majority_sign_method: str = param(
+        "total", "Sign election (ties)", "ties only: 'total' (sum of values) or 'frequency' (count of signs) sign "
+        "election", advanced=True, choices=SIGN_METHODS)
+    lam: float = param(1.0, "Task weight (lambda)", "weight of every task when no explicit weights are given")
 
     def __post_init__(self):
         check_choice("knots", "merge", self.merge, ("ties", "ta"))
@@ -138,11 +135,9 @@ class KnotsParams:
 
 @dataclass(frozen=True)
 class TsvParams:
-    fraction: float | None = field(default=None, metadata={
-        "label": "Rank fraction kept per task", "advanced": False, "none_label": "1/K", "help": (
-            "fraction of each task's rank r_k kept (ceil); 1/K = the TSV-M paper's choice")})
-    alpha: float = field(default=1.0, metadata={"label": "Scale of the merged update (alpha)", "advanced": False,
-                                                "help": "global scale of the merged update (TSV-M paper: 1.0)"})
+    fraction: float | None = param(None, "Rank fraction kept per task", "fraction of each task's rank r_k kept "
+                                   "(ceil); 1/K = the TSV-M paper's choice", none_label="1/K")
+    alpha: float = param(1.0, "Scale of the merged update (alpha)", "global scale of the merged update (TSV-M paper: 1.0)")
 
     def __post_init__(self):
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
@@ -152,9 +147,8 @@ class TsvParams:
 
 @dataclass(frozen=True)
 class IsoParams:
-    alpha: float = field(default=1.0, metadata={"label": "Scale of the merged update (alpha)", "advanced": False,
-                                                "help": (
-        "scale of the isotropic merged update (Iso-C tunes it; default 1.0)")})
+    alpha: float = param(1.0, "Scale of the merged update (alpha)",
+                         "scale of the isotropic merged update (Iso-C tunes it; default 1.0)")
 
     def __post_init__(self):
         check_finite("iso_c", self, "alpha")

@@ -20,12 +20,13 @@ s_k B_k A_k restricted to the cluster). Without ties this is exactly Eq. 3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from mergecore.adapters import LoraFactors
 from mergecore.errors import MergecoreError
+from mergecore.fields import param
 from mergecore.merges.base import MergeMethod, ModuleMerge, check_finite, lam_weights, module_shape, present
 
 EIG_RTOL = 1e-9  # eigenvalues within EIG_RTOL * max of the r-th smallest are tied
@@ -72,12 +73,10 @@ def rel_err(B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tens
 
 @dataclass(frozen=True)
 class OsrmParams:
-    lam: float = field(default=0.3, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
-        "task-arithmetic weight of every recovered adapter when no explicit weights are given (same"
-        " default as task_arithmetic)")})
-    fit_on_features: bool = field(default=True, metadata={"label": "Fit on the task's features", "advanced": True,
-                                                          "help": (
-        "fit B' on the task's own features when they are given (else Frobenius fit)")})
+    lam: float = param(0.3, "Task weight (lambda)", "task-arithmetic weight of every recovered adapter when no "
+                       "explicit weights are given (same default as task_arithmetic)")
+    fit_on_features: bool = param(True, "Fit on the task's features", "fit B' on the task's own features when they "
+                                  "are given (else Frobenius fit)", advanced=True)
 
     def __post_init__(self):
         check_finite("osrm", self, "lam")

@@ -21,13 +21,14 @@ rule implemented here (our specification, not the paper's):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from mergecore.adapters import LoraFactors
 from mergecore.core_space import core_space
 from mergecore.errors import MergecoreError
+from mergecore.fields import param
 from mergecore.merges.base import (
     MergeMethod,
     ModuleMerge,
@@ -75,25 +76,19 @@ def _rescale(merged: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tenso
 
 @dataclass(frozen=True)
 class PicoParams:
-    base_method: str = field(default="ta", metadata={"label": "Merge after calibration", "advanced": False,
-                                                     "choices": BASES, "help": (
-        "merge run on the calibrated tasks: ta, ties, tsv_m or iso_c")})
-    strength: float = field(default=1.0, metadata={"label": "Calibration strength", "advanced": False, "help": (
-        "a direction shared by c tasks is scaled by c^-strength before merging (0 = no calibration)")})
-    lam: float | None = field(default=None, metadata={
-        "label": "Task weight (lambda)", "advanced": False, "none_label": "method default", "help": (
-            "weight of every task when no explicit weights are given; method default = the merge's own "
-            "(ta 0.3, others 1.0)")})
-    density: float = field(default=0.2, metadata={"label": "Density (ties)", "advanced": True,
-                                                  "help": "ties only: fraction of entries kept per task"})
-    majority_sign_method: str = field(default="total", metadata={
-        "label": "Sign election (ties)", "advanced": True, "choices": SIGN_METHODS,
-        "help": "ties only: 'total' (sum of values) or 'frequency' (count of signs)"})
-    fraction: float | None = field(default=None, metadata={
-        "label": "Rank fraction kept per task (tsv_m)", "advanced": True, "none_label": "1/K",
-        "help": "tsv_m only: fraction of each task's rank kept; 1/K = the TSV-M paper's choice"})
-    alpha: float = field(default=1.0, metadata={"label": "Scale of the merged update (alpha)", "advanced": True,
-                                                "help": "tsv_m / iso_c only: scale of the merged update"})
+    base_method: str = param("ta", "Merge after calibration", "merge run on the calibrated tasks: ta, ties, tsv_m or "
+                             "iso_c", choices=BASES)
+    strength: float = param(1.0, "Calibration strength", "a direction shared by c tasks is scaled by c^-strength "
+                            "before merging (0 = no calibration)")
+    lam: float | None = param(None, "Task weight (lambda)", "weight of every task when no explicit weights are given; "
+                              "method default = the merge's own (ta 0.3, others 1.0)", none_label="method default")
+    density: float = param(0.2, "Density (ties)", "ties only: fraction of entries kept per task", advanced=True)
+    majority_sign_method: str = param("total", "Sign election (ties)", "ties only: 'total' (sum of values) or "
+                                      "'frequency' (count of signs)", advanced=True, choices=SIGN_METHODS)
+    fraction: float | None = param(None, "Rank fraction kept per task (tsv_m)", "tsv_m only: fraction of each task's "
+                                   "rank kept; 1/K = the TSV-M paper's choice", advanced=True, none_label="1/K")
+    alpha: float = param(1.0, "Scale of the merged update (alpha)", "tsv_m / iso_c only: scale of the merged update",
+                         advanced=True)
 
     def __post_init__(self):
         check_choice("pico", "base_method", self.base_method, BASES)

@@ -4,8 +4,6 @@ module of an AdapterSet, and the parser of ``key=value`` parameters."""
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 import zlib
 from typing import Any
 
@@ -13,6 +11,7 @@ import torch
 
 from mergecore.adapters import AdapterSet
 from mergecore.errors import MergecoreError
+from mergecore.fields import parse_value
 from mergecore.merges import core_methods, osrm, pico, task_arithmetic, ties_dare
 from mergecore.merges.base import MergeMethod, ModuleMerge, check_weights
 
@@ -70,36 +69,21 @@ def _module_params(params: Any, module: str) -> Any:
 
 
 def parse_params(method: str | MergeMethod, items: list[str] | None) -> Any:
-    """Build ``method.params_cls`` from CLI strings ``["key=value", ...]`` (typed conversion)."""
+    """Build ``method.params_cls`` from CLI strings ``["key=value", ...]`` (each value read by
+    ``fields.parse_value``: the spellings the CLI's flags and the app's forms accept)."""
     m = get_method(method) if isinstance(method, str) else method
-    hints = typing.get_type_hints(m.params_cls)
-    valid = [f.name for f in dataclasses.fields(m.params_cls)]
-    keys = ", ".join(valid) or "(none)"
+    fields = {f.name: f for f in dataclasses.fields(m.params_cls)}
+    keys = ", ".join(fields) or "(none)"
     kwargs = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
             raise MergecoreError(f"parameter {item!r} must be key=value; valid keys for {m.name}: {keys}")
-        if key not in valid:
+        if key not in fields:
             raise MergecoreError(f"unknown parameter {key!r} for {m.name}; valid keys: {keys}")
-        kwargs[key] = _convert(m.name, key, raw.strip(), hints[key])
+        try:
+            kwargs[key] = parse_value(fields[key], raw)
+        except MergecoreError as exc:
+            raise MergecoreError(f"{m.name}: {exc}") from None
     return m.params_cls(**kwargs)
-
-
-def _convert(method: str, key: str, raw: str, tp: Any) -> Any:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if raw.lower() in ("none", "null", ""):
-            return None
-        tp = next(a for a in args if a is not type(None))
-    try:
-        if tp is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        return tp(raw)
-    except (TypeError, ValueError):
-        raise MergecoreError(f"{method}: parameter {key} expects {tp.__name__}, got {raw!r}") from None

@@ -9,19 +9,19 @@ separately and is not this sum; only its "cat" is.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from mergecore.adapters import LoraFactors
+from mergecore.fields import param
 from mergecore.merges.base import MergeMethod, ModuleMerge, check_finite, lam_weights, present
 
 
 @dataclass(frozen=True)
 class TaskArithmeticParams:
-    lam: float = field(default=0.3, metadata={"label": "Task-vector weight (lambda)", "advanced": False, "help": (
-        "coefficient of every task vector when no explicit weights are given (Ilharco et al.; 0.3 "
-        "is the usual default)")})
+    lam: float = param(0.3, "Task-vector weight (lambda)", "coefficient of every task vector when no explicit weights "
+                       "are given (Ilharco et al.; 0.3 is the usual default)")
 
     def __post_init__(self):
         check_finite("task_arithmetic", self, "lam")

@@ -13,18 +13,18 @@ thus the default weight of every task (``lam``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from mergecore.adapters import LoraFactors
+from mergecore.fields import check_number, param
 from mergecore.merges.base import (
     MergeMethod,
     ModuleMerge,
     check_choice,
     check_density,
     check_finite,
-    check_number,
     dense_deltas,
     lam_weights,
 )
@@ -99,14 +99,13 @@ def magnitude_tensors(stacked: torch.Tensor, weights: list[float], density: floa
 
 @dataclass(frozen=True)
 class TiesParams:
-    density: float = field(default=0.2, metadata={"label": "Density (share of entries kept)", "advanced": False,
-                                                  "help": (
-        "fraction of each task's entries kept by magnitude (TIES paper: top-20%)")})
-    majority_sign_method: str = field(default="total", metadata={
-        "label": "Sign election", "advanced": True, "choices": SIGN_METHODS, "help": (
-            "sign election: 'total' (sum of values, TIES paper) or 'frequency' (count of signs)")})
-    lam: float = field(default=1.0, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
-        "weight of every task when no explicit weights are given (TIES paper lambda = 1)")})
+    density: float = param(0.2, "Density (share of entries kept)",
+                           "fraction of each task's entries kept by magnitude (TIES paper: top-20%)")
+    majority_sign_method: str = param(
+        "total", "Sign election", "sign election: 'total' (sum of values, TIES paper) or 'frequency' (count of signs)",
+        advanced=True, choices=SIGN_METHODS)
+    lam: float = param(1.0, "Task weight (lambda)",
+                       "weight of every task when no explicit weights are given (TIES paper lambda = 1)")
 
     def __post_init__(self):
         check_density("ties", self.density)
@@ -116,16 +115,14 @@ class TiesParams:
 
 @dataclass(frozen=True)
 class DareParams:
-    density: float = field(default=0.1, metadata={"label": "Keep probability (1 - drop rate p)", "advanced": False,
-                                                  "help": (
-        "keep probability of each entry (PEFT's density; DARE paper drop rate p = 0.9 -> 0.1)")})
-    rescale: bool = field(default=True, metadata={"label": "Rescale kept entries by 1/density", "advanced": True,
-                                                  "help": (
-        "divide kept entries by density (DARE; PEFT always rescales)")})
-    lam: float = field(default=0.3, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
-        "weight of every task when no explicit weights are given (0.3, as task arithmetic)")})
-    seed: int = field(default=0, metadata={"label": "Seed of the drop masks", "advanced": True, "help": (
-        "seed of the torch.Generator that draws the masks (mixed with the module name)")})
+    density: float = param(0.1, "Keep probability (1 - drop rate p)",
+                           "keep probability of each entry (PEFT's density; DARE paper drop rate p = 0.9 -> 0.1)")
+    rescale: bool = param(True, "Rescale kept entries by 1/density",
+                          "divide kept entries by density (DARE; PEFT always rescales)", advanced=True)
+    lam: float = param(0.3, "Task weight (lambda)",
+                       "weight of every task when no explicit weights are given (0.3, as task arithmetic)")
+    seed: int = param(0, "Seed of the drop masks",
+                      "seed of the torch.Generator that draws the masks (mixed with the module name)", advanced=True)
 
     def __post_init__(self):
         check_density("dare", self.density)
@@ -135,11 +132,12 @@ class DareParams:
 
 @dataclass(frozen=True)
 class DareTiesParams(DareParams):
-    lam: float = field(default=1.0, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
-        "weight of every task when no explicit weights are given (TIES lambda = 1)")})
-    majority_sign_method: str = field(default="total", metadata={
-        "label": "Sign election", "advanced": True, "choices": SIGN_METHODS, "help": (
-            "sign election after the drop: 'total' (sum of values, TIES) or 'frequency' (count of signs)")})
+    lam: float = param(1.0, "Task weight (lambda)",
+                       "weight of every task when no explicit weights are given (TIES lambda = 1)")
+    majority_sign_method: str = param(
+        "total", "Sign election",
+        "sign election after the drop: 'total' (sum of values, TIES) or 'frequency' (count of signs)",
+        advanced=True, choices=SIGN_METHODS)
 
     def __post_init__(self):
         check_density("dare_ties", self.density)
@@ -150,10 +148,9 @@ class DareTiesParams(DareParams):
 
 @dataclass(frozen=True)
 class MagnitudeParams:
-    density: float = field(default=0.2, metadata={"label": "Density (share of entries kept)", "advanced": False,
-                                                  "help": "fraction of each task's entries kept by magnitude"})
-    lam: float = field(default=0.3, metadata={"label": "Task weight (lambda)", "advanced": False, "help": (
-        "weight of every task when no explicit weights are given (as task arithmetic)")})
+    density: float = param(0.2, "Density (share of entries kept)", "fraction of each task's entries kept by magnitude")
+    lam: float = param(0.3, "Task weight (lambda)",
+                       "weight of every task when no explicit weights are given (as task arithmetic)")
 
     def __post_init__(self):
         check_density("magnitude_prune", self.density)

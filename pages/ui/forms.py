@@ -3,34 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import streamlit as st
 
+from mergecore.errors import MergecoreError
+from mergecore.fields import parse_value, value_type
 from pages.ui.text import say
 
 
-def parse_optional_number(text: str, none_label: str, kind=float):
-    """A form's text for an ``X | None`` field: the none label (e.g. '1/K') or empty -> None, else a finite
-    number ('0.5', '1/3'; a whole one for an int field); raises ValueError on anything else (1e999, nan, 1/0)."""
-    raw = text.strip()
-    if not raw or raw.lower() in {none_label.lower(), "none"}:
-        return None
-    parts = [float(x) for x in raw.split("/", 1)]  # floats: '1e999999999' is inf at once (never 10**N digits)
-    value = parts[0] / parts[1] if len(parts) == 2 else parts[0]
-    if not all(map(math.isfinite, [*parts, value])) or (kind is int and value != int(value)):
-        raise ValueError(raw)
-    return kind(value)
-
-
-def _optional_number(f, current, key: str, label: str, helptext: str | None, unread: list):
+def _typed_text(f, current, key: str, label: str, helptext: str | None, unread: list):
+    """A text input read by ``parse_value`` (the CLI's spellings): an ``X | None`` field shows None as its none
+    label; text it refuses shows one error line and keeps the value (its label goes to ``unread``)."""
     none_label = f.metadata.get("none_label", "none")
-    shown = none_label if current is None else f"{current:.12g}"
-    text = st.text_input(label, value=shown, key=key, help=f"{helptext or ''} -- type {none_label} or a number".strip())
-    kind = int if isinstance(f.default, int) and not isinstance(f.default, bool) else float
+    kind, _ = value_type(f)
+    if kind is str:  # optional text: empty or the none label -> None
+        text = st.text_input(label, value=current or "", help=f"{helptext or ''} (empty: {none_label})", key=key)
+    else:
+        shown = none_label if current is None else f"{current:.12g}"
+        text = st.text_input(label, value=shown, key=key,
+                             help=f"{helptext or ''} -- type {none_label} or a number".strip())
     try:
-        return parse_optional_number(text, none_label, kind)
-    except (ValueError, ZeroDivisionError, OverflowError):
+        return parse_value(f, text)
+    except MergecoreError:
         say("error", f"{label}: give a finite number or {none_label} (got {text!r}); nothing starts until it is one")
         unread.append(label)
         return current
@@ -47,18 +41,15 @@ def _field_widget(f, current, key: str, unread: list):
             choices, names[None] = [None, *choices], none_label
         return st.selectbox(label, choices, index=choices.index(current), help=helptext, key=key,
                             format_func=lambda c: names.get(c, c))
-    if none_label and "str" in str(f.type):  # optional text: empty or the none label -> None
-        text = st.text_input(label, value=current or "", help=f"{helptext or ''} (empty: {none_label})", key=key)
-        return None if text.strip().lower() in {"", none_label.lower()} else text.strip()
     if none_label:
-        return _optional_number(f, current, key, label, helptext, unread)
+        return _typed_text(f, current, key, label, helptext, unread)
     if isinstance(current, bool):
         return st.checkbox(label, value=current, help=helptext, key=key)
     if isinstance(current, int):
         return int(st.number_input(label, value=current, step=1, help=helptext, key=key))
     if isinstance(current, float):
         return float(st.number_input(label, value=current, format="%g", help=helptext, key=key))
-    return st.text_input(label, value=str(current), help=helptext, key=key)
+    return parse_value(f, st.text_input(label, value=str(current), help=helptext, key=key))  # text: never refused
 
 
 def _field_grid(fields, values, prefix: str, out: dict, unread: list) -> None:
