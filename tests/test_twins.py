@@ -6,7 +6,9 @@ calibration (the learner's periodic evaluation is ``analysis.calibration``), one
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import torch
 
 from mergecore.analysis.calibration import confidence_summary, confidently_wrong_share, reliability_bins
 from mergecore.analysis.spectra import energy_at_rank
+from mergecore.data import hub
 from mergecore.export import peft
 from mergecore.export.peft import compress
 from mergecore.merges.base import ModuleMerge
@@ -45,6 +48,9 @@ def test_thin_keeps_pairs_together_and_the_default_is_max_points():
     assert tx.tolist() == [int(x[i]) for i in reference_index(1234, MAX_POINTS)]
     np.testing.assert_array_equal(ty, np.sqrt(tx.astype(float)))
     assert thin_index(MAX_POINTS + 1).size == MAX_POINTS and thin_index(MAX_POINTS).size == MAX_POINTS
+    short = thin([10, 20, 30, 40, 50], [1, 2, 3, 4, 5], max_points=3)
+    assert short[0].tolist() == [10, 30, 50] and short[1].tolist() == [1.0, 3.0, 5.0]
+    assert short[1].dtype == np.float64  # integer values come back as floats (NaN gaps stay possible)
 
 
 class EventStore:
@@ -92,11 +98,21 @@ def test_float32_edge_is_confident_at_either_dtype():
     assert confidently_wrong_share(torch.tensor([0.95]), wrong, threshold=0.96) == 0.0
 
 
+def reference_ece(conf: np.ndarray, ok: np.ndarray, n_bins: int) -> float:
+    """sum over bins of |accuracy - mean confidence| x the bin's share; bins [b/n, (b+1)/n), 1.0 in the last."""
+    conf = conf.astype(np.float64)
+    b = np.minimum(np.floor(conf * n_bins + 1e-6).astype(int), n_bins - 1)
+    return float(sum(abs(ok[b == i].mean() - conf[b == i].mean()) * (b == i).mean()
+                     for i in range(n_bins) if (b == i).any()))
+
+
 def test_confidence_summary_against_numpy():
     g = torch.Generator().manual_seed(3)
     probs = torch.softmax(3 * torch.randn(50, 4, generator=g), -1)
     probs[0] = torch.tensor([EDGE, 0.05, 0.03, 0.02])  # an edge row, wrong below
     labels = torch.randint(0, 4, (50,), generator=g)
+    unsure = probs.max(-1).values < 0.7
+    labels[unsure] = probs.argmax(-1)[unsure]  # under-confident low bins, over-confident high ones: ECE needs bins
     labels[0] = 1
     expert = torch.softmax(torch.randn(50, 4, generator=g), -1)
     p, y, e = probs.numpy(), labels.numpy(), expert.numpy()
@@ -106,6 +122,10 @@ def test_confidence_summary_against_numpy():
     assert got["accuracy"] == pytest.approx((pred == y).mean(), rel=1e-12)
     assert got["confidently_wrong"] == pytest.approx(((conf >= np.float32(0.9)) & (pred != y)).mean(), rel=1e-12)
     assert got["agreement"] == pytest.approx((pred == e.argmax(1)).mean(), rel=1e-12)
+    assert got["ece"] == pytest.approx(reference_ece(conf, pred == y, 10), rel=1e-9)
+    other = confidence_summary(probs, labels, expert, threshold=0.5, n_bins=4)
+    assert other["ece"] == pytest.approx(reference_ece(conf, pred == y, 4), rel=1e-9)
+    assert other["confidently_wrong"] == pytest.approx(((conf >= np.float32(0.5)) & (pred != y)).mean(), rel=1e-12)
     never_wrong = torch.ones(50, dtype=torch.bool)  # the learner's regression rows; labels not read
     regression = confidence_summary(probs, None, expert, correct=never_wrong)
     assert regression["confidently_wrong"] == 0.0 and regression["accuracy"] == 1.0
@@ -127,6 +147,8 @@ def test_energy_at_rank_against_numpy(r):
     s = np.abs(np.random.default_rng(r + 2).normal(size=5)) * 3
     s[::2] *= 0.1  # not sorted
     assert energy_at_rank(torch.tensor(s), r) == pytest.approx(reference_energy(s, r), rel=1e-12, abs=0)
+    tiny = s * 1e-3  # total energy below 1: still a share, not the zero-spectrum 1.0
+    assert energy_at_rank(torch.tensor(tiny), r) == pytest.approx(reference_energy(tiny, r), rel=1e-12, abs=0)
     if r <= 0 or r >= 5:  # nothing kept; full rank and beyond: everything
         assert energy_at_rank(torch.tensor(s), r) == pytest.approx(0.0 if r <= 0 else 1.0, abs=1e-15)
 
@@ -150,3 +172,72 @@ def test_export_reports_the_spectra_convention():
         assert report["per_module"][name] == pytest.approx(reference_energy(s, 2), rel=1e-6)
     assert report["per_module"]["z"] == 1.0 and report["per_module"]["f"] == pytest.approx(1.0)
     assert not hasattr(peft, "retained_energy")  # one home: analysis.spectra
+
+
+# ----------------------------------------------------------------------------- one hub probe
+
+
+class Connections:
+    """socket.create_connection recorded: (address, timeout) per call; refuses, accepts or hangs."""
+
+    def __init__(self, how: str = "accept"):
+        self.calls, self.how = [], how
+
+    def __call__(self, address, timeout=None):
+        self.calls.append((address, timeout))
+        if self.how == "refuse":
+            raise ConnectionRefusedError(address)
+        if self.how == "hang":
+            time.sleep(timeout + 2.0)
+        if self.how == "slow":  # answers within the timeout, after the probe has started waiting
+            time.sleep(timeout / 2)
+        return contextlib.nullcontext()
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    conn = Connections()
+    monkeypatch.setattr(hub.socket, "create_connection", conn)
+    return conn
+
+
+@pytest.mark.parametrize("env,address", [
+    ({}, ("huggingface.co", 443)),  # the default endpoint, https
+    ({"HF_ENDPOINT": "http://mirror.local"}, ("mirror.local", 80)),
+    ({"HF_ENDPOINT": "https://mirror.local:8443"}, ("mirror.local", 8443)),
+    ({"HF_ENDPOINT": "mirror.local:3128"}, ("mirror.local", 3128)),  # no scheme: read as http://
+    ({"HF_ENDPOINT": "http://mirror.local", "https_proxy": "http://proxy.lower:81"}, ("proxy.lower", 81)),
+    ({"https_proxy": "http://proxy.lower:81", "HTTPS_PROXY": "http://proxy.upper:82"}, ("proxy.upper", 82)),
+])
+def test_hub_probe_asks_the_proxy_else_the_endpoint(probe, monkeypatch, env, address):
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert hub.hub_reachable(timeout=0.25)
+    assert probe.calls == [(address, 0.25)]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a refusal is an answer
+def test_hub_probe_refusals(probe, monkeypatch):
+    probe.how = "refuse"
+    assert not hub.hub_reachable() and probe.calls == [(("huggingface.co", 443), 2.0)]  # 2 s by default
+    probe.how = "accept"
+    monkeypatch.setenv("HF_ENDPOINT", "http://")  # no host: nothing to ask
+    assert not hub.hub_reachable() and len(probe.calls) == 1
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.local")
+    for flag in (" TRUE ", "yes", "On", "1"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", flag)
+        assert not hub.hub_reachable()
+    assert len(probe.calls) == 1  # offline: no connection tried
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub.hub_reachable() and len(probe.calls) == 2
+
+
+def test_hub_probe_gives_up_on_a_hanging_lookup(probe):
+    probe.how = "hang"
+    t0 = time.perf_counter()
+    assert not hub.hub_reachable(timeout=0.2)
+    assert time.perf_counter() - t0 < 1.0  # timeout + 0.5 s, not the 2.2 s the lookup hangs
+    probe.how = "slow"
+    assert hub.hub_reachable(timeout=0.4)  # waited for: an answer within the timeout counts

@@ -33,4 +33,4 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout + 0.5)  # a name lookup that hangs counts as unreachable
-    return bool(ok)
+    return any(ok)
