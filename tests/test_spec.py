@@ -103,6 +103,21 @@ def test_the_record_keeps_the_config_format_runs_already_have(adapters, tmp_path
     assert not {"base_path", "family", "device"} & set(bench.spec.to_record())
 
 
+def test_paths_are_resolved_as_the_record_writes_them(adapters, tmp_path):
+    """A GLUE folder or task mapping reached through a symlink or a relative path: the opened spec holds the
+    resolved path its record holds, so it round-trips (found by the mutation run from a symlinked copy)."""
+    root, dirs = adapters
+    (tmp_path / "glue").symlink_to(GLUE)
+    mapping = label_task_files(root / "files", label_counts=(2, 2))
+    (tmp_path / "tasks.json").symlink_to(mapping)
+    for tasks, want in ((TaskSource("glue", glue_dir=str(tmp_path / "glue"), names=("rte", "sst2"), calibration=4,
+                                    eval_size=6), str(GLUE.resolve())),
+                        (TaskSource("files", mapping=str(tmp_path / "tasks.json")), str(mapping.resolve()))):
+        bench = RunSpec.of(dirs["bert"], tasks=tasks, device="cpu").open()
+        assert (bench.spec.tasks.glue_dir or bench.spec.tasks.mapping) == want
+        assert RunSpec.from_record(bench.spec.to_record(), device="cpu") == bench.spec
+
+
 def test_a_bench_opened_directly_records_no_task_source(adapters):
     from mergecore.adapters import load_adapters
     from mergecore.data.sources import load_tasks

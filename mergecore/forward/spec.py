@@ -127,8 +127,9 @@ def _absolute(source: str) -> str:
 
 
 def _named(source: TaskSource, names: list[str]) -> TaskSource:
-    """GLUE tasks matched from adapter names get their names, so the record reopens the same tasks."""
-    return replace(source, names=tuple(names)) if source.kind == "glue" else source
+    """The source as its record reads back (``data.sources.record``: paths absolute and resolved, GLUE tasks matched
+    from adapter names named), so a resolved spec round-trips through the store."""
+    return from_record(record(source, names))
 
 
 def _params(cls, values):

@@ -19,7 +19,7 @@ function loadPlotly(src) {
 
 const CONFIG = { displaylogo: false, responsive: true };
 // Plotly draws <a href>, <b>, ... in trace names and decodes entities only outside tags: run and task names come
-// from outside, so they are escaped and show as typed (pages/charts.text_only does the same in Python)
+// from outside, so they are escaped and show as typed (pages/ui/charts.text_only does the same in Python)
 const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 class LiveView {
