@@ -24,7 +24,7 @@ from mergecore.runs.folder import open_run, write_run_folder
 from mergecore.runs.runner import create_learning_run, create_static_run
 from mergecore.runs.store import RunStore
 
-GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+GLUE = TINY.parent / "glue"  # ../shared/data/glue, found where the tiny checkpoints are
 pytestmark = pytest.mark.skipif(not (TINY.is_dir() and GLUE.is_dir()), reason="../shared/data not found")
 DEMO_NAMES = ("sentiment", "acceptability")  # two-label demo tasks: the tiny classifier heads have two labels
 FAMILIES = ("bert", "t5", "llama")
