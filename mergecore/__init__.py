@@ -5,6 +5,7 @@ The public Python API is the handful of names below; the CLI (``mergecore.cli``)
 
     load_adapters(dirs)                      PEFT LoRA adapter folders -> AdapterSet
     load_tasks(names, TaskSource(...))       one task per adapter: demo, GLUE or CSV/TSV/JSONL files
+    RunSpec.of(dirs, tasks=...).open()       what a run is made from -> its workbench (recorded by every run)
     open_workbench(adapters, tasks)          base model + adapters + reader, inputs tokenized once
     demo_workbench()                         the embedded offline demo
     run_learning(bench, LearnParams(...))    learned coefficients (task / layer / block-wise, spectral)
@@ -30,6 +31,7 @@ from mergecore.export.params import ExportParams
 from mergecore.export.writer import export_run
 from mergecore.files import __version__
 from mergecore.forward.evaluate import evaluate
+from mergecore.forward.spec import RunSpec
 from mergecore.forward.workbench import Workbench, open_workbench
 from mergecore.learn.params import PRESETS, LearnParams, apply_preset
 from mergecore.merges import METHODS, get_method, parse_params
@@ -38,6 +40,6 @@ from mergecore.runs.runner import run_learning, run_static
 from mergecore.runs.store import RunStore
 
 __all__ = ["__version__", "AdapterSet", "ExportParams", "LENSES", "LearnParams", "LensParams", "METHODS", "MergecoreError", "PRESETS",
-           "RunStore", "TaskSource", "Workbench", "apply_preset", "compute_lens", "demo_workbench", "evaluate",
+           "RunSpec", "RunStore", "TaskSource", "Workbench", "apply_preset", "compute_lens", "demo_workbench", "evaluate",
            "export_run", "get_method", "load_adapters", "load_run", "load_tasks", "open_workbench", "parse_params",
            "run_learning", "run_static"]

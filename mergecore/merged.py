@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from mergecore.adapters import AdapterSet
 from mergecore.core_space import stack_factors
-from mergecore.errors import MergecoreError
 from mergecore.merges.base import ModuleMerge
 
 Merge = dict[str, ModuleMerge]

@@ -11,7 +11,6 @@ from test_learn import tiny_bench
 
 from mergecore.learn.params import LearnParams
 from mergecore.runs.compare import (
-    collapse,
     compare_runs,
     find_baselines,
     free_coefs,
@@ -21,7 +20,6 @@ from mergecore.runs.compare import (
     short_module_names,
     stability_table,
     taskwise,
-    trajectory,
 )
 from mergecore.runs.follow import thin_index
 from mergecore.runs.runner import run_learning, run_static
@@ -116,22 +114,11 @@ def test_comparison_from_stored_runs(stored):
     assert source == st and base["experts"] == store.get(ent).result["baselines"]["experts"]
 
 
-def test_trajectory_collapse_and_heatmap_shapes(stored):
+def test_heatmap_shapes(stored):
+    """(Trajectories and collapse curves are drawn from ``runs.follow.RunSeries``: tests/test_follow.py,
+    tests/test_app_compare.py.)"""
     bench, store, ent, js, _ = stored
     L, K = bench.num_modules, bench.num_tasks
-    traj = trajectory(store, js)
-    steps = store.events(js, "step")
-    assert traj.steps.tolist() == [1, 2, 3, 4] and traj.coefs.shape == (4, K)
-    assert np.allclose(traj.coefs[-1], np.asarray(steps[-1]["coefs"]).mean(0))
-    assert np.allclose(traj.coefs[-1], taskwise(store.get_tensors(js, "coefs")["coefs"].numpy()), atol=1e-6)
-    short = trajectory(store, js, max_points=2)
-    assert short.steps.tolist() == [1, 4]
-    cur = collapse(store, js)
-    evals = store.events(js, "eval")
-    assert cur.steps.tolist() == [2, 4]
-    assert cur.score[-1] == pytest.approx(np.mean(list(evals[-1]["score"].values())))
-    assert cur.confidence[0] == pytest.approx(100 * np.mean(list(evals[0]["confidence"].values())))
-    assert np.all((cur.confidently_wrong >= 0) & (cur.confidently_wrong <= 100))
     cmp = compare_runs(store, [ent, js])
     maps, zmin, zmax = heatmaps(cmp.coef_runs, cmp.modules, cmp.tasks)
     assert zmin == -zmax and zmax == pytest.approx(max(np.abs(c).max() for c in cmp.coef_runs.values()))

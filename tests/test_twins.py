@@ -20,8 +20,7 @@ from mergecore.data import hub
 from mergecore.export import peft
 from mergecore.export.peft import compress
 from mergecore.merges.base import ModuleMerge
-from mergecore.runs import compare, follow
-from mergecore.runs.compare import collapse, trajectory
+from mergecore.runs import compare
 from mergecore.runs.follow import MAX_POINTS, thin, thin_index
 
 # ----------------------------------------------------------------------------- one downsampler
@@ -53,32 +52,13 @@ def test_thin_keeps_pairs_together_and_the_default_is_max_points():
     assert short[1].dtype == np.float64  # integer values come back as floats (NaN gaps stay possible)
 
 
-class EventStore:
-    """What ``trajectory`` and ``collapse`` read of a run store: its events of one kind, in order."""
-
-    def __init__(self, n: int):
-        steps = range(1, n + 1)
-        self.rows = {"step": [{"step": k, "loss": 1.0 / k, "coefs": [[0.1 * k, 0.2], [0.3, 0.4]]} for k in steps],
-                     "eval": [{"step": k, "score": {"a": float(k)}, "confidence": {"a": 0.5},
-                               "confidently_wrong": {"a": 0.0}} for k in steps]}
-
-    def events(self, run_id: str, kind: str) -> list[dict]:
-        return self.rows[kind]
-
-
-def test_compare_and_the_live_view_thin_a_long_run_alike():
-    """One default: the Compare page's trajectory and collapse curve keep the steps the live view keeps."""
+def test_a_long_run_is_thinned_to_the_reference_steps():
+    """One downsampler: the live charts (and Compare, which draws the same RunSeries) keep these steps."""
     n = MAX_POINTS + 37
-    store = EventStore(n)
     want = [k + 1 for k in reference_index(n, MAX_POINTS)]
     live, loss = thin(list(range(1, n + 1)), [1.0 / k for k in range(1, n + 1)])  # what the live charts draw
     assert live.tolist() == want and loss.tolist() == [1.0 / k for k in want]
-    traj = trajectory(store, "run")
-    assert traj.steps.tolist() == want
-    np.testing.assert_allclose(traj.coefs[:, 0], [(0.1 * k + 0.3) / 2 for k in want])
-    cur = collapse(store, "run")
-    assert cur.steps.tolist() == want and cur.score.tolist() == [float(k) for k in want]
-    assert compare.thin_index is follow.thin_index and compare.MAX_POINTS == follow.MAX_POINTS  # one home
+    assert not hasattr(compare, "thin_index") and not hasattr(compare, "MAX_POINTS")  # one home: runs.follow
 
 
 # ----------------------------------------------------------------------------- one calibration

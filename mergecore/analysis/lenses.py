@@ -39,6 +39,7 @@ from mergecore.forward.features import collect_features
 from mergecore.forward.spec import bench_key
 from mergecore.forward.workbench import Workbench
 from mergecore.runs.folder import run_merge
+from mergecore.runs.store import Store
 from mergecore.merges.base import ModuleMerge, numerical_rank, singular_values
 
 LENS_VERSION = 2  # bump when a lens's output changes: cached results of older code are not served
@@ -78,7 +79,7 @@ def lens_key(bench: Workbench, lens: str, run_id: str | None, params: LensParams
     return f"lens:{lens}:{run_id or '-'}:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def cached(store, key: str, compute: Callable[[], dict]) -> dict:
+def cached(store: Store | None, key: str, compute: Callable[[], dict]) -> dict:
     """``compute()`` once per key and store (JSON, NaN allowed); without a store just compute."""
     hit = store.cache_get(key) if store is not None else None
     if hit is not None:
@@ -139,7 +140,7 @@ def spectra_of(adapters, merge: dict[str, ModuleMerge] | None = None, label: str
     return out
 
 
-def spectra_lens(bench: Workbench, store=None, run_id: str | None = None, params: LensParams = LensParams()) -> dict:
+def spectra_lens(bench: Workbench, store: Store | None = None, run_id: str | None = None, params: LensParams = LensParams()) -> dict:
     """Task spectra, plus run ``run_id``'s merged spectrum (and LoRA-DV scales) when given."""
     def compute() -> dict:
         if run_id is None:
@@ -185,7 +186,7 @@ def subspaces_of(adapters, features: dict | None = None, threshold: float = 2.0,
     return out
 
 
-def subspaces_lens(bench: Workbench, store=None, params: LensParams = LensParams()) -> dict:
+def subspaces_lens(bench: Workbench, store: Store | None = None, params: LensParams = LensParams()) -> dict:
     """Subspace lens of the workbench's adapters (no run needed), OSRM features included
     (label tasks only: a generative task's interference row is NaN and it is listed in ``skipped``)."""
     skipped = [{"task": t.name, "reason": "generative task: no OSRM features collected (interference row left out)"}

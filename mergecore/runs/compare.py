@@ -1,9 +1,9 @@
 """Compare stored runs side by side: score tables (average, ANP), coefficient stability
-(SourceJS Fig. 2), task-wise coefficients, layer x task heatmaps, coefficient trajectories and
-collapse curves from the runs' events.
+(SourceJS Fig. 2), task-wise coefficients, layer x task heatmaps. (Coefficient trajectories and collapse curves
+over steps are a run's ``runs.follow.RunSeries``.)
 
-Pure functions over ``RunStore`` records and plain arrays (numpy, float64); the Compare page and
-the ``compare`` command draw / print what these return.
+Pure functions over stored run records (``runs.store.Store``) and plain arrays (numpy, float64); the Compare page
+and the ``compare`` command draw / print what these return.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from mergecore.analysis.stability import stability
 from mergecore.forward.coefs import block_index
 from mergecore.forward.evaluate import anp, average
 from mergecore.numbers import as_float
-from mergecore.runs.follow import MAX_POINTS, thin_index
-from mergecore.runs.store import RunRecord, RunStore
+from mergecore.runs.store import RunRecord, Store
 
 BASELINES = ("pre-trained", "experts", "uniform")
 
@@ -64,7 +63,7 @@ def run_granularity(rec: RunRecord) -> str | None:
     return rec.config.get("params", {}).get("granularity") if rec.kind == "learned" else None
 
 
-def run_coefs(store: RunStore, rec: RunRecord) -> np.ndarray | None:
+def run_coefs(store: Store, rec: RunRecord) -> np.ndarray | None:
     """The (L, K) coefficient matrix of a learned run (result, else the 'coefs' artifact); None for static runs."""
     if rec.kind != "learned":
         return None
@@ -202,48 +201,6 @@ def short_module_names(modules: list[str]) -> list[str]:
     return short if len(set(short)) == len(short) and all(short) else stripped
 
 
-# ----------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    steps: np.ndarray  # (n,)
-    coefs: np.ndarray  # (n, K): mean over modules per task
-
-
-def trajectory(store: RunStore, run_id: str, max_points: int = MAX_POINTS) -> Trajectory:
-    """Per-task coefficients (mean over modules) at each recorded step, downsampled to ``max_points``."""
-    events = store.events(run_id, "step")
-    idx = thin_index(len(events), max_points)
-    steps = np.asarray([events[i]["step"] for i in idx], dtype=np.int64)
-    k = len(events[0]["coefs"][0]) if events else 0
-    coefs = np.asarray([taskwise(events[i]["coefs"]) for i in idx], dtype=np.float64).reshape(len(idx), k)
-    return Trajectory(steps, coefs)
-
-
-@dataclass(frozen=True)
-class Collapse:
-    """Averages over tasks at each evaluation: score (metric, percent), confidence and confidently-wrong share (percent)."""
-
-    steps: np.ndarray
-    score: np.ndarray
-    confidence: np.ndarray
-    confidently_wrong: np.ndarray
-
-
-def collapse(store: RunStore, run_id: str, max_points: int = MAX_POINTS) -> Collapse:
-    """Collapse curves from 'eval' events: confidence rising while the score falls is the collapse signature."""
-    events = store.events(run_id, "eval")
-    idx = thin_index(len(events), max_points)
-
-    def avg(key: str, scale: float) -> np.ndarray:
-        return np.asarray([np.mean([as_float(v) for v in events[i][key].values()]) * scale if events[i].get(key)
-                           else np.nan for i in idx], dtype=np.float64)
-
-    return Collapse(np.asarray([events[i]["step"] for i in idx], dtype=np.int64), avg("score", 1.0),
-                    avg("confidence", 100.0), avg("confidently_wrong", 100.0))
-
-
 # ----------------------------------------------------------------------------- everything for a selection
 
 
@@ -259,7 +216,7 @@ class Comparison:
     stability: Table  # over each run's free coefficients (``free_coefs``)
 
 
-def compare_runs(store: RunStore, run_ids: list[str], show: tuple[str, ...] = BASELINES,
+def compare_runs(store: Store, run_ids: list[str], show: tuple[str, ...] = BASELINES,
                  baselines: dict[str, dict[str, float]] | None = None) -> Comparison:
     """Gather scores and coefficients of the chosen runs (baselines from the runs, else any stored run)."""
     records = [store.get(i) for i in run_ids]
