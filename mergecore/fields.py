@@ -50,7 +50,7 @@ def value_type(f: dataclasses.Field) -> tuple[type, bool]:
 
 def none_spellings(f: dataclasses.Field) -> set[str]:
     """What an ``X | None`` field reads as None (lower case; blanks around are ignored)."""
-    return {"", "none", "null", f.metadata.get("none_label", "none").lower()}
+    return {"", "none", "null", f.metadata.get("none_label", "").lower()}
 
 
 def _number(f: dataclasses.Field, raw: str, kind: type) -> int | float:
