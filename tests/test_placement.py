@@ -312,7 +312,7 @@ def test_cli_learns_on_a_bf16_demo_base_and_records_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value, message", [("--dtype", "fp8", "argument --dtype: invalid choice: 'fp8'"),
-                                                  ("--quantize", "nf3", "unknown quantization 'nf3'"),
+                                                  ("--quantize", "nf3", "argument --quantize: invalid choice: 'nf3'"),
                                                   ("--device-map", "nowhere.json", "device map 'nowhere.json'")])
 def test_cli_refuses_bad_load_flags_with_exit_2(tmp_path, capsys, flag, value, message):
     from mergecore.cli import main

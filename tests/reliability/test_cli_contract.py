@@ -23,6 +23,7 @@ import torch
 
 import mergecore.adapters
 import mergecore.cli.common
+import mergecore.forward.spec
 import mergecore.forward.workbench
 from mergecore.analysis.lenses import LensParams
 from mergecore.bases import looks_local
@@ -45,7 +46,7 @@ def guarded(monkeypatch, tmp_path):
             raise AssertionError(f"{what} was called: the bad flag was not refused first")
         return fail
 
-    monkeypatch.setattr(mergecore.cli.common, "load_adapters", touched("load_adapters"))
+    monkeypatch.setattr(mergecore.forward.spec, "load_adapters", touched("load_adapters"))  # RunSpec.load_inputs
     monkeypatch.setattr(mergecore.forward.workbench, "load_base", touched("load_base"))
     monkeypatch.setattr(mergecore.adapters.huggingface_hub, "snapshot_download", touched("snapshot_download"))
     work = tmp_path / "work"
@@ -273,7 +274,7 @@ def test_missing_local_paths_are_said_missing_before_any_hub_look_up(argv, says,
     assert "hub" not in line.split(";")[0]
 
 
-@pytest.mark.parametrize("argv, says", [(["--quantize", "q4"], "unknown quantization 'q4'"),
+@pytest.mark.parametrize("argv, says", [(["--quantize", "q4"], "argument --quantize: invalid choice: 'q4'"),
                                         (["--device-map", f"{MISSING}.json"], f"device map '{MISSING}.json' is neither")])
 def test_load_flags_are_checked_before_the_adapters_load(argv, says, guarded, capsys):
     assert refused(["eval", *argv, "--workspace", str(guarded)], capsys).startswith("error: " + says)
