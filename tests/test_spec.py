@@ -63,6 +63,10 @@ def test_a_spec_round_trips_through_the_store_and_a_run_folder(adapters, family,
     assert bench.spec.adapters == tuple(AdapterRef(str(Path(d).resolve()), a.name, a.sha256)
                                         for d, a in zip(dirs[family], bench.adapters.adapters))
     assert bench.spec.tasks.kind == kind and bench.family == {"bert": "classifier", "t5": "seq2seq"}.get(family, "causal")
+    from mergecore.data.sources import load_tasks  # the source's own tasks, read without the spec
+
+    want_tasks = load_tasks(bench.adapters.names, source(kind, root))
+    assert [t.fingerprint() for t in bench.tasks] == [t.fingerprint() for t in want_tasks]
     assert RunSpec.from_record(json.loads(json.dumps(bench.spec.to_record())), device="cpu") == bench.spec
 
     store = RunStore(tmp_path / "ws")
@@ -118,16 +122,64 @@ def test_paths_are_resolved_as_the_record_writes_them(adapters, tmp_path):
         assert RunSpec.from_record(bench.spec.to_record(), device="cpu") == bench.spec
 
 
-def test_a_bench_opened_directly_records_no_task_source(adapters):
+def test_a_bench_opened_directly_records_what_it_shows(adapters, monkeypatch):
+    """A bench opened from an AdapterSet and a TaskSet (no spec): the config runs have always recorded (adapter
+    folders absolute, even when given relative), no task source; the baselines' cache key is that config's hash."""
+    import hashlib
+
     from mergecore.adapters import load_adapters
     from mergecore.data.sources import load_tasks
     from mergecore.forward.workbench import open_workbench
 
-    _, dirs = adapters
-    ad = load_adapters(dirs["bert"])
+    root, dirs = adapters
+    monkeypatch.chdir(root / "bert" / "named")
+    ad = load_adapters(list(DEMO_NAMES))  # relative folders
     bench = open_workbench(ad, load_tasks(ad.names), device="cpu")
-    assert bench.spec is None and "task_source" not in bench_config(bench)
-    assert bench_key(bench) != bench_key(RunSpec.of(dirs["bert"], device="cpu").open())  # the source is part of it
+    assert bench.spec is None
+    assert bench_config(bench) == {
+        "base_model": bench.base_name,
+        "adapters": [{"name": n, "source": str(Path(d).resolve()), "sha256": a.sha256}
+                     for n, d, a in zip(DEMO_NAMES, dirs["bert"], ad.adapters)],
+        "tasks": [{"name": t.name, "fingerprint": t.fingerprint(), "metric": t.metric} for t in bench.tasks],
+        "modules": ad.modules}
+    assert bench_key(bench) == "baselines:" + hashlib.sha256(
+        json.dumps(bench_config(bench), sort_keys=True).encode()).hexdigest()[:24]  # the keys stores already hold
+    opened = RunSpec.of(list(DEMO_NAMES), device="cpu").open()  # relative folders recorded absolute
+    assert [a.source for a in opened.spec.adapters] == [str(Path(d).resolve()) for d in dirs["bert"]]
+    assert bench_key(bench) != bench_key(opened)  # the task source is part of the inputs
+
+
+def test_from_record_reads_partial_and_odd_records():
+    assert RunSpec.from_record(None) == RunSpec.from_record([1]) == RunSpec.from_record({}) == RunSpec(tasks=None)
+    assert RunSpec.from_record({"adapters": [{"name": "a"}, "junk"]}).adapters == (AdapterRef("", "a", ""),)
+    learned = {"method": "learned", "params": {"steps": 3}}
+    assert RunSpec.from_record(learned).params is None  # a learned run's params need their class
+    assert RunSpec.from_record(learned, LearnParams).params == LearnParams(steps=3)
+    assert RunSpec.from_record({"method": "ties"}).params is None and RunSpec.from_record({"method": "ties"}).weights is None
+
+
+def test_overrides_reach_the_loaders(adapters, tmp_path):
+    """A base-model override, a local base folder and the family (hub-named adapters opened offline), and the .bin
+    opt-in, all from the spec; the record reopens the same base."""
+    import torch
+    from safetensors.torch import load_file
+
+    _, dirs = adapters
+    spec = RunSpec.of(dirs["t5"], base_model="google/flan-t5-base", device="cpu")  # as FusionBench names it
+    with pytest.raises(MergecoreError, match="google/flan-t5-base"):
+        spec.open()
+    bench = replace(spec, base_path=str(TINY / "t5"), family="seq2seq").open()
+    assert bench.base_name == bench.adapters.base_model == bench.spec.base_model == "google/flan-t5-base"
+    assert bench.family == "seq2seq" and bench.spec.base_path == str(TINY / "t5")
+    again = RunSpec.from_record(bench.spec.to_record(), device="cpu").open()
+    assert again.spec == bench.spec and bench_key(again) == bench_key(bench)
+    pickled = shutil.copytree(dirs["bert"][1], tmp_path / "acceptability")
+    torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    (pickled / "adapter_model.safetensors").unlink()
+    with pytest.raises(MergecoreError, match="--allow-bin"):
+        RunSpec.of([dirs["bert"][0], pickled], device="cpu").open()
+    opened = RunSpec.of([dirs["bert"][0], pickled], device="cpu", allow_bin=True).open()
+    assert opened.adapters.names == list(DEMO_NAMES)
 
 
 def test_a_recorded_adapter_that_changed_is_refused(adapters, tmp_path):
@@ -139,9 +191,12 @@ def test_a_recorded_adapter_that_changed_is_refused(adapters, tmp_path):
     data = bytearray((copies[1] / "adapter_model.safetensors").read_bytes())
     data[-4:] = b"\x00\x00\x80\x3f"  # one float32 of the last tensor is now 1.0
     (copies[1] / "adapter_model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(MergecoreError, match=rf"^adapter 'acceptability' in {recorded.adapters[1].source} changed "
-                                             rf"since the run was made \(sha256 {recorded.adapters[1].sha256[:12]}"):
+    with pytest.raises(MergecoreError) as exc:
         RunSpec.from_record(recorded.to_record(), device="cpu").open()
+    now = RunSpec.of(copies, device="cpu").open().spec.adapters[1].sha256
+    assert str(exc.value) == (f"adapter 'acceptability' in {recorded.adapters[1].source} changed since the run was "
+                              f"made (sha256 {recorded.adapters[1].sha256[:12]}..., now {now[:12]}...); restore it, "
+                              "or pass --adapters DIR ... to use other adapters")
 
 
 def test_a_spec_without_adapters_is_one_line():

@@ -135,7 +135,7 @@ def _named(source: TaskSource, names: list[str]) -> TaskSource:
 def _params(cls, values):
     if cls is None or values is None:
         return None
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return cls(**values)  # params fields are numbers, strings and booleans: JSON gives them back as they were
 
 
 def spec_of(bench: Workbench) -> RunSpec:
