@@ -74,12 +74,13 @@ def test_a_spec_round_trips_through_the_store_and_a_run_folder(adapters, family,
     static = create_static_run(bench, "ties", params, store, [0.7, 0.4])
     learned = create_learning_run(bench, LearnParams(steps=3, init=1 / 3), store)
     write_run_folder(tmp_path / "run", store, static)
-    for run_id, cls, want in ((static, None, replace(bench.spec, method="ties", params=params, weights=(0.7, 0.4))),
+    for run_id, cls, want in ((static, type(params), replace(bench.spec, method="ties", params=params, weights=(0.7, 0.4))),
                               (learned, LearnParams, replace(bench.spec, method="learned",
                                                              params=LearnParams(steps=3, init=1 / 3)))):
         assert RunSpec.from_record(store.get(run_id).config, cls, device="cpu") == want
+        assert RunSpec.from_record(store.get(run_id).config, device="cpu") == replace(want, params=None)
     folder_store, rec = open_run(tmp_path / "run", store)
-    assert rec.id == static and RunSpec.from_record(rec.config, device="cpu").params == params
+    assert rec.id == static and RunSpec.from_record(rec.config, type(params), device="cpu").params == params
 
     again = replace(RunSpec.from_record(rec.config, device="cpu"), method="", params=None, weights=None).open()
     assert again.spec == bench.spec  # the same folders, hashes, tasks and base
@@ -156,6 +157,10 @@ def test_from_record_reads_partial_and_odd_records():
     assert RunSpec.from_record(learned).params is None  # a learned run's params need their class
     assert RunSpec.from_record(learned, LearnParams).params == LearnParams(steps=3)
     assert RunSpec.from_record({"method": "ties"}).params is None and RunSpec.from_record({"method": "ties"}).weights is None
+    old = {"method": "renamed_method", "params": {"gone_field": 1}, "weights": [1, 2],
+           "load": {"dtype": "bfloat16", "future_field": True}}  # a run recorded by another version
+    assert RunSpec.from_record(old) == RunSpec(tasks=None, method="renamed_method", weights=(1, 2),
+                                               load=LoadParams(dtype="bfloat16"))
 
 
 def test_overrides_reach_the_loaders(adapters, tmp_path):

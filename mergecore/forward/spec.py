@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from mergecore.data.sources import TaskSource, from_record, load_tasks, record
 from mergecore.data.tasks import TaskSet
 from mergecore.errors import MergecoreError
 from mergecore.forward.workbench import Workbench, open_workbench
-from mergecore.merges import get_method
 from mergecore.placement import LoadParams
 
 LEARNED, BASELINES = "learned", "baselines"  # the run methods that are not a static merge method
@@ -103,22 +102,22 @@ class RunSpec:
 
     @staticmethod
     def from_record(rec: dict, params_cls=None, **kw) -> "RunSpec":
-        """The spec a run config (``to_record``'s form) records; ``params_cls`` rebuilds a learned run's params
-        (a static merge's come from its method); ``kw``: this process's device and opt-ins."""
+        """The spec a run config (``to_record``'s form) records. Its params are rebuilt only with ``params_cls``
+        (a worker running the job: ``LearnParams``, a merge method's ``params_cls``); reopening a run's inputs
+        (``--run``) never needs them, so an older run's params never stop that. ``kw``: this process's device and
+        opt-ins."""
         rec = rec if isinstance(rec, dict) else {}
-        method = str(rec.get("method") or "")
-        if params_cls is None and method and method not in (LEARNED, BASELINES):
-            params_cls = get_method(method).params_cls
-        params = rec.get("params")
-        weights = rec.get("weights")
+        params, weights = rec.get("params") if params_cls else None, rec.get("weights")
+        load = rec.get("load") if isinstance(rec.get("load"), dict) else {}
         return RunSpec(adapters=tuple(AdapterRef(str(a.get("source") or ""), str(a.get("name") or ""),
                                                  str(a.get("sha256") or ""))
                                       for a in rec.get("adapters") or [] if isinstance(a, dict)),
                        tasks=from_record(rec["task_source"]) if "task_source" in rec else None,
                        base_model=str(rec.get("base_model") or ""), base_path=str(rec.get("base_path") or ""),
-                       family=str(rec.get("family") or ""), load=LoadParams(**(rec.get("load") or {})),
-                       method=method, params=_params(params_cls, params),
-                       weights=None if weights is None else tuple(float(w) for w in weights), **kw)
+                       family=str(rec.get("family") or ""),
+                       load=LoadParams(**{f.name: load[f.name] for f in fields(LoadParams) if f.name in load}),
+                       method=str(rec.get("method") or ""), params=None if params is None else params_cls(**params),
+                       weights=tuple(weights) if isinstance(weights, list) else None, **kw)
 
 
 def _absolute(source: str) -> str:
@@ -130,12 +129,6 @@ def _named(source: TaskSource, names: list[str]) -> TaskSource:
     """The source as its record reads back (``data.sources.record``: paths absolute and resolved, GLUE tasks matched
     from adapter names named), so a resolved spec round-trips through the store."""
     return from_record(record(source, names))
-
-
-def _params(cls, values):
-    if cls is None or values is None:
-        return None
-    return cls(**values)  # params fields are numbers, strings and booleans: JSON gives them back as they were
 
 
 def spec_of(bench: Workbench) -> RunSpec:

@@ -53,7 +53,9 @@ class JobSpec:
     @staticmethod
     def read(path: str | Path) -> "JobSpec":
         d = json.loads(Path(path).read_text())
-        spec = RunSpec.from_record(d["spec"], LearnParams if d["kind"] == "learn" else None, device=d["device"])
+        kind, method = d["kind"], d["spec"]["method"]
+        cls = LearnParams if kind == "learn" else get_method(method).params_cls
+        spec = RunSpec.from_record(d["spec"], cls, device=d["device"])
         return JobSpec(d["run_id"], d["workspace"], d["kind"], spec, d["threads"])
 
 
