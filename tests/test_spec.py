@@ -16,7 +16,7 @@ from test_verbalizer import TINY, make_adapters
 
 from mergecore.data.sources import TaskSource
 from mergecore.errors import MergecoreError
-from mergecore.forward.spec import AdapterRef, RunSpec, bench_config, bench_key
+from mergecore.forward.spec import AdapterRef, RunSpec, bench_config, bench_key, spec_of
 from mergecore.learn.params import LearnParams
 from mergecore.merges import parse_params
 from mergecore.placement import LoadParams
@@ -98,6 +98,7 @@ def test_the_record_keeps_the_config_format_runs_already_have(adapters, tmp_path
     assert config["task_source"] == {"kind": "demo"} and config["weights"] == [1.0, 1.0]
     assert config["base_model"] == bench.base_name == bench.adapters.base_model
     assert "load" not in config and "weights" not in bench_config(bench, "learned", LearnParams())
+    assert bench_config(bench, "ties", parse_params("ties", []))["weights"] is None  # no weights given: null
     placed = replace(bench.spec, load=LoadParams(dtype="float32"))
     assert placed.to_record()["load"] == {"dtype": "float32", "quantize": None, "device_map": None}
     assert RunSpec.from_record(placed.to_record(), device="cpu") == placed
@@ -148,6 +149,31 @@ def test_a_bench_opened_directly_records_what_it_shows(adapters, monkeypatch):
     opened = RunSpec.of(list(DEMO_NAMES), device="cpu").open()  # relative folders recorded absolute
     assert [a.source for a in opened.spec.adapters] == [str(Path(d).resolve()) for d in dirs["bert"]]
     assert bench_key(bench) != bench_key(opened)  # the task source is part of the inputs
+
+
+def test_open_hands_every_field_to_the_loaders(adapters, monkeypatch):
+    """What the spec says reaches ``open_workbench`` (device, opt-in, family, local base, base loading)."""
+    import mergecore.forward.spec as spec_module
+
+    _, dirs = adapters
+    seen = {}
+    monkeypatch.setattr(spec_module, "open_workbench", lambda adapters, tasks, **kw: seen.update(kw))
+    load = LoadParams(dtype="bfloat16")
+    RunSpec.of(dirs["bert"], device="cuda:7", trust_remote_code=True, family="seq2seq", base_path="/b",
+               load=load).open()
+    assert {k: v for k, v in seen.items() if k != "spec"} == {"device": "cuda:7", "trust_remote_code": True,
+                                                             "family": "seq2seq", "base_path": "/b", "load": load}
+    RunSpec.of(dirs["bert"]).open()
+    assert (seen["device"], seen["trust_remote_code"], seen["family"], seen["base_path"]) == ("auto", False, None, None)
+
+
+def test_a_bench_without_a_spec_keeps_hub_ids_and_its_loading():
+    from types import SimpleNamespace as NS
+
+    bench = NS(spec=None, base_name="org/base", load=LoadParams(dtype="float16"),
+               adapters=NS(adapters=[NS(source="org/lora-a", name="a", sha256="0" * 64)]))
+    assert spec_of(bench) == RunSpec((AdapterRef("org/lora-a", "a", "0" * 64),), tasks=None, base_model="org/base",
+                                     load=LoadParams(dtype="float16"))
 
 
 def test_from_record_reads_partial_and_odd_records():
