@@ -11,22 +11,15 @@ import streamlit as st
 
 from mergecore.data.sources import TaskSource, typed_mapping
 from mergecore.errors import MergecoreError
-from mergecore.forward.spec import RunSpec
 from mergecore.placement import LoadParams
 from mergecore.runs.store import default_workspace
-from pages.ui.state import bench as load_bench
-from pages.ui.state import current_bench
 from pages.ui.forms import dataclass_form
+from pages.ui.state import bench as load_bench
+from pages.ui.state import current_bench, page_spec
 from pages.ui.text import plain, say
 
 st.title("Workspace")
 st.caption("Pick LoRA adapters of one base model; adapter k is the expert of task k.")
-def _demo_dirs() -> tuple[str, ...]:
-    from mergecore.demo.kit import demo_adapter_dirs
-
-    return tuple(str(p) for p in demo_adapter_dirs())
-
-
 GLUE_DEFAULT = str((Path.cwd().parent / "shared" / "data" / "glue").resolve())
 
 
@@ -122,8 +115,7 @@ with st.expander("Adapters and tasks", expanded=not st.session_state.get("adapte
             if mapping_text is not None:  # saved once by content in the workspace, so runs record the file
                 tasks = typed_mapping(mapping_text, Path(st.session_state.get("workspace") or default_workspace())
                                       / "task-mappings")
-            load_bench(RunSpec.of(dirs or _demo_dirs(), tasks=tasks, base_model=base, load=load.validate(),
-                                  device=st.session_state.get("device", "cpu")))
+            load_bench(page_spec(dirs, tasks, base, load.validate()))
             st.session_state.update(adapter_dirs=dirs, task_source=tasks, base_model=base, preset_refusal=None,
                                     load_params=tuple(dataclasses.asdict(load).items()))
             st.rerun()

@@ -4,8 +4,8 @@ A live view keeps one ``RunSeries`` per run and calls ``update(store)`` about on
 the events after the last sequence number it saw, and keeps per step only what the charts draw (total and
 per-task loss, the coefficients averaged over modules, the periodic evaluations averaged over tasks), so
 the work of a refresh grows with what changed, not with the length of the run. ``thin_index`` is the one
-downsampler of a run's series (the live charts through ``thin``; the Compare page's trajectories and collapse
-curves in ``runs.compare``): at most ``MAX_POINTS`` per trace. ``delta`` is what a browser chart that already
+downsampler of a run's series (through ``thin``, every chart of a run the Learn and Compare pages and the live view
+draw): at most ``MAX_POINTS`` per trace. ``delta`` is what a browser chart that already
 drew some of the run lacks (the app's live view polls it as JSON and extends its traces).
 """
 

@@ -27,14 +27,19 @@ def bench(spec: RunSpec):
     return spec.open()
 
 
-def current_spec() -> RunSpec:
-    """The RunSpec the Workspace page chose (the demo kit until then) on the sidebar's device."""
+def page_spec(dirs, tasks: TaskSource, base_model: str, load: LoadParams) -> RunSpec:
+    """The RunSpec of the Workspace page's fields (no folders: the demo kit) on the sidebar's device."""
     from mergecore.demo.kit import demo_adapter_dirs
 
+    return RunSpec.of(dirs or demo_adapter_dirs(), tasks=tasks, base_model=base_model, load=load,
+                      device=st.session_state.get("device", "cpu"))
+
+
+def current_spec() -> RunSpec:
+    """The RunSpec the Workspace page chose (the demo kit until then)."""
     ss = st.session_state
-    return RunSpec.of(ss.get("adapter_dirs") or demo_adapter_dirs(), tasks=ss.get("task_source") or TaskSource(),
-                      base_model=ss.get("base_model", ""), load=LoadParams(**dict(ss.get("load_params", ()))),
-                      device=ss.get("device", "cpu"))
+    return page_spec(ss.get("adapter_dirs"), ss.get("task_source") or TaskSource(), ss.get("base_model", ""),
+                     LoadParams(**dict(ss.get("load_params", ()))))
 
 
 def sidebar() -> None:
